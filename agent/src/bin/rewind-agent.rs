@@ -1,0 +1,94 @@
+//! `rewind-agent serve | launch | mount-into`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rewind_agent::server::{self, ListenSpec, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "rewind-agent", version, about = "The rewind sandbox agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the agent protocol (as PID 1 of a sandbox, or for tests).
+    Serve {
+        /// unix:<path>, tcp:<addr>, vsock:<port> or fd:<n>.
+        #[arg(long)]
+        listen: ListenSpec,
+        /// Where the workspace is mounted.
+        #[arg(long, default_value = rewind_agent::protocol::WORKSPACE_DIR)]
+        workspace: PathBuf,
+        /// ext4 block device holding the workspace (freeze/mount mode).
+        #[arg(long)]
+        workspace_device: Option<PathBuf>,
+        /// Apply no_new_privs + the sandbox seccomp filter to every exec.
+        #[arg(long)]
+        seccomp: bool,
+    },
+    /// Start a namespace sandbox from a JSON LaunchSpec (host side, as root).
+    Launch {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Move a host directory onto a path inside a sandbox's mount namespace.
+    MountInto {
+        /// Host PID of a process in the sandbox (its PID 1).
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long, default_value = rewind_agent::protocol::WORKSPACE_DIR)]
+        target: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REWIND_AGENT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            listen,
+            workspace,
+            workspace_device,
+            seccomp,
+        } => {
+            let config = ServerConfig {
+                workspace,
+                workspace_device,
+                seccomp,
+            };
+            run_server(config, &listen)
+        }
+        Command::Launch { spec } => {
+            let spec = rewind_agent::sandbox::LaunchSpec::load(&spec)?;
+            let pid = rewind_agent::sandbox::launch(&spec).context("launch sandbox")?;
+            println!("{}", serde_json::json!({ "pid": pid }));
+            Ok(())
+        }
+        Command::MountInto {
+            pid,
+            source,
+            target,
+        } => rewind_agent::sandbox::mount_into(pid, &source, &target).context("mount-into"),
+    }
+}
+
+fn run_server(config: ServerConfig, listen: &ListenSpec) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("build tokio runtime")?;
+    runtime.block_on(server::serve(config, listen))?;
+    Ok(())
+}

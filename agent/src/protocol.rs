@@ -1,0 +1,312 @@
+//! Wire protocol between the host and `rewind-agent`.
+//!
+//! # Framing
+//! Every message is one frame: a 4-byte big-endian length `N` followed by `N`
+//! bytes of UTF-8 JSON. Frames larger than [`MAX_FRAME_BYTES`] are a protocol
+//! error. Byte payloads (file contents, stdin, output chunks) are base64
+//! strings inside the JSON.
+//!
+//! # Conversation
+//! 1. The client sends [`Request::Hello`] with its [`PROTOCOL_VERSION`]; the
+//!    agent answers [`Response::Hello`] or, if the major versions differ,
+//!    [`Response::Error`] with [`ErrorCode::VersionMismatch`] and closes.
+//! 2. The client then sends requests one at a time on that connection. Most
+//!    requests have exactly one response. [`Request::Exec`] answers
+//!    [`Response::ExecStarted`], then any number of [`Response::Stdout`] /
+//!    [`Response::Stderr`] chunks, then exactly one [`Response::Exited`].
+//! 3. A connection may be closed at any time; requests that need to run
+//!    concurrently (e.g. [`Request::Signal`] while an exec streams) use a
+//!    second connection.
+//!
+//! # Compatibility
+//! Readers ignore unknown fields; unknown request ops and response kinds
+//! decode to `Unknown` so an older peer can answer with a clean error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version spoken by this build. Bump on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts (16 MiB).
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default vsock port the agent listens on inside a microVM.
+pub const DEFAULT_VSOCK_PORT: u32 = 1024;
+
+/// Where the workspace is mounted inside every sandbox.
+pub const WORKSPACE_DIR: &str = "/workspace";
+
+/// A request from host to agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First message on every connection.
+    Hello { protocol: u32 },
+    /// Liveness and version check.
+    Ping,
+    /// Run a process; see [`ExecRequest`].
+    Exec(ExecRequest),
+    /// Send a signal to the process group of a running exec.
+    Signal { exec_id: u64, signal: i32 },
+    /// Write a file (creating parent directories when asked).
+    WriteFile {
+        path: String,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+        #[serde(default = "default_file_mode")]
+        mode: u32,
+        #[serde(default)]
+        create_dirs: bool,
+    },
+    /// Read up to `max_bytes` of a file.
+    ReadFile {
+        path: String,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    /// Stat one path (does not follow a final symlink).
+    Stat { path: String },
+    /// List a directory, optionally recursively.
+    List {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Make the workspace consistent on disk and (for a block-device
+    /// workspace) freeze it. The agent thaws by itself after `watchdog_ms`
+    /// if no [`Request::Thaw`] arrives.
+    Quiesce { watchdog_ms: u64 },
+    /// Undo [`Request::Quiesce`]. Thawing a workspace that is not frozen is
+    /// not an error.
+    Thaw,
+    /// Kill every process that holds the workspace (cwd, open file, mapping)
+    /// when `kill_holders`, then unmount it.
+    UnmountWorkspace {
+        #[serde(default = "default_true")]
+        kill_holders: bool,
+    },
+    /// Mount the workspace again. For a block-device workspace the agent
+    /// mounts its configured device; for a directory workspace the host has
+    /// already placed the mount and the agent only checks it is there.
+    MountWorkspace,
+    /// Reseed the kernel RNG with host-provided entropy (after a VM fork).
+    Reseed {
+        #[serde(with = "b64")]
+        entropy: Vec<u8>,
+    },
+    /// Any op this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+fn default_file_mode() -> u32 {
+    0o644
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How to run one process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The program and its arguments. Exactly one of `argv` and `shell`.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// A shell command line, run as `/bin/sh -c <shell>`.
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// Working directory; defaults to [`WORKSPACE_DIR`].
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to (and overriding) the agent's default environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Bytes fed to stdin, then stdin is closed. `None` = `/dev/null`.
+    #[serde(default, with = "b64_opt")]
+    pub stdin: Option<Vec<u8>>,
+    /// Kill the whole process group after this long. `None` = no limit.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Cap on each of stdout and stderr; bytes past it are dropped and the
+    /// `*_truncated` flag is set on [`Response::Exited`].
+    #[serde(default)]
+    pub max_output_bytes: Option<u64>,
+}
+
+/// A message from agent to host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Hello {
+        protocol: u32,
+        agent_version: String,
+    },
+    Pong {
+        protocol: u32,
+        agent_version: String,
+        uptime_ms: u64,
+    },
+    ExecStarted {
+        exec_id: u64,
+        pid: i32,
+    },
+    Stdout {
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    Stderr {
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    Exited(ExitStatus),
+    /// A request without a payload succeeded.
+    Ok,
+    File {
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+        info: FileInfo,
+        truncated: bool,
+    },
+    Stat {
+        info: FileInfo,
+    },
+    Entries {
+        entries: Vec<FileInfo>,
+    },
+    Quiesced {
+        /// True when the workspace was frozen (FIFREEZE), false when only synced.
+        frozen: bool,
+    },
+    Unmounted {
+        /// PIDs (as seen by the agent) that were killed because they held the workspace.
+        killed: Vec<i32>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code; 124 when killed by the timeout, 128+N when killed by signal N.
+    pub exit_code: i32,
+    /// The signal that ended the process, if any.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// One file-system entry as the agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    #[serde(default)]
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Machine-readable error classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    VersionMismatch,
+    BadRequest,
+    NotFound,
+    PermissionDenied,
+    Busy,
+    Io,
+    Internal,
+    #[serde(other)]
+    Unknown,
+}
+
+mod b64 {
+    use base64::{engine::general_purpose::STANDARD, Engine as _};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod b64_opt {
+    use base64::{engine::general_purpose::STANDARD, Engine as _};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_unknown_op_decodes_to_unknown() {
+        let req: Request = serde_json::from_str(r#"{"op":"teleport","x":1}"#).unwrap();
+        assert_eq!(req, Request::Unknown);
+    }
+
+    #[test]
+    fn request_unknown_fields_are_ignored() {
+        let req: Request =
+            serde_json::from_str(r#"{"op":"hello","protocol":1,"future":"x"}"#).unwrap();
+        assert_eq!(req, Request::Hello { protocol: 1 });
+    }
+
+    #[test]
+    fn exec_request_roundtrips_stdin_bytes() {
+        let req = Request::Exec(ExecRequest {
+            shell: Some("cat".into()),
+            stdin: Some(vec![0, 255, 10]),
+            ..Default::default()
+        });
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+    }
+}

@@ -1,0 +1,201 @@
+//! Service benchmark: a real HTTP client over loopback against the real
+//! service (namespace runtime, loop-mounted Btrfs pool).
+//!
+//! Reproduce (as root, after `cargo build --release --workspace`):
+//!
+//! ```text
+//! cargo bench --bench service
+//! ```
+//!
+//! Prints markdown tables:
+//! 1. `POST /vms/:name/run` of `true`: end-to-end p50/p99, split into exec
+//!    time and snapshot time (from the response's `execMs`/`snapshotMs`), at
+//!    concurrency 1 (one sandbox) and 16 (16 sandboxes, one client each).
+//! 2. Namespace runtime: sandbox create → first command finished; restore of
+//!    a running sandbox.
+//!
+//! Environment: `REWIND_BENCH_BASE_IMAGE` (default: the debootstrap image
+//! under /var/lib/rewind, else a busybox rootfs), `REWIND_BENCH_ITERS`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rewind::api::{app, AppState};
+use rewind::config::{Config, Overrides};
+use serde_json::{json, Value};
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let value: Value = resp.json().await.expect("json");
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn row(label: &str, mut samples: Vec<f64>) -> String {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "| {label} | {} | {:.2} | {:.2} |",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    )
+}
+
+fn base_image() -> PathBuf {
+    if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
+        return p.into();
+    }
+    let real = PathBuf::from("/var/lib/rewind/images/base/rootfs");
+    if real.join(".rewind-image-complete").exists() {
+        return real;
+    }
+    let bb = PathBuf::from("/var/tmp/rewind-test/busybox-rootfs");
+    assert!(bb.exists(), "no base image: run images/build-rootfs.sh or the test suite first");
+    bb
+}
+
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().unwrap().parent().unwrap();
+    for profile in ["release", "debug"] {
+        let p = target.parent().unwrap().join(profile).join("rewind-agent");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("build the agent first: cargo build --release -p rewind-agent");
+}
+
+async fn start() -> (Client, tokio::task::JoinHandle<()>) {
+    let data_dir = PathBuf::from("/var/tmp/rewind-bench/service");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let _ = std::fs::remove_file(data_dir.join("rewind.db"));
+    let overrides = Overrides {
+        data_dir: Some(data_dir),
+        runtime: Some("namespace".into()),
+        base_image: Some(base_image()),
+        agent_binary: Some(agent_binary()),
+        ..Default::default()
+    };
+    let config = Config::load(None, &overrides).unwrap();
+    let sandboxes = rewind::server::build(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(AppState::new(sandboxes));
+    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let created: Value = http.post(format!("{base}/api-keys")).json(&json!({"name": "bench"})).send().await.unwrap().json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    (Client { http, base, key }, server)
+}
+
+async fn run_samples(client: &Client, vm: &str, iters: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut total, mut exec, mut snap) = (vec![], vec![], vec![]);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let out = client.post(&format!("/vms/{vm}/run"), json!({"command": "true"})).await;
+        total.push(t.elapsed().as_secs_f64() * 1000.0);
+        exec.push(out["execMs"].as_f64().unwrap());
+        snap.push(out["snapshotMs"].as_f64().unwrap());
+    }
+    (total, exec, snap)
+}
+
+async fn bench_runs(client: &std::sync::Arc<Client>, iters: usize) -> Vec<String> {
+    let mut lines = vec![];
+    client.post("/vms", json!({"name": "bench-c1"})).await;
+    run_samples(client, "bench-c1", 5).await;
+    let (t, e, s) = run_samples(client, "bench-c1", iters).await;
+    lines.push(row("run `true`, concurrency 1: end to end", t));
+    lines.push(row("run `true`, concurrency 1: exec", e));
+    lines.push(row("run `true`, concurrency 1: snapshot", s));
+    for i in 0..16 {
+        client.post("/vms", json!({"name": format!("bench-c16-{i}")})).await;
+    }
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { run_samples(&c, &format!("bench-c16-{i}"), iters / 4).await })
+        })
+        .collect();
+    let (mut t, mut e, mut s) = (vec![], vec![], vec![]);
+    for task in tasks {
+        let (a, b, c) = task.await.unwrap();
+        t.extend(a);
+        e.extend(b);
+        s.extend(c);
+    }
+    lines.push(row("run `true`, concurrency 16 (16 sandboxes): end to end", t));
+    lines.push(row("run `true`, concurrency 16: exec", e));
+    lines.push(row("run `true`, concurrency 16: snapshot", s));
+    lines
+}
+
+async fn bench_lifecycle(client: &Client, iters: usize) -> Vec<String> {
+    let mut create = vec![];
+    for i in 0..iters {
+        let name = format!("bench-life-{i}");
+        let t = Instant::now();
+        client.post("/vms", json!({"name": name})).await;
+        client.post(&format!("/vms/{name}/run"), json!({"command": "true"})).await;
+        create.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    client.post("/vms/bench-life-0/run", json!({"command": "cd /tmp && (sleep 600 >/dev/null 2>&1 &); seq 1 1000 | xargs -n 100 touch"})).await;
+    let mut restore = vec![];
+    for _ in 0..iters * 2 {
+        let t = Instant::now();
+        client.post("/vms/bench-life-0/snapshots/initial/restore", json!({})).await;
+        restore.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    vec![
+        row("create sandbox → first command finished", create),
+        row("restore of a running sandbox (HTTP end to end)", restore),
+    ]
+}
+
+async fn cleanup(client: &Client) {
+    let vms: Value = client.http.get(format!("{}/vms", client.base)).header("x-api-key", &client.key).send().await.unwrap().json().await.unwrap();
+    for vm in vms["vms"].as_array().unwrap() {
+        let name = vm["name"].as_str().unwrap();
+        let _ = client.http.delete(format!("{}/vms/{name}", client.base)).header("x-api-key", &client.key).send().await;
+    }
+}
+
+fn main() {
+    let iters: usize = std::env::var("REWIND_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, server) = start().await;
+        let client = std::sync::Arc::new(client);
+        cleanup(&client).await;
+        let mut lines = vec!["| measurement | n | p50 ms | p99 ms |".to_string(), "|---|---|---|---|".to_string()];
+        lines.extend(bench_runs(&client, iters).await);
+        lines.extend(bench_lifecycle(&client, (iters / 10).max(5)).await);
+        cleanup(&client).await;
+        println!("\nrewind service benchmark (base image: {})\n", base_image().display());
+        println!("{}", lines.join("\n"));
+        server.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+}

@@ -1,0 +1,109 @@
+//! The one error type at the HTTP edge. Every variant has a status code;
+//! bodies are `{"error": "..."}` like the reference API. 5xx bodies stay
+//! generic and carry the request id, which the log line carries too.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid input; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("API key required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The sandbox cannot do this in its current state (e.g. failed).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else; the detail goes to the log only.
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal {
+            detail: err.to_string(),
+        }
+    }
+
+    /// Internal error with the whole `source()` chain in the detail.
+    pub fn internal_chain(err: &(dyn std::error::Error + 'static)) -> ApiError {
+        let mut detail = err.to_string();
+        let mut cur = err.source();
+        while let Some(e) = cur {
+            detail.push_str(": ");
+            detail.push_str(&e.to_string());
+            cur = e.source();
+        }
+        ApiError::Internal { detail }
+    }
+}
+
+tokio::task_local! {
+    /// The id of the request being served (set by the request-id middleware).
+    pub static REQUEST_ID: String;
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let body = match &self {
+            ApiError::Internal { detail } => {
+                let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
+                tracing::error!(request_id = %request_id, error = %detail, "internal error");
+                json!({
+                    "error": "Internal server error",
+                    "request_id": request_id,
+                })
+            }
+            other => json!({ "error": other.to_string() }),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(err: ApiError) -> (StatusCode, serde_json::Value) {
+        let resp = REQUEST_ID.scope("req_test".into(), async { err.into_response() }).await;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn into_response_internal_is_generic_with_request_id() {
+        let (status, body) = body_of(ApiError::internal("disk on fire at /secret/path")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, serde_json::json!({"error": "Internal server error", "request_id": "req_test"}));
+    }
+
+    #[tokio::test]
+    async fn into_response_client_error_keeps_message() {
+        let (status, body) = body_of(ApiError::BadRequest("name: too long".into())).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("name: too long")));
+    }
+}

@@ -1,0 +1,121 @@
+//! `/api-keys`: create (bootstrap without a key while none exists; admin
+//! afterwards), list (admin, prefixes only), revoke (admin).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::JsonOrEmpty;
+use super::{ApiError, AppResult, AppState, Auth};
+use crate::auth::{self, Caller};
+use crate::db::Db;
+
+const MAX_NAME: usize = 128;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default)]
+    name: Option<String>,
+    /// Extension: an admin may create further admin keys.
+    #[serde(default)]
+    admin: bool,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonOrEmpty(body): JsonOrEmpty<CreateKey>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    if let Some(name) = &body.name {
+        if name.len() > MAX_NAME || name.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(format!(
+                "name: must be at most {MAX_NAME} characters without control characters"
+            )));
+        }
+    }
+    let db = state.sandboxes.db.clone();
+    let presented = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let caller = match presented {
+        Some(k) => Some(auth::verify(&db, Some(k)).await?),
+        None => None,
+    };
+    if caller.is_some_and(|c| !c.admin) {
+        return Err(ApiError::Forbidden("creating API keys needs an admin key".into()));
+    }
+    let key = auth::generate()?;
+    let bootstrap = caller.is_none();
+    let admin = bootstrap || body.admin;
+    let (name, prefix, hash) = (body.name.clone(), key.prefix.clone(), key.hash.clone());
+    let row = db
+        .call(move |c| Db::insert_key(c, name.as_deref(), &prefix, &hash, admin, bootstrap))
+        .await
+        .map_err(|e| ApiError::internal_chain(&e))?;
+    let Some(row) = row else {
+        return Err(ApiError::Unauthorized);
+    };
+    tracing::info!(key_id = row.id, admin, bootstrap, "api key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": row.id,
+            "key": key.secret,
+            "name": row.name,
+            "admin": row.admin,
+            "created_at": row.created_at,
+            "message": "Save your API key - it won't be shown again!",
+        })),
+    ))
+}
+
+fn require_admin(caller: &Caller) -> AppResult<()> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("this needs an admin key".into()))
+    }
+}
+
+pub async fn list(State(state): State<AppState>, caller: Auth) -> AppResult<Json<Value>> {
+    require_admin(&caller)?;
+    let rows = state
+        .sandboxes
+        .db
+        .call(Db::list_keys)
+        .await
+        .map_err(|e| ApiError::internal_chain(&e))?;
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "key": auth::display_prefix(r),
+                "name": r.name,
+                "admin": r.admin,
+                "created_at": r.created_at,
+                "revoked_at": r.revoked_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+pub async fn revoke(State(state): State<AppState>, caller: Auth, Path(id): Path<String>) -> AppResult<Json<Value>> {
+    require_admin(&caller)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("id: `{id}` is not a key id")))?;
+    let revoked = state
+        .sandboxes
+        .db
+        .call(move |c| Db::revoke_key(c, id))
+        .await
+        .map_err(|e| ApiError::internal_chain(&e))?;
+    if !revoked {
+        return Err(ApiError::NotFound(format!("API key {id} not found")));
+    }
+    tracing::info!(key_id = id, "api key revoked");
+    Ok(Json(json!({ "message": format!("API key {id} revoked") })))
+}

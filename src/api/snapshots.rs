@@ -1,0 +1,78 @@
+//! `/vms/:name/snapshots…`: list, create named, delete, restore.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::extract::Json as Body;
+use super::{AppResult, AppState, Auth};
+use crate::sandbox::{CreateSnapshot, SnapshotView};
+
+/// Reference fields (`id`, `vm_name`, `snapshot_name`, `command`,
+/// `created_at`) plus extensions. Sizes come from Btrfs quota groups and are
+/// `null` where quotas are off.
+fn snapshot_json(vm: &str, v: &SnapshotView) -> Value {
+    json!({
+        "id": v.row.id,
+        "vm_name": vm,
+        "snapshot_name": v.row.name,
+        "command": v.row.command,
+        "created_at": v.row.created_at,
+        "exit_code": v.row.exit_code,
+        "kind": v.row.kind,
+        "pinned": v.pinned,
+        "description": v.row.description,
+        "include_memory": v.row.include_memory,
+        "missing": v.row.missing,
+        "exclusive_bytes": v.sizes.map(|s| s.exclusive_bytes),
+        "referenced_bytes": v.sizes.map(|s| s.referenced_bytes),
+    })
+}
+
+pub async fn list(State(state): State<AppState>, caller: Auth, Path(name): Path<String>) -> AppResult<Json<Value>> {
+    let views = state.sandboxes.list_snapshots(&caller, &name).await?;
+    let snapshots: Vec<Value> = views.iter().map(|v| snapshot_json(&name, v)).collect();
+    Ok(Json(json!({ "snapshots": snapshots })))
+}
+
+/// Answers with the MicroVM Sandbox reference's fields.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+    Body(body): Body<CreateSnapshot>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    let v = state.sandboxes.create_snapshot(&caller, &name, body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": v.row.name,
+            "vm_name": name,
+            "created_at": v.row.created_at,
+            "size_bytes": v.sizes.map(|s| s.referenced_bytes),
+            "exclusive_bytes": v.sizes.map(|s| s.exclusive_bytes),
+            "description": v.row.description,
+            "include_memory": v.row.include_memory,
+            "checksum": v.row.checksum,
+        })),
+    ))
+}
+
+pub async fn destroy(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> AppResult<StatusCode> {
+    state.sandboxes.delete_snapshot(&caller, &name, &snapshot).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn restore(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> AppResult<Json<Value>> {
+    state.sandboxes.restore(&caller, &name, &snapshot).await?;
+    Ok(Json(json!({ "message": format!("Restored to snapshot \"{snapshot}\"") })))
+}

@@ -1,0 +1,357 @@
+//! Configuration: one [`Config`] struct, read from `config/rewind.toml`,
+//! overridden by environment variables and then by command-line flags.
+//! [`Config::validate`] names the bad key on any error.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Which runtime the service should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeChoice {
+    Auto,
+    Namespace,
+    CloudHypervisor,
+}
+
+impl std::str::FromStr for RuntimeChoice {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "namespace" => Ok(Self::Namespace),
+            "cloud-hypervisor" => Ok(Self::CloudHypervisor),
+            other => Err(ConfigError::Invalid {
+                key: "runtime",
+                message: format!("`{other}` is not one of auto, namespace, cloud-hypervisor"),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub pool_size_gb: u64,
+    pub max_auto_snapshots: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    pub max_output_bytes: u64,
+    pub max_command_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub memory_mb: u64,
+    pub cpu_millis: u64,
+    pub pids: u64,
+    pub vcpus: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+/// The whole configuration. Field docs live in `config/rewind.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub bind: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub db_path: PathBuf,
+    pub runtime: RuntimeChoice,
+    pub base_image: PathBuf,
+    pub agent_binary: PathBuf,
+    pub ch_binary: PathBuf,
+    pub storage: StorageConfig,
+    pub exec: ExecConfig,
+    pub limits: LimitsConfig,
+    pub server: ServerConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            pool_size_gb: 20,
+            max_auto_snapshots: 1000,
+        }
+    }
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout_secs: 30,
+            max_timeout_secs: 3600,
+            max_output_bytes: 10 * 1024 * 1024,
+            max_command_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory_mb: 2048,
+            cpu_millis: 2000,
+            pids: 2048,
+            vcpus: 2,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1".into(),
+            port: 4000,
+            data_dir: PathBuf::from("/var/lib/rewind"),
+            db_path: PathBuf::new(),
+            runtime: RuntimeChoice::Auto,
+            base_image: PathBuf::new(),
+            agent_binary: PathBuf::new(),
+            ch_binary: PathBuf::new(),
+            storage: StorageConfig::default(),
+            exec: ExecConfig::default(),
+            limits: LimitsConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Overrides from the environment or flags; `None` = keep the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub port: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub db_path: Option<PathBuf>,
+    pub runtime: Option<String>,
+    pub base_image: Option<PathBuf>,
+    pub agent_binary: Option<PathBuf>,
+    pub ch_binary: Option<PathBuf>,
+}
+
+impl Config {
+    /// Read `path` if given (a missing default file is fine), apply overrides,
+    /// fill derived defaults and validate.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Config::default(),
+        };
+        config.apply(overrides)?;
+        config.fill_defaults();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.bind {
+            self.bind = v.clone();
+        }
+        if let Some(v) = &o.port {
+            self.port = v.parse().map_err(|_| ConfigError::Invalid {
+                key: "port",
+                message: format!("`{v}` is not a port number (1-65535)"),
+            })?;
+        }
+        if let Some(v) = &o.runtime {
+            self.runtime = v.parse()?;
+        }
+        let paths = [
+            (&o.data_dir, &mut self.data_dir),
+            (&o.db_path, &mut self.db_path),
+            (&o.base_image, &mut self.base_image),
+            (&o.agent_binary, &mut self.agent_binary),
+            (&o.ch_binary, &mut self.ch_binary),
+        ];
+        for (over, field) in paths {
+            if let Some(v) = over {
+                *field = v.clone();
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_defaults(&mut self) {
+        if self.db_path.as_os_str().is_empty() {
+            self.db_path = self.data_dir.join("rewind.db");
+        }
+        if self.base_image.as_os_str().is_empty() {
+            self.base_image = self.data_dir.join("images/base/rootfs");
+        }
+    }
+
+    /// Check every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.bind.parse::<IpAddr>().is_err() {
+            return invalid("bind", "must be an IP address such as 127.0.0.1");
+        }
+        if self.port == 0 {
+            return invalid("port", "must be 1-65535");
+        }
+        if !self.data_dir.is_absolute() {
+            return invalid("data_dir", "must be an absolute path");
+        }
+        if self.storage.pool_size_gb == 0 {
+            return invalid("storage.pool_size_gb", "must be at least 1");
+        }
+        if self.storage.max_auto_snapshots == 0 {
+            return invalid("storage.max_auto_snapshots", "must be at least 1");
+        }
+        self.validate_exec()?;
+        self.validate_limits()
+    }
+
+    fn validate_exec(&self) -> Result<(), ConfigError> {
+        let e = &self.exec;
+        if e.max_timeout_secs == 0 || e.max_timeout_secs > 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "exec.max_timeout_secs",
+                message: "must be 1-86400".into(),
+            });
+        }
+        if e.default_timeout_secs == 0 || e.default_timeout_secs > e.max_timeout_secs {
+            return Err(ConfigError::Invalid {
+                key: "exec.default_timeout_secs",
+                message: "must be at least 1 and at most exec.max_timeout_secs".into(),
+            });
+        }
+        if e.max_output_bytes == 0 || e.max_command_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "exec.max_output_bytes",
+                message: "output and command caps must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.memory_mb < 64 {
+            return Err(ConfigError::Invalid {
+                key: "limits.memory_mb",
+                message: "must be at least 64".into(),
+            });
+        }
+        if l.cpu_millis < 10 || l.pids < 16 || l.vcpus == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits",
+                message: "cpu_millis >= 10, pids >= 16, vcpus >= 1".into(),
+            });
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "server.max_body_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_default_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rewind.toml");
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.port, 4000);
+        assert_eq!(config.db_path, PathBuf::from("/var/lib/rewind/rewind.db"));
+    }
+
+    #[test]
+    fn load_bad_port_names_key() {
+        let o = Overrides {
+            port: Some("eighty".into()),
+            ..Default::default()
+        };
+        let err = Config::load(None, &o).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "port", .. }), "{err}");
+    }
+
+    #[test]
+    fn load_bad_runtime_names_key() {
+        let o = Overrides {
+            runtime: Some("docker".into()),
+            ..Default::default()
+        };
+        let err = Config::load(None, &o).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "runtime", .. }), "{err}");
+    }
+
+    #[test]
+    fn validate_relative_data_dir_names_key() {
+        let o = Overrides {
+            data_dir: Some("relative/dir".into()),
+            ..Default::default()
+        };
+        let err = Config::load(None, &o).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "data_dir", .. }), "{err}");
+    }
+
+    #[test]
+    fn from_file_unknown_key_is_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "prot = 1\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+}

@@ -1,0 +1,80 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`. Each step
+//! runs in its own transaction; never edit a released step, add a new one.
+
+use rusqlite::Connection;
+
+use super::DbError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: keys, sandboxes, snapshots
+    r#"
+    CREATE TABLE api_keys (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        name        TEXT,
+        prefix      TEXT NOT NULL,
+        hash        BLOB NOT NULL,
+        admin       INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL,
+        revoked_at  TEXT
+    );
+    CREATE INDEX api_keys_prefix ON api_keys(prefix);
+    CREATE TABLE sandboxes (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        name          TEXT NOT NULL UNIQUE,
+        owner_key_id  INTEGER NOT NULL REFERENCES api_keys(id),
+        runtime       TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        status_reason TEXT,
+        runtime_state TEXT NOT NULL DEFAULT 'null',
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        sandbox_id    INTEGER NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+        name          TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        command       TEXT,
+        exit_code     INTEGER,
+        description   TEXT,
+        include_memory INTEGER NOT NULL DEFAULT 0,
+        checksum      TEXT,
+        missing       INTEGER NOT NULL DEFAULT 0,
+        created_at    TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        UNIQUE(sandbox_id, name)
+    );
+    "#,
+];
+
+/// Bring the schema up to the newest version.
+pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let current: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|source| DbError::Migrate { version: 0, source })?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as u32 + 1;
+        let err = |source| DbError::Migrate { version, source };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_twice_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as u32);
+    }
+}

@@ -1,0 +1,199 @@
+//! Sandbox rows.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{now, query_err, Db, DbError};
+
+/// Lifecycle state of a sandbox as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    /// Row written, storage/runtime not ready yet.
+    Creating,
+    Running,
+    /// The runtime died or could not be re-attached; see `status_reason`.
+    Failed,
+    /// Deletion started; startup recovery finishes it.
+    Deleting,
+}
+
+impl SandboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxStatus::Creating => "creating",
+            SandboxStatus::Running => "running",
+            SandboxStatus::Failed => "failed",
+            SandboxStatus::Deleting => "deleting",
+        }
+    }
+
+    fn parse(s: &str) -> SandboxStatus {
+        match s {
+            "creating" => SandboxStatus::Creating,
+            "running" => SandboxStatus::Running,
+            "deleting" => SandboxStatus::Deleting,
+            _ => SandboxStatus::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    pub id: i64,
+    pub name: String,
+    pub owner_key_id: i64,
+    pub runtime: String,
+    pub status: SandboxStatus,
+    pub status_reason: Option<String>,
+    pub runtime_state: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str =
+    "id, name, owner_key_id, runtime, status, status_reason, runtime_state, created_at, updated_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRow> {
+    let status: String = r.get(4)?;
+    let state: String = r.get(6)?;
+    Ok(SandboxRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        owner_key_id: r.get(2)?,
+        runtime: r.get(3)?,
+        status: SandboxStatus::parse(&status),
+        status_reason: r.get(5)?,
+        runtime_state: serde_json::from_str(&state).unwrap_or(serde_json::Value::Null),
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+impl Db {
+    /// Insert a sandbox in `creating` state. A taken name is a Conflict.
+    pub fn insert_sandbox(
+        conn: &Connection,
+        name: &str,
+        owner_key_id: i64,
+        runtime: &str,
+    ) -> Result<SandboxRow, DbError> {
+        let (at, _) = now();
+        conn.execute(
+            "INSERT INTO sandboxes (name, owner_key_id, runtime, status, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, 'creating', ?4, ?4)",
+            params![name, owner_key_id, runtime, at],
+        )
+        .map_err(query_err("insert sandbox", || format!("sandbox \"{name}\"")))?;
+        let id = conn.last_insert_rowid();
+        Db::sandbox_by_id(conn, id)?.ok_or(DbError::Query {
+            op: "insert sandbox",
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })
+    }
+
+    pub fn sandbox_by_id(conn: &Connection, id: i64) -> Result<Option<SandboxRow>, DbError> {
+        conn.query_row(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id], from_row)
+            .optional()
+            .map_err(query_err("sandbox by id", String::new))
+    }
+
+    pub fn sandbox_by_name(conn: &Connection, name: &str) -> Result<Option<SandboxRow>, DbError> {
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM sandboxes WHERE name = ?1"))
+            .and_then(|mut s| s.query_row([name], from_row).optional())
+            .map_err(query_err("sandbox by name", String::new))
+    }
+
+    /// All sandboxes, or only those owned by `owner`.
+    pub fn list_sandboxes(conn: &Connection, owner: Option<i64>) -> Result<Vec<SandboxRow>, DbError> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM sandboxes WHERE ?1 IS NULL OR owner_key_id = ?1 ORDER BY id"
+            ))
+            .map_err(query_err("list sandboxes", String::new))?;
+        let rows = stmt
+            .query_map([owner], from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(query_err("list sandboxes", String::new))?;
+        Ok(rows)
+    }
+
+    pub fn set_sandbox_status(
+        conn: &Connection,
+        id: i64,
+        status: SandboxStatus,
+        reason: Option<&str>,
+    ) -> Result<(), DbError> {
+        let (at, _) = now();
+        conn.execute(
+            "UPDATE sandboxes SET status = ?1, status_reason = ?2, updated_at = ?3 WHERE id = ?4",
+            params![status.as_str(), reason, at, id],
+        )
+        .map_err(query_err("set sandbox status", String::new))?;
+        Ok(())
+    }
+
+    pub fn set_runtime_state(
+        conn: &Connection,
+        id: i64,
+        state: &serde_json::Value,
+    ) -> Result<(), DbError> {
+        let (at, _) = now();
+        conn.execute(
+            "UPDATE sandboxes SET runtime_state = ?1, updated_at = ?2 WHERE id = ?3",
+            params![state.to_string(), at, id],
+        )
+        .map_err(query_err("set runtime state", String::new))?;
+        Ok(())
+    }
+
+    /// Bump `updated_at` (after a run, restore or wipe).
+    pub fn touch_sandbox(conn: &Connection, id: i64) -> Result<(), DbError> {
+        let (at, _) = now();
+        conn.execute("UPDATE sandboxes SET updated_at = ?1 WHERE id = ?2", params![at, id])
+            .map_err(query_err("touch sandbox", String::new))?;
+        Ok(())
+    }
+
+    /// Delete a sandbox row and (by cascade) its snapshot rows.
+    pub fn delete_sandbox(conn: &Connection, id: i64) -> Result<(), DbError> {
+        conn.execute("DELETE FROM sandboxes WHERE id = ?1", [id])
+            .map_err(query_err("delete sandbox", String::new))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(db: &Db) -> i64 {
+        db.call_sync(|c| Db::insert_key(c, None, "ws_x", b"h", false, false))
+            .unwrap()
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn insert_sandbox_duplicate_name_is_conflict() {
+        let (_dir, db) = super::super::open_temp();
+        let owner = key(&db);
+        db.call_sync(|c| Db::insert_sandbox(c, "a", owner, "namespace"))
+            .unwrap();
+        let err = db
+            .call_sync(|c| Db::insert_sandbox(c, "a", owner, "namespace"))
+            .unwrap_err();
+        assert!(matches!(err, DbError::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn list_sandboxes_filters_by_owner() {
+        let (_dir, db) = super::super::open_temp();
+        let (a, b) = (key(&db), key(&db));
+        db.call_sync(|c| Db::insert_sandbox(c, "one", a, "namespace"))
+            .unwrap();
+        db.call_sync(|c| Db::insert_sandbox(c, "two", b, "namespace"))
+            .unwrap();
+        let mine = db.call_sync(|c| Db::list_sandboxes(c, Some(a))).unwrap();
+        let all = db.call_sync(|c| Db::list_sandboxes(c, None)).unwrap();
+        assert_eq!((mine.len(), mine[0].name.as_str(), all.len()), (1, "one", 2));
+    }
+}

@@ -1,0 +1,128 @@
+//! `rewind` — parse configuration, set up tracing, then serve or run a CLI
+//! subcommand.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rewind::config::{Config, Overrides};
+use rewind::db::Db;
+
+#[derive(Parser)]
+#[command(name = "rewind", version, about = "Snapshot-first sandbox service")]
+struct Cli {
+    /// Config file (default: config/rewind.toml if present).
+    #[arg(long, env = "REWIND_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args)]
+struct OverrideArgs {
+    #[arg(long, env = "REWIND_BIND", global = true)]
+    bind: Option<String>,
+    #[arg(long, env = "PORT", global = true)]
+    port: Option<String>,
+    #[arg(long, env = "REWIND_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "DB_PATH", global = true)]
+    db_path: Option<PathBuf>,
+    #[arg(long, env = "REWIND_RUNTIME", global = true)]
+    runtime: Option<String>,
+    #[arg(long, env = "REWIND_BASE_IMAGE", global = true)]
+    base_image: Option<PathBuf>,
+    #[arg(long, env = "REWIND_AGENT_BINARY", global = true)]
+    agent_binary: Option<PathBuf>,
+    #[arg(long, env = "REWIND_CH_BINARY", global = true)]
+    ch_binary: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Manage API keys directly in the database (works with the server stopped).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once.
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (prefixes only).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: i64 },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(&cli)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => tokio::runtime::Runtime::new()?.block_on(rewind::server::serve(config)),
+        Command::Keys { command } => keys(&config, command),
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let default = PathBuf::from("config/rewind.toml");
+    let path = cli.config.clone().or_else(|| default.exists().then_some(default));
+    let o = &cli.overrides;
+    let overrides = Overrides {
+        bind: o.bind.clone(),
+        port: o.port.clone(),
+        data_dir: o.data_dir.clone(),
+        db_path: o.db_path.clone(),
+        runtime: o.runtime.clone(),
+        base_image: o.base_image.clone(),
+        agent_binary: o.agent_binary.clone(),
+        ch_binary: o.ch_binary.clone(),
+    };
+    Ok(Config::load(path.as_deref(), &overrides)?)
+}
+
+fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let db = Db::open(&config.db_path).context("opening the database")?;
+    match command {
+        KeysCommand::Create { name, admin } => {
+            let key = rewind::auth::generate()?;
+            let row = db
+                .call_sync(|c| Db::insert_key(c, name.as_deref(), &key.prefix, &key.hash, admin, false))?
+                .context("key was not created")?;
+            println!("{}", key.secret);
+            eprintln!("created key id {} (admin: {}); it won't be shown again", row.id, row.admin);
+        }
+        KeysCommand::List => {
+            for row in db.call_sync(Db::list_keys)? {
+                let state = if row.revoked_at.is_some() { "revoked" } else { "active" };
+                let name = row.name.as_deref().unwrap_or("-");
+                println!("{}\t{}...\t{}\tadmin={}\t{}\t{}", row.id, row.prefix, name, row.admin, row.created_at, state);
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !db.call_sync(|c| Db::revoke_key(c, id))? {
+                anyhow::bail!("no active key with id {id}");
+            }
+            eprintln!("revoked key {id}");
+        }
+    }
+    Ok(())
+}

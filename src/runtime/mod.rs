@@ -1,0 +1,248 @@
+//! Sandbox runtimes: where a sandbox's agent runs.
+//!
+//! One trait, two implementations: [`namespace`] (the agent as PID 1 in fresh
+//! Linux namespaces — the embedded default) and [`cloud_hypervisor`] (one
+//! Cloud Hypervisor microVM per sandbox). The service drives both the same
+//! way: `start` → talk to the agent → `stop`. Everything that differs between
+//! them (how the agent is reached, how a restored workspace is put back in
+//! place, full memory snapshots) is a method here.
+
+pub mod cloud_hypervisor;
+pub mod namespace;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rewind_agent::client::Transport;
+use serde::{Deserialize, Serialize};
+
+/// Which runtime a sandbox uses (stored per sandbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    Namespace,
+    CloudHypervisor,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Namespace => "namespace",
+            RuntimeKind::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
+}
+
+/// Resource limits applied to one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// CPU quota in milli-CPUs (1000 = one core).
+    pub cpu_millis: u64,
+    pub pids: u64,
+    /// Guest vCPUs (VM runtime only).
+    pub vcpus: u8,
+}
+
+/// Everything a runtime needs to know about one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxContext {
+    pub name: String,
+    /// Host path of the live workspace subvolume.
+    pub workspace: PathBuf,
+    /// Host path of the sandbox's writable state directory (in the pool).
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    pub network: bool,
+}
+
+/// What a runtime remembers about a running sandbox; stored as JSON in the
+/// database so a restarted service can re-attach.
+pub type RuntimeState = serde_json::Value;
+
+/// Result of re-attaching after a service restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attached {
+    /// The sandbox was still running and answers.
+    Reattached(RuntimeState),
+    /// It was gone; the runtime started it again (processes and memory are lost,
+    /// the workspace is intact).
+    Restarted(RuntimeState),
+}
+
+/// Failure of a runtime operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("runtime is not available on this host: {reason}")]
+    Unavailable { reason: String },
+    #[error("failed to start sandbox {sandbox}: {message}")]
+    Start { sandbox: String, message: String },
+    #[error("failed to stop sandbox {sandbox}: {message}")]
+    Stop { sandbox: String, message: String },
+    #[error("failed to put the workspace back for sandbox {sandbox}: {message}")]
+    Remount { sandbox: String, message: String },
+    #[error("operation not supported by the {runtime} runtime: {what}")]
+    Unsupported { runtime: &'static str, what: String },
+    #[error("hypervisor error during {op}: {message}")]
+    Hypervisor { op: String, message: String },
+    #[error("agent error")]
+    Agent(#[from] rewind_agent::client::AgentError),
+    #[error("I/O error during {op}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn kind(&self) -> RuntimeKind;
+
+    /// Start a sandbox whose workspace storage has already created. Returns
+    /// once the agent answers a ping.
+    async fn start(&self, sb: &SandboxContext) -> Result<RuntimeState, RuntimeError>;
+
+    /// After a service restart: re-attach to the sandbox described by `state`,
+    /// or start it again.
+    async fn attach(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<Attached, RuntimeError>;
+
+    /// How to reach this sandbox's agent.
+    fn transport(&self, sb: &SandboxContext, state: &RuntimeState) -> Transport;
+
+    /// Called during a restore after the agent unmounted the workspace and
+    /// storage swapped the live subvolume: make the new workspace visible to
+    /// the sandbox again (bind-mount injection, or a disk hot-swap). The
+    /// service then asks the agent to mount it.
+    async fn replace_workspace(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<RuntimeState, RuntimeError>;
+
+    /// Owner (uid, gid) the workspace root must have so that root inside the
+    /// sandbox can write to it; `None` = leave it root-owned.
+    fn workspace_owner(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// After startup recovery: stop and clean up any sandbox this runtime
+    /// finds on the host (processes, cgroups, sockets) whose name is not in
+    /// `known`. Returns what it cleaned, for the log.
+    async fn cleanup_orphans(&self, _known: &[String]) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Why the sandbox's runtime process ended unexpectedly (e.g. the VMM
+    /// exited, with its status and log tail); `None` while it runs or when the
+    /// runtime cannot tell. The service marks the sandbox failed with it.
+    fn failure(&self, _sb: &SandboxContext) -> Option<String> {
+        None
+    }
+
+    /// Whether this runtime saves and restores full state (memory + devices):
+    /// [`Runtime::pause`], [`Runtime::resume`], [`Runtime::save_state`],
+    /// [`Runtime::start_from_state`]. Use [`full_snapshot`] to drive them.
+    fn supports_memory_snapshots(&self) -> bool {
+        false
+    }
+
+    /// Freeze the sandbox (vCPUs and devices) so storage can be snapshotted
+    /// consistently with memory.
+    async fn pause(&self, _sb: &SandboxContext, _state: &RuntimeState) -> Result<(), RuntimeError> {
+        Err(unsupported(self.kind(), "memory snapshots"))
+    }
+
+    async fn resume(
+        &self,
+        _sb: &SandboxContext,
+        _state: &RuntimeState,
+    ) -> Result<(), RuntimeError> {
+        Err(unsupported(self.kind(), "memory snapshots"))
+    }
+
+    /// Save memory + device state into `dir` (created; must be empty or
+    /// absent) while paused. On failure nothing is left at `dir` and the
+    /// sandbox stays paused: the caller resumes ([`full_snapshot`] does).
+    async fn save_state(
+        &self,
+        _sb: &SandboxContext,
+        _state: &RuntimeState,
+        _dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        Err(unsupported(self.kind(), "memory snapshots"))
+    }
+
+    /// Start `sb` from state saved by [`Runtime::save_state`] (of `sb` itself
+    /// = restore, or of another sandbox = fork) and resume it; returns once
+    /// the agent's transport answers. `sb`'s storage must already hold the
+    /// matching workspace, and `sb` must be stopped. `dir` is only read.
+    async fn start_from_state(
+        &self,
+        _sb: &SandboxContext,
+        _dir: &Path,
+    ) -> Result<RuntimeState, RuntimeError> {
+        Err(unsupported(self.kind(), "memory snapshots"))
+    }
+
+    /// Stop the sandbox and release every host resource it held (processes,
+    /// cgroups, sockets, taps). Idempotent: stopping a stopped sandbox is Ok.
+    async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError>;
+}
+
+fn unsupported(kind: RuntimeKind, what: &str) -> RuntimeError {
+    RuntimeError::Unsupported {
+        runtime: kind.as_str(),
+        what: what.into(),
+    }
+}
+
+/// Failure of [`full_snapshot`].
+#[derive(Debug, thiserror::Error)]
+pub enum FullSnapshotError<E: std::error::Error + 'static> {
+    /// The storage step failed; the sandbox was resumed, no VM state was saved.
+    #[error("storage snapshot failed while the sandbox was paused")]
+    Storage(#[source] E),
+    /// Pausing, saving VM state or resuming failed. When the storage step had
+    /// already succeeded, the caller deletes what it created.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// A full snapshot: pause → `storage` (the caller's Btrfs snapshot; a lazy
+/// future, run only once paused) → [`Runtime::save_state`] into `dir` →
+/// resume. The sandbox is resumed on every path that paused it, and a failed
+/// save leaves nothing at `dir`.
+///
+/// Not cancellation-safe: dropping the returned future while paused leaves
+/// the sandbox paused; callers run it to completion (e.g. in a spawned task).
+pub async fn full_snapshot<R, T, E, F>(
+    rt: &R,
+    sb: &SandboxContext,
+    state: &RuntimeState,
+    dir: &Path,
+    storage: F,
+) -> Result<T, FullSnapshotError<E>>
+where
+    R: Runtime + ?Sized,
+    E: std::error::Error + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    rt.pause(sb, state).await?;
+    let saved = match storage.await {
+        Ok(value) => rt.save_state(sb, state, dir).await.map(|()| value),
+        Err(e) => {
+            rt.resume(sb, state).await?;
+            return Err(FullSnapshotError::Storage(e));
+        }
+    };
+    let resumed = rt.resume(sb, state).await;
+    let value = saved?;
+    resumed?;
+    Ok(value)
+}

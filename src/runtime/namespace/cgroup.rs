@@ -1,0 +1,215 @@
+//! Per-sandbox cgroups: memory, CPU and pids limits. cgroup v2 where the host
+//! has a unified hierarchy with controllers; otherwise the v1 controllers
+//! (as on this machine). Every sandbox gets `rewind/<name>` under each
+//! hierarchy; the launcher writes the sandbox's PID 1 into them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::runtime::Limits;
+
+const ROOT: &str = "/sys/fs/cgroup";
+const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+const CFS_PERIOD_US: u64 = 100_000;
+
+/// The cgroup hierarchy in use, and the parent group (`rewind-<hash of the
+/// data dir>`, so two rewind instances on one host never touch each other's
+/// sandboxes).
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    group: String,
+    layout: Layout,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    V2 {
+        root: PathBuf,
+    },
+    V1 {
+        mounts: Vec<(&'static str, PathBuf)>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroup {path} still has processes after {secs}s")]
+    Busy { path: PathBuf, secs: u64 },
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Io {
+        op: "write",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Cgroups {
+    /// Look at /sys/fs/cgroup and pick the hierarchy to use.
+    pub fn detect(group: String) -> Cgroups {
+        let root = Path::new(ROOT);
+        let layout = if root.join("cgroup.controllers").exists() {
+            Layout::V2 {
+                root: root.to_owned(),
+            }
+        } else {
+            let mounts = V1_CONTROLLERS
+                .iter()
+                .map(|c| (*c, root.join(c)))
+                .filter(|(_, p)| p.join("cgroup.procs").exists())
+                .collect();
+            Layout::V1 { mounts }
+        };
+        Cgroups { group, layout }
+    }
+
+    /// `v1` or `v2`, for logs.
+    pub fn version(&self) -> &'static str {
+        match self.layout {
+            Layout::V2 { .. } => "v2",
+            Layout::V1 { .. } => "v1",
+        }
+    }
+
+    fn parents(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2 { root } => vec![root.join(&self.group)],
+            Layout::V1 { mounts } => mounts.iter().map(|(_, m)| m.join(&self.group)).collect(),
+        }
+    }
+
+    /// The sandbox's cgroup directories (one per hierarchy).
+    pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
+        self.parents().into_iter().map(|p| p.join(name)).collect()
+    }
+
+    /// Create the sandbox's cgroups with `limits` applied. Idempotent.
+    pub fn create(&self, name: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
+        match &self.layout {
+            Layout::V2 { root } => {
+                let parent = root.join(&self.group);
+                mkdir(&parent)?;
+                let _ = write(&root.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                let _ = write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                let dir = parent.join(name);
+                mkdir(&dir)?;
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                let _ = write(&dir.join("memory.swap.max"), "0");
+                write(&dir.join("pids.max"), &limits.pids.to_string())?;
+                let quota = limits.cpu_millis * CFS_PERIOD_US / 1000;
+                write(&dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))?;
+                Ok(vec![dir])
+            }
+            Layout::V1 { mounts } => mounts
+                .iter()
+                .map(|(ctrl, mount)| {
+                    mkdir(&mount.join(&self.group))?;
+                    let dir = mount.join(&self.group).join(name);
+                    mkdir(&dir)?;
+                    apply_v1(ctrl, &dir, limits)?;
+                    Ok(dir)
+                })
+                .collect(),
+        }
+    }
+
+    /// Kill whatever is left in the sandbox's cgroups and remove them.
+    pub fn remove(&self, name: &str) -> Result<(), CgroupError> {
+        for dir in self.dirs(name) {
+            if dir.exists() {
+                kill_all(&dir)?;
+                fs::remove_dir(&dir).map_err(|source| CgroupError::Io {
+                    op: "remove",
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of all sandboxes that have a cgroup on this host.
+    pub fn list(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .parents()
+            .iter()
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(CgroupError::Io {
+            op: "create",
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn apply_v1(ctrl: &str, dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
+    match ctrl {
+        "memory" => {
+            write(
+                &dir.join("memory.limit_in_bytes"),
+                &limits.memory_bytes.to_string(),
+            )?;
+            // Keep the sandbox out of swap where the knob exists.
+            let _ = write(&dir.join("memory.swappiness"), "0");
+            Ok(())
+        }
+        "pids" => write(&dir.join("pids.max"), &limits.pids.to_string()),
+        "cpu" => {
+            write(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+            let quota = limits.cpu_millis * CFS_PERIOD_US / 1000;
+            write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// SIGKILL every process in `dir` until it is empty (bounded wait).
+fn kill_all(dir: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CgroupError::Busy {
+                path: dir.to_owned(),
+                secs: 10,
+            });
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

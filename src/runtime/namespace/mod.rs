@@ -1,0 +1,393 @@
+//! The namespace runtime (the embedded default): each sandbox is
+//! `rewind-agent` as PID 1 in fresh user, mount, PID, UTS, IPC, network and
+//! cgroup namespaces, on an overlay of the uid-shifted base rootfs, with the
+//! workspace subvolume bind-mounted at `/workspace`.
+//!
+//! The namespace dance itself happens in `rewind-agent launch` (a
+//! single-threaded process; forking the multi-threaded service would not be
+//! safe). This module prepares what it needs — overlay dirs in the sandbox's
+//! state dir, cgroups, the socket path — runs it, and tracks the PID 1 it
+//! reports. PID 1 is re-parented away from the service, so sandboxes survive
+//! a service restart; `attach` re-connects to them, checking the PID's start
+//! time so a recycled PID is never mistaken for the sandbox.
+//!
+//! Root inside every sandbox maps to host uid [`UID_BASE`] (65536 ids); the
+//! shared read-only lower layer is a copy of the base image shifted into that
+//! range ([`rootfs`]).
+
+mod cgroup;
+mod rootfs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rewind_agent::client::{AgentClient, Transport};
+use rewind_agent::sandbox::LaunchSpec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use super::{Attached, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext};
+use crate::config::Config;
+pub use cgroup::Cgroups;
+
+/// Host uid/gid that root inside a sandbox maps to.
+pub const UID_BASE: u32 = 100_000;
+/// Size of the mapped id range.
+pub const UID_COUNT: u32 = 65_536;
+
+/// How long a freshly launched agent has to answer its first ping.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct NamespaceRuntime {
+    agent_bin: PathBuf,
+    lower: PathBuf,
+    sock_dir: PathBuf,
+    cgroups: Cgroups,
+}
+
+/// What we remember about a running sandbox (stored in the database).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NsState {
+    pid: i32,
+    /// Field 22 of /proc/<pid>/stat, to detect PID reuse.
+    starttime: u64,
+    socket: PathBuf,
+}
+
+impl NamespaceRuntime {
+    /// Check the host and prepare the shifted rootfs (once).
+    pub async fn new(
+        config: &Config,
+        _storage: &rewind_storage::Storage,
+    ) -> Result<Self, RuntimeError> {
+        let unavailable = |reason: String| RuntimeError::Unavailable { reason };
+        if !nix::unistd::geteuid().is_root() {
+            return Err(unavailable("the namespace runtime needs root".into()));
+        }
+        let agent_bin = crate::server::agent_binary(config);
+        let agent_bin = which(&agent_bin).ok_or_else(|| {
+            unavailable(format!(
+                "agent binary {} not found (build with `cargo build -p rewind-agent`)",
+                agent_bin.display()
+            ))
+        })?;
+        let base = config.base_image.clone();
+        let dest = config.data_dir.join(format!("images/ns-{UID_BASE}/rootfs"));
+        let lower =
+            tokio::task::spawn_blocking(move || rootfs::ensure_shifted(&base, &dest, UID_BASE))
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .map_err(|e| unavailable(e.to_string()))?;
+        let sock_dir = config.data_dir.join("run");
+        std::fs::create_dir_all(&sock_dir).map_err(|source| RuntimeError::Io {
+            op: format!("create {}", sock_dir.display()),
+            source,
+        })?;
+        let digest = Sha256::digest(config.data_dir.as_os_str().as_encoded_bytes());
+        let group = format!(
+            "rewind-{}",
+            digest[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let cgroups = Cgroups::detect(group);
+        // Launched PID 1s are orphaned by the launcher's double fork; adopt
+        // them so teardown can reap them (some hosts' init never does).
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper; stopped sandboxes may linger as zombies");
+        }
+        tracing::info!(cgroups = cgroups.version(), lower = %lower.display(), "namespace runtime ready");
+        Ok(NamespaceRuntime {
+            agent_bin,
+            lower,
+            sock_dir,
+            cgroups,
+        })
+    }
+
+    /// Unix socket paths are limited to 108 bytes: name them by a hash.
+    fn socket_path(&self, name: &str) -> PathBuf {
+        let digest = Sha256::digest(name.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.sock_dir.join(format!("{hex}.sock"))
+    }
+
+    fn launch_spec(
+        &self,
+        sb: &SandboxContext,
+        cgroups: Vec<PathBuf>,
+    ) -> Result<LaunchSpec, RuntimeError> {
+        let ns = sb.state_dir.join("ns");
+        let (upper, work, merged) = (ns.join("upper"), ns.join("work"), ns.join("merged"));
+        for dir in [&upper, &work, &merged] {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+                op: format!("create {}", dir.display()),
+                source,
+            })?;
+            std::os::unix::fs::chown(dir, Some(UID_BASE), Some(UID_BASE)).map_err(|source| {
+                RuntimeError::Io {
+                    op: format!("chown {}", dir.display()),
+                    source,
+                }
+            })?;
+        }
+        Ok(LaunchSpec {
+            name: sb.name.clone(),
+            rootfs_lower: self.lower.clone(),
+            upper_dir: upper,
+            work_dir: work,
+            merged_dir: merged,
+            workspace: sb.workspace.clone(),
+            socket: self.socket_path(&sb.name),
+            uid_base: UID_BASE,
+            uid_count: UID_COUNT,
+            cgroups,
+            log: ns.join("agent.log"),
+        })
+    }
+
+    async fn launch(&self, sb: &SandboxContext) -> Result<NsState, RuntimeError> {
+        let start_err = |message: String| RuntimeError::Start {
+            sandbox: sb.name.clone(),
+            message,
+        };
+        let cgroups = self
+            .cgroups
+            .create(&sb.name, &sb.limits)
+            .map_err(|e| start_err(format!("cgroups: {e}")))?;
+        let spec = self.launch_spec(sb, cgroups)?;
+        let spec_path = sb.state_dir.join("ns/launch.json");
+        let text = serde_json::to_vec_pretty(&spec).map_err(|e| start_err(e.to_string()))?;
+        std::fs::write(&spec_path, text).map_err(|source| RuntimeError::Io {
+            op: format!("write {}", spec_path.display()),
+            source,
+        })?;
+        let out = Command::new(&self.agent_bin)
+            .arg("launch")
+            .arg("--spec")
+            .arg(&spec_path)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| start_err(format!("cannot run {}: {e}", self.agent_bin.display())))?;
+        if !out.status.success() {
+            let _ = self.cgroups.remove(&sb.name);
+            return Err(start_err(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Launched {
+            pid: i32,
+        }
+        let launched: Launched = serde_json::from_slice(&out.stdout)
+            .map_err(|e| start_err(format!("unexpected launcher output: {e}")))?;
+        let starttime = proc_starttime(launched.pid).ok_or_else(|| {
+            start_err(format!(
+                "sandbox PID {} exited right after launch",
+                launched.pid
+            ))
+        })?;
+        Ok(NsState {
+            pid: launched.pid,
+            starttime,
+            socket: spec.socket,
+        })
+    }
+
+    /// Kill PID 1 (which takes the whole PID namespace with it), then clear
+    /// the cgroups and the socket.
+    fn teardown(&self, name: &str, state: Option<&NsState>) -> Result<(), RuntimeError> {
+        if let Some(s) = state.filter(|s| proc_starttime(s.pid) == Some(s.starttime)) {
+            let pid = nix::unistd::Pid::from_raw(s.pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            wait_gone(s.pid, s.starttime, Duration::from_secs(10));
+            // Reap it if we adopted it (see `new`); harmless otherwise.
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+        self.cgroups.remove(name).map_err(|e| RuntimeError::Stop {
+            sandbox: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        let _ = std::fs::remove_file(self.socket_path(name));
+        Ok(())
+    }
+}
+
+async fn wait_ready(transport: Transport) -> Result<(), RuntimeError> {
+    let client = AgentClient::new(transport);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match client.ping().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for NamespaceRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Namespace
+    }
+
+    fn workspace_owner(&self) -> Option<(u32, u32)> {
+        Some((UID_BASE, UID_BASE))
+    }
+
+    async fn start(&self, sb: &SandboxContext) -> Result<RuntimeState, RuntimeError> {
+        let state = self.launch(sb).await?;
+        if let Err(e) = wait_ready(Transport::Unix(state.socket.clone())).await {
+            let _ = self.teardown(&sb.name, Some(&state));
+            return Err(e);
+        }
+        tracing::info!(sandbox = %sb.name, pid = state.pid, "namespace sandbox started");
+        serde_json::to_value(&state).map_err(|e| RuntimeError::Start {
+            sandbox: sb.name.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    async fn attach(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<Attached, RuntimeError> {
+        let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
+        if let Some(s) = known
+            .as_ref()
+            .filter(|s| proc_starttime(s.pid) == Some(s.starttime))
+        {
+            let client = AgentClient::new(Transport::Unix(s.socket.clone()));
+            if tokio::time::timeout(Duration::from_secs(5), client.ping())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                return Ok(Attached::Reattached(state.clone()));
+            }
+        }
+        self.teardown(&sb.name, known.as_ref())?;
+        Ok(Attached::Restarted(self.start(sb).await?))
+    }
+
+    fn transport(&self, sb: &SandboxContext, state: &RuntimeState) -> Transport {
+        let socket = serde_json::from_value::<NsState>(state.clone())
+            .map(|s| s.socket)
+            .unwrap_or_else(|_| self.socket_path(&sb.name));
+        Transport::Unix(socket)
+    }
+
+    async fn replace_workspace(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<RuntimeState, RuntimeError> {
+        let remount_err = |message: String| RuntimeError::Remount {
+            sandbox: sb.name.clone(),
+            message,
+        };
+        let s: NsState =
+            serde_json::from_value(state.clone()).map_err(|e| remount_err(e.to_string()))?;
+        let out = Command::new(&self.agent_bin)
+            .arg("mount-into")
+            .arg("--pid")
+            .arg(s.pid.to_string())
+            .arg("--source")
+            .arg(&sb.workspace)
+            .arg("--target")
+            .arg(rewind_agent::protocol::WORKSPACE_DIR)
+            .output()
+            .await
+            .map_err(|e| remount_err(e.to_string()))?;
+        if !out.status.success() {
+            return Err(remount_err(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        Ok(state.clone())
+    }
+
+    async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
+        let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
+        self.teardown(&sb.name, known.as_ref())
+    }
+
+    async fn cleanup_orphans(&self, known: &[String]) -> Vec<String> {
+        let mut cleaned = Vec::new();
+        for name in self.cgroups.list() {
+            if !known.contains(&name) {
+                match self.teardown(&name, None) {
+                    Ok(()) => cleaned.push(format!(
+                        "removed cgroups and processes of unknown sandbox {name}"
+                    )),
+                    Err(e) => cleaned.push(format!("could not clean unknown sandbox {name}: {e}")),
+                }
+            }
+        }
+        let known_sockets: Vec<PathBuf> = known.iter().map(|n| self.socket_path(n)).collect();
+        for entry in std::fs::read_dir(&self.sock_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "sock") && !known_sockets.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+                cleaned.push(format!("removed stale socket {}", path.display()));
+            }
+        }
+        cleaned
+    }
+}
+
+/// Start time of a live (non-zombie) process, or `None`.
+fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields after it are space-separated.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while proc_starttime(pid) == Some(starttime) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Resolve a binary path: as given if it exists, else on PATH.
+fn which(bin: &Path) -> Option<PathBuf> {
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return bin.exists().then(|| bin.to_owned());
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(bin))
+        .find(|p| p.exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_starttime_of_self_is_some() {
+        let pid = std::process::id() as i32;
+        assert_eq!(proc_starttime(pid), proc_starttime(pid));
+        assert!(proc_starttime(pid).is_some());
+    }
+
+    #[test]
+    fn proc_starttime_of_absent_pid_is_none() {
+        assert_eq!(proc_starttime(i32::MAX), None);
+    }
+}

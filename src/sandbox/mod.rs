@@ -1,0 +1,236 @@
+//! Sandbox orchestration: the operations behind the API, one file each
+//! (`create.rs`, `run.rs`, `restore.rs`, `wipe.rs`, `delete.rs`,
+//! `snapshots.rs`), plus `recover.rs` for startup reconciliation.
+//!
+//! Every operation on one sandbox holds that sandbox's async lock, so each
+//! snapshot belongs to exactly one command; different sandboxes proceed in
+//! parallel. The lock order is always: registry map (never across an await)
+//! → sandbox lock → database/storage calls.
+
+mod create;
+mod delete;
+mod recover;
+mod restore;
+mod run;
+mod snapshots;
+mod wipe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rewind_agent::client::AgentClient;
+use rewind_storage::{SandboxName, SnapshotName, Storage, StorageError};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::auth::Caller;
+use crate::config::Config;
+use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
+use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
+
+pub use run::{RunOutput, RunRequest};
+pub use snapshots::{CreateSnapshot, SnapshotView};
+
+/// Failure of a sandbox operation; the API maps each variant to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("sandbox \"{name}\" is {status}: {reason}")]
+    NotRunning {
+        name: String,
+        status: &'static str,
+        reason: String,
+    },
+    #[error("storage operation failed")]
+    Storage(#[from] StorageError),
+    #[error("runtime operation failed")]
+    Runtime(#[from] RuntimeError),
+    #[error("agent request failed")]
+    Agent(#[from] rewind_agent::client::AgentError),
+    #[error("database operation failed")]
+    Db(#[from] DbError),
+    #[error("I/O error during {op}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("background task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// In-memory state of one sandbox, behind its lock.
+pub struct Live {
+    pub id: i64,
+    pub ctx: SandboxContext,
+    pub state: RuntimeState,
+    pub agent: AgentClient,
+    /// Last `cmd_<ms>` used, so names stay unique within a millisecond.
+    pub last_cmd_ms: i64,
+}
+
+type Entry = Arc<AsyncMutex<Live>>;
+
+/// The sandbox service: database + storage + runtime + per-sandbox locks.
+#[derive(Clone)]
+pub struct Sandboxes {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub storage: Storage,
+    pub runtime: Arc<dyn Runtime>,
+    live: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+impl Sandboxes {
+    pub fn new(config: Arc<Config>, db: Db, storage: Storage, runtime: Arc<dyn Runtime>) -> Self {
+        Sandboxes {
+            config,
+            db,
+            storage,
+            runtime,
+            live: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let l = &self.config.limits;
+        Limits {
+            memory_bytes: l.memory_mb * 1024 * 1024,
+            cpu_millis: l.cpu_millis,
+            pids: l.pids,
+            vcpus: l.vcpus,
+        }
+    }
+
+    fn context(&self, name: &SandboxName) -> SandboxContext {
+        SandboxContext {
+            name: name.to_string(),
+            workspace: self.storage.workspace_path(name),
+            state_dir: self.storage.state_dir(name),
+            limits: self.limits(),
+            network: false,
+        }
+    }
+
+    fn entry(&self, name: &str) -> Option<Entry> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn insert_entry(&self, name: &str, live: Live) -> Entry {
+        let entry = Arc::new(AsyncMutex::new(live));
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), entry.clone());
+        entry
+    }
+
+    fn remove_entry(&self, name: &str) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    fn new_live(&self, row: &SandboxRow, name: &SandboxName, state: RuntimeState) -> Live {
+        let ctx = self.context(name);
+        let agent = AgentClient::new(self.runtime.transport(&ctx, &state));
+        Live {
+            id: row.id,
+            ctx,
+            state,
+            agent,
+            last_cmd_ms: 0,
+        }
+    }
+
+    /// The caller's view of a sandbox row: 404 when absent or not theirs.
+    pub async fn find(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
+        let name = parse_sandbox_name(name)?;
+        let key = name.to_string();
+        let row = self.db.call(move |c| Db::sandbox_by_name(c, &key)).await?;
+        match row {
+            Some(row) if caller.can_see(row.owner_key_id) && row.status != SandboxStatus::Deleting => {
+                Ok(row)
+            }
+            _ => Err(SandboxError::NotFound(format!("VM \"{name}\" not found"))),
+        }
+    }
+
+    /// Find a sandbox and return its live entry, refusing failed sandboxes.
+    async fn find_live(&self, caller: &Caller, name: &str) -> Result<(SandboxRow, Entry), SandboxError> {
+        let row = self.find(caller, name).await?;
+        if row.status != SandboxStatus::Running {
+            return Err(SandboxError::NotRunning {
+                name: row.name.clone(),
+                status: row.status.as_str(),
+                reason: row.status_reason.clone().unwrap_or_else(|| "not ready".into()),
+            });
+        }
+        let entry = self.entry(&row.name).ok_or_else(|| SandboxError::NotRunning {
+            name: row.name.clone(),
+            status: "failed",
+            reason: "the sandbox is not attached".into(),
+        })?;
+        Ok((row, entry))
+    }
+
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<SandboxRow>, SandboxError> {
+        let owner = caller.owner_filter();
+        Ok(self.db.call(move |c| Db::list_sandboxes(c, owner)).await?)
+    }
+
+    /// Whether the sandbox's agent answers a ping right now.
+    pub async fn agent_healthy(&self, name: &str) -> bool {
+        let Some(entry) = self.entry(name) else {
+            return false;
+        };
+        // Don't wait behind a long command: a held lock means the agent is busy, i.e. alive.
+        let Ok(live) = entry.try_lock() else {
+            return true;
+        };
+        let ping = live.agent.ping();
+        matches!(tokio::time::timeout(std::time::Duration::from_secs(2), ping).await, Ok(Ok(_)))
+    }
+
+    /// Mark a sandbox failed (its runtime died or could not be reached).
+    async fn mark_failed(&self, id: i64, reason: String) {
+        tracing::error!(sandbox_id = id, reason = %reason, "sandbox failed");
+        let result = self
+            .db
+            .call(move |c| Db::set_sandbox_status(c, id, SandboxStatus::Failed, Some(&reason)))
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot record sandbox failure");
+        }
+    }
+
+    /// Run a blocking storage operation off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Storage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let storage = self.storage.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&storage)).await??)
+    }
+}
+
+pub fn parse_sandbox_name(name: &str) -> Result<SandboxName, SandboxError> {
+    name.parse().map_err(|e: rewind_storage::NameError| SandboxError::Invalid {
+        field: "name",
+        message: e.to_string(),
+    })
+}
+
+pub fn parse_snapshot_name(field: &'static str, name: &str) -> Result<SnapshotName, SandboxError> {
+    name.parse().map_err(|e: rewind_storage::NameError| SandboxError::Invalid {
+        field,
+        message: e.to_string(),
+    })
+}
+
+/// Current unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    crate::db::now().1
+}

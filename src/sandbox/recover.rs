@@ -1,0 +1,139 @@
+//! Startup reconciliation of the database with Btrfs and the runtime.
+//!
+//! - `deleting` rows: the deletion is finished.
+//! - `creating` rows: the half-made sandbox is rolled back.
+//! - A snapshot row without its subvolume is kept, flagged `missing`, and
+//!   logged; a restore to it answers 409. A snapshot subvolume without its
+//!   row gets a row of kind `recovered` (its command is unknown), logged.
+//! - A sandbox directory in storage without any row is reported, not deleted.
+//! - Each live sandbox is re-attached (or restarted, and logged as such);
+//!   one that cannot be brought back is marked `failed` with the reason.
+//! - The runtime cleans up host resources of sandboxes it doesn't know.
+
+use std::collections::HashSet;
+
+use rewind_storage::SandboxName;
+
+use super::{SandboxError, Sandboxes};
+use crate::db::{Db, NewSnapshot, SandboxRow, SandboxStatus};
+use crate::runtime::Attached;
+
+/// What recovery did, for the log and for tests.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub actions: Vec<String>,
+}
+
+impl Sandboxes {
+    pub async fn recover(&self) -> Result<RecoveryReport, SandboxError> {
+        let mut report = RecoveryReport::default();
+        for line in self.storage.recovery_report() {
+            report.actions.push(format!("storage: {line}"));
+        }
+        let rows = self.db.call(|c| Db::list_sandboxes(c, None)).await?;
+        let mut known = Vec::new();
+        for row in rows {
+            match row.status {
+                SandboxStatus::Deleting => {
+                    self.finish_delete(&row).await?;
+                    report.actions.push(format!("finished deleting sandbox {}", row.name));
+                }
+                SandboxStatus::Creating => {
+                    let name = super::parse_sandbox_name(&row.name)?;
+                    let _ = self.runtime.stop(&self.context(&name), &row.runtime_state).await;
+                    self.rollback_create(&row, &name).await;
+                    report.actions.push(format!("rolled back half-created sandbox {}", row.name));
+                }
+                SandboxStatus::Running | SandboxStatus::Failed => {
+                    known.push(row.name.clone());
+                    self.reconcile_snapshots(&row, &mut report).await?;
+                    self.reattach(&row, &mut report).await?;
+                }
+            }
+        }
+        self.report_storage_orphans(&known, &mut report)?;
+        for cleaned in self.runtime.cleanup_orphans(&known).await {
+            report.actions.push(format!("runtime: {cleaned}"));
+        }
+        for action in &report.actions {
+            tracing::warn!(action = %action, "startup recovery");
+        }
+        Ok(report)
+    }
+
+    async fn reconcile_snapshots(&self, row: &SandboxRow, report: &mut RecoveryReport) -> Result<(), SandboxError> {
+        let name = super::parse_sandbox_name(&row.name)?;
+        let on_disk = self.blocking(move |s| s.list_snapshots(&name)).await?;
+        let id = row.id;
+        let rows = self.db.call(move |c| Db::list_snapshots(c, id)).await?;
+        let disk_names: HashSet<&str> = on_disk.iter().map(|i| i.name.as_str()).collect();
+        let row_names: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        for r in rows.iter().filter(|r| !r.missing && !disk_names.contains(r.name.as_str())) {
+            // Retention prunes automatic snapshots on purpose; only kept ones are "missing".
+            if r.kind == "command" || r.kind == "wipe" {
+                let rid = r.id;
+                self.db.call(move |c| Db::delete_snapshot_row(c, rid)).await?;
+                continue;
+            }
+            let rid = r.id;
+            self.db.call(move |c| Db::mark_snapshot_missing(c, rid)).await?;
+            report.actions.push(format!("{}: snapshot {} has no subvolume; marked missing", row.name, r.name));
+        }
+        for info in on_disk.iter().filter(|i| !row_names.contains(i.name.as_str())) {
+            let new = NewSnapshot {
+                name: info.name.clone(),
+                kind: "recovered",
+                created_ms: Some(super::create::system_ms(info.created)),
+                ..Default::default()
+            };
+            self.db.call(move |c| Db::insert_snapshot(c, id, &new)).await?;
+            report.actions.push(format!("{}: snapshot {} had no row; recorded as recovered", row.name, info.name));
+        }
+        Ok(())
+    }
+
+    async fn reattach(&self, row: &SandboxRow, report: &mut RecoveryReport) -> Result<(), SandboxError> {
+        let name = super::parse_sandbox_name(&row.name)?;
+        let ctx = self.context(&name);
+        let id = row.id;
+        let state = match self.runtime.attach(&ctx, &row.runtime_state).await {
+            Ok(Attached::Reattached(state)) => state,
+            Ok(Attached::Restarted(state)) => {
+                report.actions.push(format!(
+                    "{}: sandbox was not running; restarted it (processes lost, workspace intact)",
+                    row.name
+                ));
+                state
+            }
+            Err(e) => {
+                let reason = format!("could not re-attach after restart: {e}");
+                report.actions.push(format!("{}: {reason}", row.name));
+                self.mark_failed(id, reason).await;
+                return Ok(());
+            }
+        };
+        let saved = state.clone();
+        let last = self
+            .db
+            .call(move |c| {
+                Db::set_runtime_state(c, id, &saved)?;
+                Db::set_sandbox_status(c, id, SandboxStatus::Running, None)?;
+                Db::last_command_ms(c, id)
+            })
+            .await?;
+        let mut live = self.new_live(row, &name, state);
+        live.last_cmd_ms = last;
+        self.insert_entry(&row.name, live);
+        Ok(())
+    }
+
+    fn report_storage_orphans(&self, known: &[String], report: &mut RecoveryReport) -> Result<(), SandboxError> {
+        let on_disk: Vec<SandboxName> = self.storage.list_sandboxes()?;
+        for name in on_disk.iter().filter(|n| !known.iter().any(|k| k == n.as_ref())) {
+            report.actions.push(format!(
+                "storage has sandbox {name} with no database row; left in place (delete it with the storage tools or re-create the row)"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! Snapshot listing, named snapshots (`POST /vms/:name/snapshots`) and
+//! snapshot deletion.
+
+use std::collections::HashMap;
+
+use rewind_storage::{SnapshotKind, Sizes};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{SandboxError, Sandboxes};
+use crate::auth::Caller;
+use crate::db::{Db, NewSnapshot, SnapshotRow};
+
+/// Body of `POST /vms/:name/snapshots` (MicroVM Sandbox reference).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub include_memory: bool,
+}
+
+/// A snapshot row plus what storage knows about it.
+#[derive(Debug, Clone)]
+pub struct SnapshotView {
+    pub row: SnapshotRow,
+    pub sizes: Option<Sizes>,
+    pub pinned: bool,
+}
+
+const MAX_DESCRIPTION: usize = 4096;
+
+impl Sandboxes {
+    pub async fn list_snapshots(&self, caller: &Caller, name: &str) -> Result<Vec<SnapshotView>, SandboxError> {
+        let row = self.find(caller, name).await?;
+        let id = row.id;
+        let rows = self.db.call(move |c| Db::list_snapshots(c, id)).await?;
+        let sandbox = super::parse_sandbox_name(&row.name)?;
+        let infos = self.blocking(move |s| s.list_snapshots(&sandbox)).await?;
+        let by_name: HashMap<_, _> = infos.into_iter().map(|i| (i.name.clone(), i)).collect();
+        let views = rows
+            .into_iter()
+            // Rows whose subvolume was pruned by retention are gone from storage.
+            .filter(|r| r.missing || by_name.contains_key(&r.name))
+            .map(|row| {
+                let info = by_name.get(&row.name);
+                SnapshotView {
+                    sizes: info.and_then(|i| i.sizes),
+                    pinned: info.is_some_and(|i| i.kind == SnapshotKind::Kept),
+                    row,
+                }
+            })
+            .collect();
+        Ok(views)
+    }
+
+    pub async fn create_snapshot(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: CreateSnapshot,
+    ) -> Result<SnapshotView, SandboxError> {
+        let snap = super::parse_snapshot_name("name", &req.name)?;
+        if req.name.starts_with("cmd_") || req.name.starts_with("wipe_") || req.name == super::create::INITIAL {
+            return Err(SandboxError::Invalid {
+                field: "name",
+                message: "`initial`, `cmd_*` and `wipe_*` are reserved for automatic snapshots".into(),
+            });
+        }
+        if req.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION) {
+            return Err(SandboxError::Invalid {
+                field: "description",
+                message: format!("is longer than {MAX_DESCRIPTION} bytes"),
+            });
+        }
+        if req.include_memory && !self.runtime.supports_memory_snapshots() {
+            return Err(SandboxError::Invalid {
+                field: "include_memory",
+                message: format!(
+                    "memory snapshots are not supported by the {} runtime; use include_memory: false",
+                    self.runtime.kind().as_str()
+                ),
+            });
+        }
+        let (row, entry) = self.find_live(caller, name).await?;
+        let live = entry.lock().await;
+        let (id, key) = (row.id, snap.to_string());
+        if self.db.call(move |c| Db::snapshot_by_name(c, id, &key)).await?.is_some() {
+            return Err(SandboxError::Conflict(format!("snapshot \"{snap}\" already exists")));
+        }
+        let info = self.take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept).await?;
+        let checksum = self.checksum(&row.name, snap.as_ref()).await?;
+        let new = NewSnapshot {
+            name: snap.to_string(),
+            kind: "named",
+            description: req.description,
+            include_memory: req.include_memory,
+            checksum: Some(checksum),
+            created_ms: Some(super::create::system_ms(info.created)),
+            ..Default::default()
+        };
+        let saved = self.db.call(move |c| Db::insert_snapshot(c, id, &new)).await?;
+        Ok(SnapshotView {
+            row: saved,
+            sizes: info.sizes,
+            pinned: true,
+        })
+    }
+
+    /// `sha256:<hex>` over the snapshot's whole content (see [`tree_sha256`]).
+    /// Costs a read of the snapshot's data; only named snapshots pay it.
+    async fn checksum(&self, sandbox: &str, snap: &str) -> Result<String, SandboxError> {
+        let sb = super::parse_sandbox_name(sandbox)?;
+        let sn = super::parse_snapshot_name("name", snap)?;
+        let path = self.storage.snapshot_path(&sb, &sn);
+        let digest = tokio::task::spawn_blocking(move || tree_sha256(&path))
+            .await?
+            .map_err(|source| SandboxError::Io {
+                op: "checksum snapshot",
+                source,
+            })?;
+        Ok(format!("sha256:{digest}"))
+    }
+
+    pub async fn delete_snapshot(&self, caller: &Caller, name: &str, snapshot: &str) -> Result<(), SandboxError> {
+        let snap = super::parse_snapshot_name("snapshot", snapshot)?;
+        let (row, entry) = self.find_live(caller, name).await?;
+        let _live = entry.lock().await;
+        let (id, key) = (row.id, snap.to_string());
+        let found = self.db.call(move |c| Db::snapshot_by_name(c, id, &key)).await?;
+        let Some(found) = found else {
+            return Err(SandboxError::NotFound(format!("snapshot \"{snap}\" not found")));
+        };
+        let sandbox = super::parse_sandbox_name(&row.name)?;
+        let deleted = self.blocking(move |s| s.delete_snapshot(&sandbox, &snap)).await;
+        match deleted {
+            Ok(()) | Err(SandboxError::Storage(rewind_storage::StorageError::NotFound { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        self.db.call(move |c| Db::delete_snapshot_row(c, found.id)).await?;
+        Ok(())
+    }
+}
+
+/// SHA-256 over a directory tree, independent of inode numbers and times:
+/// for every entry in sorted order, its relative path, type, permission bits
+/// and content (file bytes, or a symlink's target).
+pub fn tree_sha256(root: &std::path::Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    hash_dir(root, root, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn hash_dir(root: &std::path::Path, dir: &std::path::Path, h: &mut Sha256) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let rel = path.strip_prefix(root).unwrap_or(&path);
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update(format!("\0{:o}\0", meta.permissions().mode()).as_bytes());
+        if meta.is_dir() {
+            hash_dir(root, &path, h)?;
+        } else if meta.file_type().is_symlink() {
+            h.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+        } else if meta.is_file() {
+            h.update(meta.len().to_le_bytes());
+            std::io::copy(&mut std::fs::File::open(&path)?, h)?;
+        }
+        h.update([0xff]);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_sha256_changes_with_content_not_with_copy() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir(a.path().join("d")).unwrap();
+        std::fs::write(a.path().join("d/f"), b"one").unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::create_dir(b.path().join("d")).unwrap();
+        std::fs::write(b.path().join("d/f"), b"one").unwrap();
+        let same = (tree_sha256(a.path()).unwrap(), tree_sha256(b.path()).unwrap());
+        std::fs::write(b.path().join("d/f"), b"two").unwrap();
+        let changed = tree_sha256(b.path()).unwrap();
+        assert_eq!(same.0, same.1);
+        assert_ne!(same.0, changed);
+    }
+}

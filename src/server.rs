@@ -1,0 +1,112 @@
+//! Service start-up and shutdown: open the database and the storage pool,
+//! pick the runtime, reconcile, serve until SIGTERM/SIGINT, then drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rewind_storage::{PoolConfig, Storage};
+
+use crate::api::{app, AppState};
+use crate::config::{Config, RuntimeChoice};
+use crate::db::Db;
+use crate::runtime::cloud_hypervisor::CloudHypervisorRuntime;
+use crate::runtime::namespace::NamespaceRuntime;
+use crate::runtime::Runtime;
+use crate::sandbox::Sandboxes;
+
+/// Open everything the service needs and run startup recovery.
+pub async fn build(config: Config) -> anyhow::Result<Sandboxes> {
+    let config = Arc::new(config);
+    let db = Db::open(&config.db_path).context("opening the database")?;
+    let storage = open_storage(&config).await?;
+    let runtime = choose_runtime(&config, &storage).await?;
+    let sandboxes = Sandboxes::new(config, db, storage, runtime);
+    let report = sandboxes.recover().await.context("startup recovery")?;
+    tracing::info!(actions = report.actions.len(), "startup recovery done");
+    Ok(sandboxes)
+}
+
+async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+    let mut pool = PoolConfig::new(config.data_dir.clone());
+    pool.image_size_bytes = config.storage.pool_size_gb * 1024 * 1024 * 1024;
+    pool.max_auto_snapshots = config.storage.max_auto_snapshots;
+    let storage = tokio::task::spawn_blocking(move || Storage::open(pool))
+        .await?
+        .context("opening the storage pool")?;
+    tracing::info!(pool = %storage.pool_path().display(), quotas = storage.quotas_enabled(), "storage ready");
+    Ok(storage)
+}
+
+/// The agent binary: configured, else next to our own executable, else on PATH.
+pub fn agent_binary(config: &Config) -> PathBuf {
+    if !config.agent_binary.as_os_str().is_empty() {
+        return config.agent_binary.clone();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("rewind-agent")));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("rewind-agent"),
+    }
+}
+
+async fn choose_runtime(config: &Config, storage: &Storage) -> anyhow::Result<Arc<dyn Runtime>> {
+    let ch = || CloudHypervisorRuntime::from_config(config, storage);
+    match config.runtime {
+        RuntimeChoice::Namespace => Ok(Arc::new(NamespaceRuntime::new(config, storage).await?)),
+        RuntimeChoice::CloudHypervisor => Ok(Arc::new(ch().context("cloud-hypervisor runtime")?)),
+        RuntimeChoice::Auto => match CloudHypervisorRuntime::probe(config) {
+            Ok(()) => {
+                tracing::info!("runtime auto: using cloud-hypervisor (binary, /dev/kvm and guest images present)");
+                Ok(Arc::new(ch()?))
+            }
+            Err(reason) => {
+                tracing::info!(reason = %reason, "runtime auto: using namespace");
+                Ok(Arc::new(NamespaceRuntime::new(config, storage).await?))
+            }
+        },
+    }
+}
+
+/// Serve the API until SIGTERM or SIGINT. In-flight requests get
+/// `shutdown_grace_secs` to finish; snapshots are atomic, so a request cut
+/// off after the grace period never leaves half a snapshot.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(config.bind.parse()?, config.port);
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let sandboxes = build(config).await?;
+    let storage = sandboxes.storage.clone();
+    let router = app(AppState::new(sandboxes));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "rewind listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; draining in-flight requests");
+        let _ = stop_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    let _ = stop_rx.await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result??,
+        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests in flight"),
+    }
+    tokio::task::spawn_blocking(move || storage.flush_background()).await?;
+    tracing::info!("rewind stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,134 @@
+//! The background worker: empties the trash and prunes old automatic
+//! snapshots, so request paths only ever do O(1) renames.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+
+use crate::btrfs;
+use crate::error::StorageError;
+use crate::failpoint;
+use crate::names::SandboxName;
+use crate::storage::{Inner, Storage};
+
+pub(crate) enum Job {
+    /// Delete this path (in the trash) and everything below it.
+    Delete(PathBuf),
+    /// Enforce the automatic-snapshot limit of this sandbox.
+    Prune(SandboxName),
+}
+
+/// Number of queued or running jobs, for `flush_background`.
+#[derive(Default)]
+struct Pending {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+pub(crate) struct Background {
+    tx: Mutex<Sender<Job>>,
+    pending: Arc<Pending>,
+}
+
+impl Background {
+    /// Starts the worker thread; it exits once `Inner` (and with it the
+    /// sender) is dropped and the queue is drained.
+    pub fn start(owner: Weak<Inner>) -> Background {
+        let (tx, rx) = channel();
+        let pending = Arc::new(Pending::default());
+        let worker_pending = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("rewind-storage-bg".into())
+            .spawn(move || run(rx, owner, worker_pending))
+            .expect("spawn storage background thread");
+        Background {
+            tx: Mutex::new(tx),
+            pending,
+        }
+    }
+
+    pub fn submit(&self, job: Job) {
+        *self.pending.count.lock().expect("pending lock") += 1;
+        let tx = self.tx.lock().expect("sender lock");
+        if tx.send(job).is_err() {
+            drop(tx);
+            self.pending.finish_one();
+        }
+    }
+
+    /// Blocks until every job submitted so far (and any job those submit) is done.
+    pub fn flush(&self) {
+        let mut count = self.pending.count.lock().expect("pending lock");
+        while *count > 0 {
+            count = self.pending.idle.wait(count).expect("pending lock");
+        }
+    }
+}
+
+impl Pending {
+    fn finish_one(&self) {
+        let mut count = self.count.lock().expect("pending lock");
+        *count -= 1;
+        if *count == 0 {
+            self.idle.notify_all();
+        }
+    }
+}
+
+fn run(rx: Receiver<Job>, owner: Weak<Inner>, pending: Arc<Pending>) {
+    for job in rx {
+        match job {
+            Job::Delete(path) => {
+                if let Err(e) = delete_tree(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "background delete failed; retried at next start");
+                }
+            }
+            Job::Prune(sandbox) => {
+                if let Some(inner) = owner.upgrade() {
+                    if let Err(e) = (Storage { inner }).prune(&sandbox) {
+                        tracing::warn!(%sandbox, error = %e, "pruning automatic snapshots failed");
+                    }
+                }
+            }
+        }
+        pending.finish_one();
+    }
+}
+
+/// Deletes `path`: subvolumes with the Btrfs ioctl (recursively), plain
+/// directories entry by entry, files by unlink. A missing path is success.
+pub(crate) fn delete_tree(path: &Path) -> Result<(), StorageError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::io("stat", path, e)),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path)
+            .or_else(ignore_missing)
+            .map_err(|e| StorageError::io("remove", path, e));
+    }
+    if btrfs::is_subvolume(path) {
+        btrfs::delete_subvolume(path)?;
+        failpoint::hit("trash:after_first_delete");
+        return Ok(());
+    }
+    let entries = fs::read_dir(path).map_err(|e| StorageError::io("read", path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("read", path, e))?;
+        delete_tree(&entry.path())?;
+    }
+    fs::remove_dir(path)
+        .or_else(ignore_missing)
+        .map_err(|e| StorageError::io("remove", path, e))
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}

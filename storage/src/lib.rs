@@ -1,0 +1,140 @@
+//! rewind's storage engine: every sandbox workspace is a Btrfs subvolume,
+//! every snapshot a read-only Btrfs snapshot of it (one ioctl, O(1) in the
+//! size of the workspace), and restore swaps a writable snapshot into place
+//! with one atomic `renameat2(RENAME_EXCHANGE)`.
+//!
+//! No HTTP here, and no `btrfs` CLI on any request path: subvolumes go
+//! through libbtrfsutil, quota-group sizes through `BTRFS_IOC_TREE_SEARCH`
+//! on the quota tree. The only external program is `mkfs.btrfs`, run once
+//! when a pool image is created.
+//!
+//! # The pool
+//!
+//! [`Storage::open`] uses the data dir directly when it is on Btrfs.
+//! Otherwise it creates a sparse `<data>/pool.img` (built as
+//! `pool.img.tmp`, formatted, then renamed), formats it with `mkfs.btrfs -R
+//! quota` (quota groups on from the start, when [`PoolConfig::quotas`]),
+//! attaches it to a free loop device (autoclear) and mounts it at
+//! `<data>/pool`. A pool that is already mounted there is reused, so
+//! opening twice or after a service restart never double-mounts; after a
+//! reboot it is mounted again. Pool setup is serialized across processes by
+//! `flock(<data>/.pool.lock)`.
+//!
+//! # On-disk layout (inside the pool)
+//!
+//! ```text
+//! sandboxes/
+//!   <sandbox>/                    plain directory, one per sandbox
+//!     live                        rw subvolume: the workspace (workspace_path)
+//!     state                       rw subvolume: runtime state (state_dir)
+//!     template                    file: template name, absent = empty workspace
+//!     snaps/<snap>                ro subvolume: snapshot of live (snapshot_path)
+//!     snapstate/<snap>            ro subvolume: snapshot of state (with_state only)
+//!     kept/<snap>                 empty file: snapshot is Kept (never pruned)
+//!     aux/<snap>/                 plain dir: data belonging to the snapshot
+//!     live.new, state.new         temporaries of an in-progress restore/wipe
+//!     exchange.intent[.tmp]       ids of live.new/state.new during a state restore
+//!   .create-<sandbox>.<unique>/   a sandbox being created (same contents)
+//! templates/<name>                rw subvolume per template
+//! trash/<unique>                  things being deleted by the background worker
+//! ```
+//!
+//! A snapshot's kind is the presence of its `kept/` marker, so pinning is
+//! creating one file and a snapshot's path never changes. Names of
+//! temporaries start with `.` or contain a `.new`/`.intent` suffix under a
+//! fixed name, so they can never collide with a validated [`SandboxName`] or
+//! [`SnapshotName`] (which may not start with `.`).
+//!
+//! # Operations and their commit points
+//!
+//! Each mutating operation is a sequence of steps with exactly one atomic
+//! commit point; before it the old state is fully intact, after it the new
+//! one is complete.
+//!
+//! * **create**: build the whole sandbox dir under `.create-…`, then
+//!   `renameat2(RENAME_NOREPLACE)` to `sandboxes/<name>` (commit).
+//! * **snapshot**: `kept/` marker (Kept only), then `snapstate/<snap>`
+//!   (with state only), then `snaps/<snap>` (commit: one snapshot ioctl).
+//! * **restore**: writable snapshot of `snaps/<snap>` at `live.new`; for a
+//!   snapshot with state also `state.new`, then `exchange.intent` (written to
+//!   `.tmp`, fsynced, renamed: commit), then exchange `state.new`↔`state`;
+//!   then exchange `live.new`↔`live` (commit when there is no state); the
+//!   displaced old subvolumes go to the trash.
+//! * **wipe**: `live.new` = snapshot of the template or an empty subvolume,
+//!   chown/chmod to the old root's owner and mode, exchange (commit), old
+//!   to the trash. The state dir is not touched.
+//! * **delete snapshot**: delete `snaps/<snap>` (commit; read-only
+//!   subvolumes cannot be moved out of their directory, so they are deleted
+//!   in place — the ioctl unlinks atomically and the kernel's cleaner frees
+//!   the extents in the background), then its `snapstate`, `aux`, marker.
+//! * **delete sandbox**: rename `sandboxes/<name>` into `trash/` (commit);
+//!   the background worker deletes every subvolume in it.
+//!
+//! # Invariants
+//!
+//! 1. `sandboxes/<name>/live` always exists for an existing sandbox and is
+//!    a complete workspace: the old one or the new one, never missing and
+//!    never half-built (renames and exchanges are atomic; temporaries are
+//!    only ever built under other names).
+//! 2. With a state restore, `live` and `state` come from the same snapshot
+//!    once recovery has run: without `exchange.intent` no exchange has
+//!    happened; with it, recovery completes both exchanges, identifying the
+//!    new subvolumes by the ids recorded in the intent.
+//! 3. A snapshot exists iff `snaps/<snap>` exists. `snapstate/`, `kept/`
+//!    and `aux/` entries without it are orphans.
+//! 4. Everything in `trash/` and every `live.new`, `state.new`,
+//!    `exchange.intent*` and `.create-*` outside an operation in progress is
+//!    garbage.
+//! 5. Every path is built from fixed components and validated names.
+//!
+//! # Recovery
+//!
+//! [`Storage::open`] runs recovery before anything else: half-created
+//! sandboxes go to the trash; in each sandbox an interrupted swap is rolled
+//! forward (intent present) or its temporaries removed (which rolls back an
+//! unfinished build, or finishes a swap whose old side was not yet
+//! trashed); orphaned snapshot parts are removed; the trash is re-queued.
+//! Each action is logged and listed in [`Storage::recovery_report`]. The
+//! same swap clean-up also runs at the start of every restore and wipe.
+//! Recovery is pool-wide, so only one process may use a pool at a time
+//! (`open` in a second process while the first is mid-operation could
+//! remove the first's temporaries).
+//!
+//! # Concurrency, retention, sizes
+//!
+//! Operations on one sandbox are serialized by a per-sandbox lock (a set of
+//! busy names under a mutex that is never held across I/O); different
+//! sandboxes run in parallel. A background thread empties the trash and
+//! prunes the oldest `Auto` snapshots beyond
+//! [`PoolConfig::max_auto_snapshots`]; `Kept` snapshots are never pruned.
+//! [`Storage::flush_background`] waits for it.
+//!
+//! Sizes come from each snapshot's level-0 quota group as of the last
+//! committed transaction ([`Storage::sync`] commits); they are `None` when
+//! quotas are off, being rescanned, or flagged inconsistent.
+//!
+//! # Crash tests
+//!
+//! With the `failpoints` feature, the process aborts at the step named by
+//! `REWIND_STORAGE_FAILPOINT` (see [`failpoint::FAILPOINTS`]); the crash
+//! tests use it in child processes. Without the feature the hooks compile
+//! to nothing.
+
+mod background;
+mod btrfs;
+mod error;
+pub mod failpoint;
+mod layout;
+mod loopdev;
+mod names;
+mod ops;
+mod pool;
+mod qgroup;
+mod recovery;
+mod storage;
+
+pub use error::StorageError;
+pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
+pub use ops::{CreateOptions, SnapshotInfo, SnapshotKind};
+pub use qgroup::Sizes;
+pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};

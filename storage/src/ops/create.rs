@@ -1,0 +1,77 @@
+//! create_workspace: a new sandbox directory, built under a temporary name
+//! and renamed into place in one step.
+
+use std::fs;
+use std::os::unix::fs::chown;
+use std::path::{Path, PathBuf};
+
+use crate::btrfs;
+use crate::error::StorageError;
+use crate::failpoint;
+use crate::layout::{self, Layout};
+use crate::names::SandboxName;
+use crate::ops::CreateOptions;
+use crate::storage::Storage;
+
+impl Storage {
+    /// Creates sandbox `sb` with an empty (or template-seeded) workspace and
+    /// an empty state dir; returns the live workspace path.
+    pub fn create_workspace(
+        &self,
+        sb: &SandboxName,
+        opts: &CreateOptions,
+    ) -> Result<PathBuf, StorageError> {
+        let _guard = self.lock(sb);
+        let layout = self.layout();
+        let final_dir = layout.sandbox(sb);
+        if final_dir.exists() {
+            return Err(StorageError::exists("sandbox", sb));
+        }
+        if let Some(t) = &opts.template {
+            if !layout.template(t).is_dir() {
+                return Err(StorageError::not_found("template", t));
+            }
+        }
+        let tmp = layout.creating(sb);
+        if let Err(e) = build(layout, &tmp, opts) {
+            self.trash(&tmp, "create-failed")?;
+            return Err(e);
+        }
+        if let Err(e) = btrfs::rename_noreplace(&tmp, &final_dir) {
+            self.trash(&tmp, "create-failed")?;
+            return Err(match e.raw_os_error() {
+                Some(libc::EEXIST | libc::ENOTEMPTY) => StorageError::exists("sandbox", sb),
+                _ => btrfs::rename_err(&tmp, &final_dir, e),
+            });
+        }
+        failpoint::hit("create:after_rename");
+        tracing::info!(sandbox = %sb, template = ?opts.template, "created workspace");
+        Ok(layout.live(sb))
+    }
+}
+
+/// Builds the complete sandbox directory at `dir`.
+fn build(layout: &Layout, dir: &Path, opts: &CreateOptions) -> Result<(), StorageError> {
+    fs::create_dir(dir).map_err(|e| StorageError::io("create", dir, e))?;
+    failpoint::hit("create:after_mkdir");
+    let live = dir.join(layout::LIVE);
+    match &opts.template {
+        Some(t) => btrfs::snapshot(&layout.template(t), &live, false)?,
+        None => btrfs::create_subvolume(&live)?,
+    }
+    if let Some((uid, gid)) = opts.owner {
+        chown(&live, Some(uid), Some(gid)).map_err(|e| StorageError::io("chown", &live, e))?;
+    }
+    failpoint::hit("create:after_live");
+    btrfs::create_subvolume(&dir.join(layout::STATE))?;
+    for sub in [layout::SNAPS, layout::SNAPSTATE, layout::KEPT, layout::AUX] {
+        let path = dir.join(sub);
+        fs::create_dir(&path).map_err(|e| StorageError::io("create", &path, e))?;
+    }
+    if let Some(t) = &opts.template {
+        let path = dir.join(layout::TEMPLATE_FILE);
+        fs::write(&path, t.as_ref()).map_err(|e| StorageError::io("write", &path, e))?;
+    }
+    failpoint::hit("create:after_layout");
+    Ok(())
+}

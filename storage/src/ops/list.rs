@@ -1,0 +1,162 @@
+//! Read-only queries: paths, existence, listings, snapshot info and sizes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::btrfs;
+use crate::error::StorageError;
+use crate::layout;
+use crate::names::{SandboxName, SnapshotName};
+use crate::ops::{SnapshotInfo, SnapshotKind};
+use crate::qgroup::{self, Sizes};
+use crate::storage::Storage;
+
+impl Storage {
+    /// The live workspace subvolume of `sb` (whether or not it exists).
+    pub fn workspace_path(&self, sb: &SandboxName) -> PathBuf {
+        self.layout().live(sb)
+    }
+
+    /// The writable per-sandbox runtime-state subvolume of `sb`.
+    pub fn state_dir(&self, sb: &SandboxName) -> PathBuf {
+        self.layout().state(sb)
+    }
+
+    /// The read-only workspace snapshot `name` of `sb` (whether or not it exists).
+    pub fn snapshot_path(&self, sb: &SandboxName, name: &SnapshotName) -> PathBuf {
+        self.layout().snap(sb, name)
+    }
+
+    pub fn sandbox_exists(&self, sb: &SandboxName) -> bool {
+        self.layout().sandbox(sb).is_dir()
+    }
+
+    /// All sandboxes, sorted by name. Half-created ones are not listed.
+    pub fn list_sandboxes(&self) -> Result<Vec<SandboxName>, StorageError> {
+        let dir = self.layout().sandboxes();
+        let mut names: Vec<SandboxName> = fs::read_dir(&dir)
+            .map_err(|e| StorageError::io("read", &dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| SandboxName::try_from(e.file_name().to_str()?).ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Snapshots of `sb`, oldest first.
+    pub fn list_snapshots(&self, sb: &SandboxName) -> Result<Vec<SnapshotInfo>, StorageError> {
+        let _guard = self.lock_existing(sb)?;
+        self.list_snapshots_locked(sb, true)
+    }
+
+    pub(crate) fn list_snapshots_locked(
+        &self,
+        sb: &SandboxName,
+        with_sizes: bool,
+    ) -> Result<Vec<SnapshotInfo>, StorageError> {
+        let dir = self.layout().sandbox(sb).join(layout::SNAPS);
+        let sizes = if with_sizes { self.all_sizes()? } else { None };
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| StorageError::io("read", &dir, e))? {
+            let entry = entry.map_err(|e| StorageError::io("read", &dir, e))?;
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| SnapshotName::try_from(n).ok())
+            else {
+                continue;
+            };
+            let meta = btrfs::subvolume_meta(&entry.path())?;
+            let info = self.describe(
+                sb,
+                &name,
+                meta.created,
+                sizes.as_ref().and_then(|m| m.get(&meta.id).copied()),
+            );
+            found.push((meta.otransid, info));
+        }
+        found.sort_by(|a, b| (a.0, a.1.created, &a.1.name).cmp(&(b.0, b.1.created, &b.1.name)));
+        Ok(found.into_iter().map(|(_, info)| info).collect())
+    }
+
+    /// One snapshot of `sb`.
+    pub fn snapshot_info(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+    ) -> Result<SnapshotInfo, StorageError> {
+        let _guard = self.lock_existing(sb)?;
+        let path = self.layout().snap(sb, name);
+        if !path.exists() {
+            return Err(StorageError::not_found("snapshot", name));
+        }
+        let meta = btrfs::subvolume_meta(&path)?;
+        let sizes = self.sizes_of(meta.id)?;
+        Ok(self.describe(sb, name, meta.created, sizes))
+    }
+
+    /// Info for a snapshot just taken, without another directory scan.
+    pub(crate) fn info_of(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+        kind: SnapshotKind,
+        has_state: bool,
+    ) -> Result<SnapshotInfo, StorageError> {
+        let meta = btrfs::subvolume_meta(&self.layout().snap(sb, name))?;
+        Ok(SnapshotInfo {
+            name: name.to_string(),
+            created: meta.created,
+            kind,
+            has_state,
+            sizes: self.sizes_of(meta.id)?,
+        })
+    }
+
+    fn describe(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+        created: std::time::SystemTime,
+        sizes: Option<Sizes>,
+    ) -> SnapshotInfo {
+        let l = self.layout();
+        let kind = if l.kept_marker(sb, name).exists() {
+            SnapshotKind::Kept
+        } else {
+            SnapshotKind::Auto
+        };
+        SnapshotInfo {
+            name: name.to_string(),
+            created,
+            kind,
+            has_state: l.snap_state(sb, name).exists(),
+            sizes,
+        }
+    }
+
+    fn sizes_of(&self, id: u64) -> Result<Option<Sizes>, StorageError> {
+        if !self.inner.quotas {
+            return Ok(None);
+        }
+        qgroup::read_one(self.pool_path(), id)
+    }
+
+    fn all_sizes(&self) -> Result<Option<HashMap<u64, Sizes>>, StorageError> {
+        if !self.inner.quotas {
+            return Ok(None);
+        }
+        qgroup::read_sizes(self.pool_path())
+    }
+}
+
+/// The template a sandbox directory was created from, if any.
+pub(crate) fn read_template_name(sandbox_dir: &Path) -> Result<Option<SnapshotName>, StorageError> {
+    let path = sandbox_dir.join(layout::TEMPLATE_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(SnapshotName::try_from(s.trim())?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io("read", path, e)),
+    }
+}

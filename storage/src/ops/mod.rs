@@ -1,0 +1,47 @@
+//! The storage operations, one file per lifecycle step.
+
+mod create;
+pub(crate) mod delete;
+mod list;
+pub(crate) mod restore;
+mod snapshot;
+mod template;
+
+use std::time::SystemTime;
+
+use crate::names::SnapshotName;
+use crate::qgroup::Sizes;
+
+pub(crate) use list::read_template_name;
+
+/// How a new workspace starts.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// Start as a writable snapshot of this template (else empty).
+    pub template: Option<SnapshotName>,
+    /// chown the new workspace root to (uid, gid).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Whether retention may prune a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// Taken automatically; the oldest beyond the limit are pruned.
+    Auto,
+    /// Named or pinned by the user; never pruned.
+    Kept,
+}
+
+/// One snapshot as listed.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub created: SystemTime,
+    pub kind: SnapshotKind,
+    /// Whether the sandbox's state dir was snapshotted with it.
+    pub has_state: bool,
+    /// From the snapshot's quota group as of the last committed transaction;
+    /// `None` when quotas are off, inconsistent or rescanning.
+    pub sizes: Option<Sizes>,
+}

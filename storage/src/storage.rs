@@ -1,0 +1,201 @@
+//! The `Storage` handle: configuration, the pool, per-sandbox locks and the
+//! helpers every operation shares. The operations live in `ops/`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::background::{Background, Job};
+use crate::btrfs;
+use crate::error::StorageError;
+use crate::layout::Layout;
+use crate::names::SandboxName;
+use crate::pool;
+use crate::recovery;
+
+/// 20 GiB.
+pub const DEFAULT_IMAGE_SIZE: u64 = 20 << 30;
+pub const DEFAULT_MAX_AUTO_SNAPSHOTS: usize = 1000;
+
+/// Where the pool lives and how it behaves.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Used directly when on Btrfs; otherwise holds `pool.img` and the mount point `pool/`.
+    pub data_dir: PathBuf,
+    /// Size of the sparse image created when `data_dir` is not on Btrfs.
+    pub image_size_bytes: u64,
+    /// Automatic snapshots kept per sandbox; older ones are pruned.
+    pub max_auto_snapshots: usize,
+    /// Enable Btrfs quota groups (needed for snapshot sizes) when this
+    /// creates a new pool image. Default true. Applies at creation only: an
+    /// existing pool keeps whatever quota state it has. Full qgroups make
+    /// every transaction commit pay for accounting, and deleting
+    /// subvolumes very expensive (see docs/benchmarks.md).
+    pub quotas: bool,
+}
+
+impl PoolConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        PoolConfig {
+            data_dir: data_dir.into(),
+            image_size_bytes: DEFAULT_IMAGE_SIZE,
+            max_auto_snapshots: DEFAULT_MAX_AUTO_SNAPSHOTS,
+            quotas: true,
+        }
+    }
+}
+
+/// The storage engine. Cheap to clone; all clones share one pool, one lock
+/// table and one background worker.
+#[derive(Clone)]
+pub struct Storage {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub layout: Layout,
+    pub cfg: PoolConfig,
+    pub quotas: bool,
+    pub report: Vec<String>,
+    /// Sandboxes with an operation in progress; waiters sleep on `released`.
+    busy: Mutex<HashSet<SandboxName>>,
+    released: Condvar,
+    pub bg: Background,
+}
+
+/// Holds one sandbox's lock; released on drop.
+pub(crate) struct SandboxGuard {
+    inner: Arc<Inner>,
+    sandbox: SandboxName,
+}
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.sandbox);
+        self.inner.released.notify_all();
+    }
+}
+
+impl Storage {
+    /// Ensures the pool, runs crash recovery and starts the background worker.
+    pub fn open(cfg: PoolConfig) -> Result<Storage, StorageError> {
+        let pool = pool::ensure(&cfg)?;
+        let layout = Layout { root: pool.path };
+        for dir in [layout.sandboxes(), layout.templates(), layout.trash()] {
+            fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
+        }
+        let (report, trash) = recovery::run(&layout)?;
+        let inner = Arc::new_cyclic(|weak| Inner {
+            layout,
+            cfg,
+            quotas: pool.quotas,
+            report,
+            busy: Mutex::new(HashSet::new()),
+            released: Condvar::new(),
+            bg: Background::start(weak.clone()),
+        });
+        for path in trash {
+            inner.bg.submit(Job::Delete(path));
+        }
+        Ok(Storage { inner })
+    }
+
+    /// The root of the Btrfs pool (the data dir or `<data>/pool`).
+    pub fn pool_path(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// Whether Btrfs quota groups are enabled (sizes can be reported).
+    pub fn quotas_enabled(&self) -> bool {
+        self.inner.quotas
+    }
+
+    /// What startup recovery did, one line per action.
+    pub fn recovery_report(&self) -> &[String] {
+        &self.inner.report
+    }
+
+    /// Waits until queued background deletions and prunes are done.
+    pub fn flush_background(&self) {
+        self.inner.bg.flush();
+    }
+
+    /// Commits the pool's current Btrfs transaction, so that sizes reflect
+    /// every write made before this call.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        btrfs::sync(self.pool_path())
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// Takes the lock of one sandbox, waiting while another operation on
+    /// it runs. The table mutex is held only to test-and-insert the name,
+    /// never across I/O; different sandboxes never wait on each other.
+    pub(crate) fn lock(&self, sb: &SandboxName) -> SandboxGuard {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(sb) {
+            busy = self
+                .inner
+                .released
+                .wait(busy)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(sb.clone());
+        SandboxGuard {
+            inner: Arc::clone(&self.inner),
+            sandbox: sb.clone(),
+        }
+    }
+
+    /// Locks `sb` and checks it exists.
+    pub(crate) fn lock_existing(&self, sb: &SandboxName) -> Result<SandboxGuard, StorageError> {
+        let guard = self.lock(sb);
+        if !self.layout().sandbox(sb).is_dir() {
+            return Err(StorageError::not_found("sandbox", sb));
+        }
+        Ok(guard)
+    }
+
+    /// Atomically moves `path` into the trash and queues its deletion.
+    /// A missing `path` is not an error.
+    pub(crate) fn trash(&self, path: &Path, label: &str) -> Result<(), StorageError> {
+        let slot = self.layout().trash_slot(label);
+        match fs::rename(path, &slot) {
+            Ok(()) => {
+                self.inner.bg.submit(Job::Delete(slot));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(btrfs::rename_err(path, &slot, e)),
+        }
+    }
+
+    pub(crate) fn submit(&self, job: Job) {
+        self.inner.bg.submit(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Storage>();
+    }
+
+    #[test]
+    fn pool_config_new_has_defaults() {
+        let cfg = PoolConfig::new("/x");
+        assert_eq!(cfg.data_dir, PathBuf::from("/x"));
+        assert_eq!(cfg.image_size_bytes, 20 << 30);
+        assert_eq!(cfg.max_auto_snapshots, 1000);
+        assert!(cfg.quotas);
+    }
+}

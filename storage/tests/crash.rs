@@ -1,0 +1,457 @@
+//! Crash injection: a child process (this test binary, re-run on the
+//! ignored `crash_child` entry) performs one operation and aborts at a
+//! named failpoint; the parent then reopens the pool (running recovery) and
+//! checks the sandbox is exactly the old or the new state, with no
+//! temporaries left. Uses its own pool, and one test at a time, because
+//! recovery is pool-wide.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{config, manifest, mutate, populate, sandbox, snap, Manifest};
+use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
+use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage};
+
+const DATA_DIR: &str = "/var/tmp/rewind-test-storage-crash";
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn open() -> Storage {
+    let s = Storage::open(config(DATA_DIR)).expect("open crash pool");
+    s.flush_background();
+    s
+}
+
+/// Runs `op` on `sb` in a child that must die at `failpoint`.
+fn crash_in_child(op: &str, sb: &SandboxName, failpoint: &str) {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("REWIND_CRASH_OP", op)
+        .env("REWIND_CRASH_SANDBOX", sb.as_ref())
+        .env(FAILPOINT_ENV, failpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        status.status.signal(),
+        Some(libc::SIGABRT),
+        "child for {failpoint} did not abort there: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+#[test]
+#[ignore = "helper: run as a child process by the crash tests, not a test itself"]
+fn crash_child() {
+    let s = Storage::open(config(DATA_DIR)).unwrap();
+    let sb: SandboxName = std::env::var("REWIND_CRASH_SANDBOX")
+        .unwrap()
+        .parse()
+        .unwrap();
+    match std::env::var("REWIND_CRASH_OP").unwrap().as_str() {
+        "create" => drop(s.create_workspace(&sb, &CreateOptions::default()).unwrap()),
+        "restore" => s.restore(&sb, &snap("old")).unwrap(),
+        "restore_plain" => s.restore(&sb, &snap("plain")).unwrap(),
+        "wipe" => s.wipe(&sb).unwrap(),
+        "delete" => s.delete_sandbox(&sb).unwrap(),
+        "snapshot" => drop(
+            s.snapshot_with_state(&sb, &snap("new"), SnapshotKind::Kept)
+                .unwrap(),
+        ),
+        "delete_snapshot" => s.delete_snapshot(&sb, &snap("old")).unwrap(),
+        other => panic!("unknown op {other}"),
+    }
+    s.flush_background();
+}
+
+fn steps(op: &str) -> Vec<&'static str> {
+    let prefix = format!("{op}:");
+    FAILPOINTS
+        .iter()
+        .copied()
+        .filter(|f| f.starts_with(&prefix))
+        .collect()
+}
+
+/// Workspace and state-dir manifests together.
+fn both(s: &Storage, sb: &SandboxName) -> (Manifest, Manifest) {
+    (manifest(&s.workspace_path(sb)), manifest(&s.state_dir(sb)))
+}
+
+/// No temporaries anywhere: the sandbox dir holds only its fixed entries,
+/// no half-created sandbox dirs, an empty trash.
+fn assert_clean(s: &Storage, sb: &SandboxName) {
+    s.flush_background();
+    let pool = s.pool_path();
+    let trash: Vec<_> = fs::read_dir(pool.join("trash")).unwrap().collect();
+    assert!(trash.is_empty(), "trash not empty: {trash:?}");
+    let hidden: Vec<_> = fs::read_dir(pool.join("sandboxes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "temporaries left: {hidden:?}");
+    let dir = pool.join("sandboxes").join(sb.as_ref());
+    if dir.exists() {
+        let entries: BTreeSet<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let expected: BTreeSet<String> = ["aux", "kept", "live", "snaps", "snapstate", "state"]
+            .map(String::from)
+            .into();
+        assert_eq!(entries, expected);
+        assert_parts_match_snapshots(&dir);
+    }
+}
+
+/// Every snapstate/kept/aux entry belongs to an existing snapshot.
+fn assert_parts_match_snapshots(dir: &Path) {
+    let names = |sub: &str| -> BTreeSet<String> {
+        fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let snaps = names("snaps");
+    for part in ["snapstate", "kept", "aux"] {
+        assert!(
+            names(part).is_subset(&snaps),
+            "orphaned {part}: {:?} vs {snaps:?}",
+            names(part)
+        );
+    }
+}
+
+/// A sandbox with snapshot `old` (workspace + state), then both changed.
+fn sandbox_with_history(s: &Storage, prefix: &str) -> SandboxName {
+    let sb = sandbox(prefix);
+    let live = s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    populate(&live, 256 << 10);
+    fs::write(s.state_dir(&sb).join("vm.img"), b"state-old").unwrap();
+    s.snapshot_with_state(&sb, &snap("old"), SnapshotKind::Kept)
+        .unwrap();
+    s.snapshot_aux_dir(&sb, &snap("old")).unwrap();
+    fs::write(live.join("plain-marker"), b"in plain only").unwrap();
+    s.snapshot(&sb, &snap("plain"), SnapshotKind::Auto).unwrap();
+    fs::remove_file(live.join("plain-marker")).unwrap();
+    mutate(&live);
+    fs::write(s.state_dir(&sb).join("vm.img"), b"state-current").unwrap();
+    s.flush_background();
+    sb
+}
+
+#[test]
+fn restore_crash_at_every_step_leaves_old_or_new() {
+    let _serial = SERIAL.lock().unwrap();
+    let commit = [
+        "restore:after_intent",
+        "restore:after_state_exchange",
+        "restore:after_live_exchange",
+        "restore:after_trash",
+    ];
+    for step in steps("restore") {
+        let s = open();
+        let sb = sandbox_with_history(&s, "crash-restore");
+        let current = both(&s, &sb);
+        let target = (manifest(&s.snapshot_path(&sb, &snap("old"))), {
+            let st = s
+                .pool_path()
+                .join("sandboxes")
+                .join(sb.as_ref())
+                .join("snapstate/old");
+            manifest(&st)
+        });
+
+        crash_in_child("restore", &sb, step);
+        let s = open();
+        assert!(
+            !s.recovery_report().is_empty(),
+            "{step}: recovery reported nothing"
+        );
+
+        let got = both(&s, &sb);
+        let expected = if commit.contains(&step) {
+            &target
+        } else {
+            &current
+        };
+        assert!(
+            got == current || got == target,
+            "{step}: neither old nor new"
+        );
+        assert!(
+            &got == expected,
+            "{step}: expected the {} state",
+            if commit.contains(&step) { "new" } else { "old" }
+        );
+        assert_clean(&s, &sb);
+        s.restore(&sb, &snap("old")).unwrap();
+        assert_eq!(both(&s, &sb), target, "{step}: restore after recovery");
+        s.delete_sandbox(&sb).unwrap();
+    }
+}
+
+#[test]
+fn restore_without_state_crash_leaves_old_or_new() {
+    let _serial = SERIAL.lock().unwrap();
+    for (step, committed) in [
+        ("restore:after_live_new", false),
+        ("restore:after_live_exchange", true),
+        ("restore:after_trash", true),
+    ] {
+        let s = open();
+        let sb = sandbox_with_history(&s, "crash-plain");
+        let current = both(&s, &sb);
+        let target = (
+            manifest(&s.snapshot_path(&sb, &snap("plain"))),
+            current.1.clone(),
+        );
+
+        crash_in_child("restore_plain", &sb, step);
+        let s = open();
+
+        let got = both(&s, &sb);
+        assert!(
+            got == current || got == target,
+            "{step}: neither old nor new"
+        );
+        assert_eq!(got == target, committed, "{step}");
+        assert_clean(&s, &sb);
+        s.delete_sandbox(&sb).unwrap();
+    }
+}
+
+#[test]
+fn wipe_crash_at_every_step_leaves_old_or_new() {
+    let _serial = SERIAL.lock().unwrap();
+    let commit = ["wipe:after_exchange", "wipe:after_trash"];
+    for step in steps("wipe") {
+        let s = open();
+        let sb = sandbox_with_history(&s, "crash-wipe");
+        let current = manifest(&s.workspace_path(&sb));
+
+        crash_in_child("wipe", &sb, step);
+        let s = open();
+
+        let got = manifest(&s.workspace_path(&sb));
+        let wiped = got.len() == 1;
+        assert!(
+            got == current || wiped,
+            "{step}: neither old nor new: {got:?}"
+        );
+        assert_eq!(wiped, commit.contains(&step), "{step}");
+        assert_clean(&s, &sb);
+        s.delete_sandbox(&sb).unwrap();
+    }
+}
+
+#[test]
+fn create_crash_at_every_step_leaves_nothing_or_sandbox() {
+    let _serial = SERIAL.lock().unwrap();
+    for step in steps("create") {
+        open();
+        let sb = sandbox("crash-create");
+
+        crash_in_child("create", &sb, step);
+        let s = open();
+
+        let committed = step == "create:after_rename";
+        assert_eq!(s.sandbox_exists(&sb), committed, "{step}");
+        assert_clean(&s, &sb);
+        if committed {
+            assert_eq!(
+                manifest(&s.workspace_path(&sb)).len(),
+                1,
+                "{step}: workspace not empty"
+            );
+            s.delete_sandbox(&sb).unwrap();
+        } else {
+            s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+            s.delete_sandbox(&sb).unwrap();
+        }
+    }
+}
+
+#[test]
+fn delete_crash_at_every_step_leaves_no_sandbox() {
+    let _serial = SERIAL.lock().unwrap();
+    for step in steps("delete")
+        .into_iter()
+        .chain(["trash:after_first_delete"])
+    {
+        let s = open();
+        let sb = sandbox_with_history(&s, "crash-delete");
+
+        crash_in_child("delete", &sb, step);
+        let s = open();
+
+        assert!(!s.sandbox_exists(&sb), "{step}");
+        assert_clean(&s, &sb);
+        assert!(!s.list_sandboxes().unwrap().contains(&sb));
+    }
+}
+
+#[test]
+fn snapshot_crash_at_every_step_leaves_no_or_whole_snapshot() {
+    let _serial = SERIAL.lock().unwrap();
+    for step in steps("snapshot") {
+        let s = open();
+        let sb = sandbox_with_history(&s, "crash-snap");
+
+        crash_in_child("snapshot", &sb, step);
+        let s = open();
+
+        let names: Vec<_> = s
+            .list_snapshots(&sb)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.name, i.kind, i.has_state))
+            .collect();
+        let mut expected = vec![
+            ("old".to_owned(), SnapshotKind::Kept, true),
+            ("plain".to_owned(), SnapshotKind::Auto, false),
+        ];
+        if step == "snapshot:after_snapshot" {
+            expected.push(("new".to_owned(), SnapshotKind::Kept, true));
+        }
+        assert_eq!(names, expected, "{step}");
+        assert_clean(&s, &sb);
+        s.delete_sandbox(&sb).unwrap();
+    }
+}
+
+#[test]
+fn delete_snapshot_crash_at_every_step_leaves_no_or_whole_snapshot() {
+    let _serial = SERIAL.lock().unwrap();
+    for step in steps("delete_snapshot") {
+        let s = open();
+        let sb = sandbox_with_history(&s, "crash-delsnap");
+
+        crash_in_child("delete_snapshot", &sb, step);
+        let s = open();
+
+        let left: Vec<_> = s
+            .list_snapshots(&sb)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(left, ["plain"], "{step}");
+        assert_clean(&s, &sb);
+        s.delete_sandbox(&sb).unwrap();
+    }
+}
+
+#[test]
+fn open_twice_does_not_double_mount() {
+    let _serial = SERIAL.lock().unwrap();
+    let first = open();
+    let pool = first.pool_path().to_owned();
+
+    let second = open();
+
+    assert_eq!(second.pool_path(), pool);
+    assert_eq!(common::mount_count(&pool), 1);
+    assert!(second.quotas_enabled());
+}
+
+#[test]
+fn retention_prunes_oldest_auto_and_never_kept() {
+    let _serial = SERIAL.lock().unwrap();
+    let mut cfg = config(DATA_DIR);
+    cfg.max_auto_snapshots = 3;
+    let s = Storage::open(cfg).unwrap();
+    let sb = sandbox("retention");
+    s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    s.snapshot(&sb, &snap("a0"), SnapshotKind::Kept).unwrap();
+    for i in 1..=6 {
+        s.snapshot(&sb, &snap(&format!("a{i}")), SnapshotKind::Auto)
+            .unwrap();
+        if i == 2 {
+            s.pin(&sb, &snap("a2")).unwrap();
+        }
+    }
+
+    s.flush_background();
+
+    let left: Vec<_> = s
+        .list_snapshots(&sb)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.name, i.kind))
+        .collect();
+    let expected: Vec<_> = [("a0", SnapshotKind::Kept), ("a2", SnapshotKind::Kept)]
+        .into_iter()
+        .chain(["a4", "a5", "a6"].map(|n| (n, SnapshotKind::Auto)))
+        .map(|(n, k)| (n.to_owned(), k))
+        .collect();
+    assert_eq!(left, expected);
+    s.delete_sandbox(&sb).unwrap();
+    s.flush_background();
+}
+
+#[test]
+fn open_on_btrfs_dir_uses_it_directly() {
+    let _serial = SERIAL.lock().unwrap();
+    let outer = open();
+    let nested = outer.pool_path().join("nested-data-dir");
+
+    let s = Storage::open(config(nested.to_str().unwrap())).unwrap();
+
+    assert_eq!(s.pool_path(), nested);
+    assert_eq!(s.quotas_enabled(), outer.quotas_enabled());
+    let sb = sandbox("nested");
+    let live = s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    assert!(live.starts_with(&nested));
+    s.delete_sandbox(&sb).unwrap();
+    s.flush_background();
+}
+
+#[test]
+#[ignore = "helper: run as a child process as uid 65534 by open_as_non_root_is_not_root"]
+fn not_root_child() {
+    let err = Storage::open(config("/tmp/rewind-not-root")).err().expect("open must fail");
+    assert!(matches!(err, rewind_storage::StorageError::NotRoot { euid: 65534 }), "{err:?}");
+}
+
+#[test]
+fn open_as_non_root_is_not_root() {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "not_root_child", "--ignored", "--test-threads=1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+fn every_failpoint_is_exercised() {
+    let covered: Vec<_> = [
+        "create",
+        "restore",
+        "wipe",
+        "delete",
+        "snapshot",
+        "delete_snapshot",
+    ]
+    .iter()
+    .flat_map(|op| steps(op))
+    .chain(["trash:after_first_delete"])
+    .collect();
+    let all: BTreeSet<_> = FAILPOINTS.iter().copied().collect();
+    assert_eq!(covered.iter().copied().collect::<BTreeSet<_>>(), all);
+}

@@ -1,0 +1,76 @@
+//! Shared set-up for the service's integration tests: a busybox root
+//! filesystem (seconds to build, unlike the debootstrap base image), paths
+//! to the built binaries, and a fresh data directory per test binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Directory holding the test binaries' sibling executables (target/debug).
+pub fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rewind"))
+        .parent()
+        .expect("target dir")
+        .to_owned()
+}
+
+/// The agent binary next to `rewind`; `scripts/test.sh` builds the workspace first.
+pub fn agent_binary() -> PathBuf {
+    let path = bin_dir().join("rewind-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p rewind-agent` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A minimal root filesystem made of busybox-static, built once.
+pub fn busybox_rootfs() -> PathBuf {
+    let root = PathBuf::from("/var/tmp/rewind-test/busybox-rootfs");
+    if root.join(".complete").exists() {
+        return root;
+    }
+    let tmp = root.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "dev", "sys", "root", "workspace"] {
+        std::fs::create_dir_all(tmp.join(dir)).unwrap();
+    }
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.exists(), "busybox-static is not installed (scripts/install-deps.sh installs it)");
+    std::fs::copy(busybox, tmp.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
+        }
+    }
+    std::fs::write(tmp.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(tmp.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(tmp.join(".complete"), "busybox\n").unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&tmp, &root).unwrap();
+    root
+}
+
+/// A data directory for one test binary, emptied of everything but a mounted
+/// pool from an earlier run (which storage re-uses).
+pub fn data_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from("/var/tmp/rewind-test").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = entry.path();
+        let keep = ["pool", "pool.img", "images"].iter().any(|k| p.file_name().is_some_and(|n| n == *k));
+        if !keep {
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+    dir
+}
+
+/// A name unique within this test run.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
