@@ -71,7 +71,10 @@ fn base_image() -> PathBuf {
         return real;
     }
     let bb = PathBuf::from("/var/tmp/rewind-test/busybox-rootfs");
-    assert!(bb.exists(), "no base image: run images/build-rootfs.sh or the test suite first");
+    assert!(
+        bb.exists(),
+        "no base image: run images/build-rootfs.sh or the test suite first"
+    );
     bb
 }
 
@@ -104,8 +107,19 @@ async fn start() -> (Client, tokio::task::JoinHandle<()>) {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = app(AppState::new(sandboxes));
     let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-    let created: Value = http.post(format!("{base}/api-keys")).json(&json!({"name": "bench"})).send().await.unwrap().json().await.unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let created: Value = http
+        .post(format!("{base}/api-keys"))
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
     (Client { http, base, key }, server)
 }
@@ -114,7 +128,9 @@ async fn run_samples(client: &Client, vm: &str, iters: usize) -> (Vec<f64>, Vec<
     let (mut total, mut exec, mut snap) = (vec![], vec![], vec![]);
     for _ in 0..iters {
         let t = Instant::now();
-        let out = client.post(&format!("/vms/{vm}/run"), json!({"command": "true"})).await;
+        let out = client
+            .post(&format!("/vms/{vm}/run"), json!({"command": "true"}))
+            .await;
         total.push(t.elapsed().as_secs_f64() * 1000.0);
         exec.push(out["execMs"].as_f64().unwrap());
         snap.push(out["snapshotMs"].as_f64().unwrap());
@@ -131,7 +147,9 @@ async fn bench_runs(client: &std::sync::Arc<Client>, iters: usize) -> Vec<String
     lines.push(row("run `true`, concurrency 1: exec", e));
     lines.push(row("run `true`, concurrency 1: snapshot", s));
     for i in 0..16 {
-        client.post("/vms", json!({"name": format!("bench-c16-{i}")})).await;
+        client
+            .post("/vms", json!({"name": format!("bench-c16-{i}")}))
+            .await;
     }
     let tasks: Vec<_> = (0..16)
         .map(|i| {
@@ -146,7 +164,10 @@ async fn bench_runs(client: &std::sync::Arc<Client>, iters: usize) -> Vec<String
         e.extend(b);
         s.extend(c);
     }
-    lines.push(row("run `true`, concurrency 16 (16 sandboxes): end to end", t));
+    lines.push(row(
+        "run `true`, concurrency 16 (16 sandboxes): end to end",
+        t,
+    ));
     lines.push(row("run `true`, concurrency 16: exec", e));
     lines.push(row("run `true`, concurrency 16: snapshot", s));
     lines
@@ -158,14 +179,18 @@ async fn bench_lifecycle(client: &Client, iters: usize) -> Vec<String> {
         let name = format!("bench-life-{i}");
         let t = Instant::now();
         client.post("/vms", json!({"name": name})).await;
-        client.post(&format!("/vms/{name}/run"), json!({"command": "true"})).await;
+        client
+            .post(&format!("/vms/{name}/run"), json!({"command": "true"}))
+            .await;
         create.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     client.post("/vms/bench-life-0/run", json!({"command": "cd /tmp && (sleep 600 >/dev/null 2>&1 &); seq 1 1000 | xargs -n 100 touch"})).await;
     let mut restore = vec![];
     for _ in 0..iters * 2 {
         let t = Instant::now();
-        client.post("/vms/bench-life-0/snapshots/initial/restore", json!({})).await;
+        client
+            .post("/vms/bench-life-0/snapshots/initial/restore", json!({}))
+            .await;
         restore.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     vec![
@@ -175,25 +200,51 @@ async fn bench_lifecycle(client: &Client, iters: usize) -> Vec<String> {
 }
 
 async fn cleanup(client: &Client) {
-    let vms: Value = client.http.get(format!("{}/vms", client.base)).header("x-api-key", &client.key).send().await.unwrap().json().await.unwrap();
+    let vms: Value = client
+        .http
+        .get(format!("{}/vms", client.base))
+        .header("x-api-key", &client.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for vm in vms["vms"].as_array().unwrap() {
         let name = vm["name"].as_str().unwrap();
-        let _ = client.http.delete(format!("{}/vms/{name}", client.base)).header("x-api-key", &client.key).send().await;
+        let _ = client
+            .http
+            .delete(format!("{}/vms/{name}", client.base))
+            .header("x-api-key", &client.key)
+            .send()
+            .await;
     }
 }
 
 fn main() {
-    let iters: usize = std::env::var("REWIND_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let iters: usize = std::env::var("REWIND_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (client, server) = start().await;
         let client = std::sync::Arc::new(client);
         cleanup(&client).await;
-        let mut lines = vec!["| measurement | n | p50 ms | p99 ms |".to_string(), "|---|---|---|---|".to_string()];
+        let mut lines = vec![
+            "| measurement | n | p50 ms | p99 ms |".to_string(),
+            "|---|---|---|---|".to_string(),
+        ];
         lines.extend(bench_runs(&client, iters).await);
         lines.extend(bench_lifecycle(&client, (iters / 10).max(5)).await);
         cleanup(&client).await;
-        println!("\nrewind service benchmark (base image: {})\n", base_image().display());
+        println!(
+            "\nrewind service benchmark (base image: {})\n",
+            base_image().display()
+        );
         println!("{}", lines.join("\n"));
         server.abort();
         tokio::time::sleep(Duration::from_millis(100)).await;

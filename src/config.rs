@@ -323,7 +323,10 @@ mod tests {
             ..Default::default()
         };
         let err = Config::load(None, &o).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { key: "port", .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Invalid { key: "port", .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -333,7 +336,10 @@ mod tests {
             ..Default::default()
         };
         let err = Config::load(None, &o).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { key: "runtime", .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Invalid { key: "runtime", .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -343,7 +349,16 @@ mod tests {
             ..Default::default()
         };
         let err = Config::load(None, &o).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { key: "data_dir", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "data_dir",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

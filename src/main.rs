@@ -70,8 +70,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -84,7 +83,10 @@ fn main() -> anyhow::Result<()> {
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let default = PathBuf::from("config/rewind.toml");
-    let path = cli.config.clone().or_else(|| default.exists().then_some(default));
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| default.exists().then_some(default));
     let o = &cli.overrides;
     let overrides = Overrides {
         bind: o.bind.clone(),
@@ -105,16 +107,28 @@ fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Create { name, admin } => {
             let key = rewind::auth::generate()?;
             let row = db
-                .call_sync(|c| Db::insert_key(c, name.as_deref(), &key.prefix, &key.hash, admin, false))?
+                .call_sync(|c| {
+                    Db::insert_key(c, name.as_deref(), &key.prefix, &key.hash, admin, false)
+                })?
                 .context("key was not created")?;
             println!("{}", key.secret);
-            eprintln!("created key id {} (admin: {}); it won't be shown again", row.id, row.admin);
+            eprintln!(
+                "created key id {} (admin: {}); it won't be shown again",
+                row.id, row.admin
+            );
         }
         KeysCommand::List => {
             for row in db.call_sync(Db::list_keys)? {
-                let state = if row.revoked_at.is_some() { "revoked" } else { "active" };
+                let state = if row.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 let name = row.name.as_deref().unwrap_or("-");
-                println!("{}\t{}...\t{}\tadmin={}\t{}\t{}", row.id, row.prefix, name, row.admin, row.created_at, state);
+                println!(
+                    "{}\t{}...\t{}\tadmin={}\t{}\t{}",
+                    row.id, row.prefix, name, row.admin, row.created_at, state
+                );
             }
         }
         KeysCommand::Revoke { id } => {

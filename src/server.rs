@@ -95,7 +95,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_rx.await;
     match tokio::time::timeout(grace, server).await {
         Ok(result) => result??,
-        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests in flight"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over; exiting with requests in flight"
+        ),
     }
     tokio::task::spawn_blocking(move || storage.flush_background()).await?;
     tracing::info!("rewind stopped");

@@ -25,7 +25,10 @@ struct Env {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let data_dir = common::data_dir("api");
         let overrides = Overrides {
             data_dir: Some(data_dir),
@@ -41,7 +44,14 @@ fn env() -> &'static Env {
         let sandboxes = rt.block_on(rewind::server::build(config)).unwrap();
         let state = AppState::new(sandboxes);
         let admin = rt.block_on(async {
-            let (status, body) = call_app(&state, "POST", "/api-keys", None, Some(json!({"name": "admin"}))).await;
+            let (status, body) = call_app(
+                &state,
+                "POST",
+                "/api-keys",
+                None,
+                Some(json!({"name": "admin"})),
+            )
+            .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
             body["key"].as_str().unwrap().to_owned()
         });
@@ -49,13 +59,21 @@ fn env() -> &'static Env {
     })
 }
 
-async fn call_app(state: &AppState, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+async fn call_app(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
     let req = match body {
-        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
         None => req.body(Body::empty()),
     }
     .unwrap();
@@ -65,8 +83,15 @@ async fn call_app(state: &AppState, method: &str, path: &str, key: Option<&str>,
 async fn raw(state: &AppState, req: Request<Body>) -> (StatusCode, Value) {
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024).await.unwrap();
-    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
     (status, value)
 }
 
@@ -81,7 +106,12 @@ fn admin() -> &'static str {
 
 /// A new non-admin key.
 fn user_key() -> String {
-    let (status, body) = call("POST", "/api-keys", Some(admin()), Some(json!({"name": "user"})));
+    let (status, body) = call(
+        "POST",
+        "/api-keys",
+        Some(admin()),
+        Some(json!({"name": "user"})),
+    );
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["key"].as_str().unwrap().to_owned()
 }
@@ -94,7 +124,12 @@ fn create_vm(key: &str, prefix: &str) -> String {
 }
 
 fn run(key: &str, vm: &str, command: &str) -> Value {
-    let (status, body) = call("POST", &format!("/vms/{vm}/run"), Some(key), Some(json!({"command": command})));
+    let (status, body) = call(
+        "POST",
+        &format!("/vms/{vm}/run"),
+        Some(key),
+        Some(json!({"command": command})),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -102,13 +137,23 @@ fn run(key: &str, vm: &str, command: &str) -> Value {
 fn snapshot_names(key: &str, vm: &str) -> Vec<String> {
     let (status, body) = call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
     assert_eq!(status, StatusCode::OK, "{body}");
-    body["snapshots"].as_array().unwrap().iter().map(|s| s["snapshot_name"].as_str().unwrap().to_owned()).collect()
+    body["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshot_name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn vm_names(key: &str) -> Vec<String> {
     let (status, body) = call("GET", "/vms", Some(key), None);
     assert_eq!(status, StatusCode::OK, "{body}");
-    body["vms"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_owned()).collect()
+    body["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
@@ -124,8 +169,14 @@ fn auth_missing_key_is_401_wrong_key_is_403() {
     let missing = call("GET", "/vms", None, None);
     let wrong = call("GET", "/vms", Some(&format!("ws_{}", "0".repeat(48))), None);
     let garbage = call("GET", "/vms", Some("hello"), None);
-    assert_eq!((missing.0, missing.1["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("API key required")));
-    assert_eq!((wrong.0, wrong.1["error"].as_str()), (StatusCode::FORBIDDEN, Some("Invalid API key")));
+    assert_eq!(
+        (missing.0, missing.1["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("API key required"))
+    );
+    assert_eq!(
+        (wrong.0, wrong.1["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Invalid API key"))
+    );
     assert_eq!(garbage.0, StatusCode::FORBIDDEN);
 }
 
@@ -141,7 +192,10 @@ fn keys_non_admin_cannot_create_or_list() {
     let user = user_key();
     let create = call("POST", "/api-keys", Some(&user), Some(json!({})));
     let list = call("GET", "/api-keys", Some(&user), None);
-    assert_eq!((create.0, list.0), (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN));
+    assert_eq!(
+        (create.0, list.0),
+        (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN)
+    );
 }
 
 #[test]
@@ -149,8 +203,16 @@ fn keys_list_shows_prefixes_only() {
     let user = user_key();
     let (status, body) = call("GET", "/api-keys", Some(admin()), None);
     assert_eq!(status, StatusCode::OK);
-    let shown: Vec<&str> = body["api_keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap()).collect();
-    assert!(shown.iter().all(|k| k.len() == 14 && k.ends_with("...")), "{shown:?}");
+    let shown: Vec<&str> = body["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        shown.iter().all(|k| k.len() == 14 && k.ends_with("...")),
+        "{shown:?}"
+    );
     assert!(shown.contains(&format!("{}...", &user[..11]).as_str()));
     assert!(!body.to_string().contains(&user));
 }
@@ -159,7 +221,14 @@ fn keys_list_shows_prefixes_only() {
 fn keys_revoked_key_is_403() {
     let user = user_key();
     let (_, list) = call("GET", "/api-keys", Some(admin()), None);
-    let id = list["api_keys"].as_array().unwrap().iter().find(|k| k["key"].as_str().unwrap() == format!("{}...", &user[..11])).unwrap()["id"].as_i64().unwrap();
+    let id = list["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"].as_str().unwrap() == format!("{}...", &user[..11]))
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
     let revoke = call("DELETE", &format!("/api-keys/{id}"), Some(admin()), None);
     let again = call("DELETE", &format!("/api-keys/{id}"), Some(admin()), None);
     let used = call("GET", "/vms", Some(&user), None);
@@ -174,13 +243,26 @@ fn vms_create_get_list_delete() {
     let name = create_vm(&key, "life");
     let (status, vm) = call("GET", &format!("/vms/{name}"), Some(&key), None);
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((vm["name"].as_str(), vm["status"].as_str(), vm["agentHealthy"].as_bool()), (Some(name.as_str()), Some("running"), Some(true)));
+    assert_eq!(
+        (
+            vm["name"].as_str(),
+            vm["status"].as_str(),
+            vm["agentHealthy"].as_bool()
+        ),
+        (Some(name.as_str()), Some("running"), Some(true))
+    );
     assert_eq!(vm["base_vm"], "base");
     assert_eq!(vm_names(&key), vec![name.clone()]);
     assert_eq!(snapshot_names(&key, &name), vec!["initial"]);
     let (status, body) = call("DELETE", &format!("/vms/{name}"), Some(&key), None);
-    assert_eq!((status, body["message"].as_str().unwrap()), (StatusCode::OK, format!("VM \"{name}\" destroyed").as_str()));
-    assert_eq!(call("GET", &format!("/vms/{name}"), Some(&key), None).0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, body["message"].as_str().unwrap()),
+        (StatusCode::OK, format!("VM \"{name}\" destroyed").as_str())
+    );
+    assert_eq!(
+        call("GET", &format!("/vms/{name}"), Some(&key), None).0,
+        StatusCode::NOT_FOUND
+    );
     assert!(vm_names(&key).is_empty());
 }
 
@@ -210,9 +292,18 @@ fn vms_create_bad_input_is_400_and_changes_nothing() {
     for body in bad_bodies {
         let (status, resp) = call("POST", "/vms", Some(&key), Some(body.clone()));
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {resp}");
-        assert!(resp["error"].as_str().is_some_and(|e| !e.is_empty()), "{resp}");
+        assert!(
+            resp["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{resp}"
+        );
     }
-    let malformed = Request::builder().method("POST").uri("/vms").header("x-api-key", &key).header("content-type", "application/json").body(Body::from("{\"name\":")).unwrap();
+    let malformed = Request::builder()
+        .method("POST")
+        .uri("/vms")
+        .header("x-api-key", &key)
+        .header("content-type", "application/json")
+        .body(Body::from("{\"name\":"))
+        .unwrap();
     let (status, resp) = env().rt.block_on(raw(&env().state, malformed));
     assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
     assert!(vm_names(&key).is_empty());
@@ -222,7 +313,10 @@ fn vms_create_bad_input_is_400_and_changes_nothing() {
 fn vms_bad_name_errors_name_the_field() {
     let key = user_key();
     let (_, resp) = call("POST", "/vms", Some(&key), Some(json!({"name": "a/b"})));
-    assert!(resp["error"].as_str().unwrap().starts_with("name:"), "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().starts_with("name:"),
+        "{resp}"
+    );
     let (_, resp) = call("POST", "/vms", Some(&key), Some(json!({"nam": "x"})));
     assert!(resp["error"].as_str().unwrap().contains("nam"), "{resp}");
 }
@@ -239,15 +333,32 @@ fn vms_oversized_body_is_400() {
 fn vms_other_key_gets_404_admin_sees_all() {
     let (a, b) = (user_key(), user_key());
     let name = create_vm(&a, "iso");
-    let paths = [("GET", format!("/vms/{name}")), ("GET", format!("/vms/{name}/snapshots")), ("POST", format!("/vms/{name}/wipe")), ("DELETE", format!("/vms/{name}"))];
+    let paths = [
+        ("GET", format!("/vms/{name}")),
+        ("GET", format!("/vms/{name}/snapshots")),
+        ("POST", format!("/vms/{name}/wipe")),
+        ("DELETE", format!("/vms/{name}")),
+    ];
     for (method, path) in &paths {
-        assert_eq!(call(method, path, Some(&b), None).0, StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(
+            call(method, path, Some(&b), None).0,
+            StatusCode::NOT_FOUND,
+            "{method} {path}"
+        );
     }
-    let run_b = call("POST", &format!("/vms/{name}/run"), Some(&b), Some(json!({"command": "true"})));
+    let run_b = call(
+        "POST",
+        &format!("/vms/{name}/run"),
+        Some(&b),
+        Some(json!({"command": "true"})),
+    );
     assert_eq!(run_b.0, StatusCode::NOT_FOUND);
     assert!(vm_names(&b).is_empty());
     assert!(vm_names(admin()).contains(&name));
-    assert_eq!(call("GET", &format!("/vms/{name}"), Some(admin()), None).0, StatusCode::OK);
+    assert_eq!(
+        call("GET", &format!("/vms/{name}"), Some(admin()), None).0,
+        StatusCode::OK
+    );
 }
 
 #[test]
@@ -255,19 +366,50 @@ fn run_reports_stdout_stderr_exit_code_and_snapshot() {
     let key = user_key();
     let vm = create_vm(&key, "run");
     let out = run(&key, &vm, "echo out; echo err >&2; exit 3");
-    assert_eq!((out["stdout"].as_str(), out["stderr"].as_str(), out["exitCode"].as_i64()), (Some("out\n"), Some("err\n"), Some(3)));
+    assert_eq!(
+        (
+            out["stdout"].as_str(),
+            out["stderr"].as_str(),
+            out["exitCode"].as_i64()
+        ),
+        (Some("out\n"), Some("err\n"), Some(3))
+    );
     let snap = out["snapshot"].as_str().unwrap();
     assert!(snap.starts_with("cmd_"), "{snap}");
     let (_, list) = call("GET", &format!("/vms/{vm}/snapshots"), Some(&key), None);
-    let row = list["snapshots"].as_array().unwrap().iter().find(|s| s["snapshot_name"] == snap).unwrap().clone();
-    assert_eq!((row["command"].as_str(), row["exit_code"].as_i64(), row["vm_name"].as_str()), (Some("echo out; echo err >&2; exit 3"), Some(3), Some(vm.as_str())));
+    let row = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["snapshot_name"] == snap)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            row["command"].as_str(),
+            row["exit_code"].as_i64(),
+            row["vm_name"].as_str()
+        ),
+        (
+            Some("echo out; echo err >&2; exit 3"),
+            Some(3),
+            Some(vm.as_str())
+        )
+    );
 }
 
 #[test]
 fn run_snapshot_names_unique_for_fast_runs() {
     let key = user_key();
     let vm = create_vm(&key, "fast");
-    let names: Vec<String> = (0..5).map(|_| run(&key, &vm, "true")["snapshot"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = (0..5)
+        .map(|_| {
+            run(&key, &vm, "true")["snapshot"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
     let mut dedup = names.clone();
     dedup.dedup();
     assert_eq!(names.len(), dedup.len());
@@ -278,27 +420,70 @@ fn run_snapshot_names_unique_for_fast_runs() {
 fn run_restore_roundtrip_keeps_history() {
     let key = user_key();
     let vm = create_vm(&key, "restore");
-    let first = run(&key, &vm, "echo hello > file.txt")["snapshot"].as_str().unwrap().to_owned();
-    let second = run(&key, &vm, "echo more >> file.txt; mkdir d")["snapshot"].as_str().unwrap().to_owned();
-    let (status, body) = call("POST", &format!("/vms/{vm}/snapshots/initial/restore"), Some(&key), None);
-    assert_eq!((status, body["message"].as_str()), (StatusCode::OK, Some("Restored to snapshot \"initial\"")));
+    let first = run(&key, &vm, "echo hello > file.txt")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = run(&key, &vm, "echo more >> file.txt; mkdir d")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/initial/restore"),
+        Some(&key),
+        None,
+    );
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::OK, Some("Restored to snapshot \"initial\""))
+    );
     assert_eq!(run(&key, &vm, "ls -A")["stdout"], "");
-    call("POST", &format!("/vms/{vm}/snapshots/{first}/restore"), Some(&key), None);
-    assert_eq!(run(&key, &vm, "cat file.txt; ls -d d 2>/dev/null")["stdout"], "hello\n");
-    call("POST", &format!("/vms/{vm}/snapshots/{second}/restore"), Some(&key), None);
-    assert_eq!(run(&key, &vm, "cat file.txt; ls -d d")["stdout"], "hello\nmore\nd\n");
+    call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{first}/restore"),
+        Some(&key),
+        None,
+    );
+    assert_eq!(
+        run(&key, &vm, "cat file.txt; ls -d d 2>/dev/null")["stdout"],
+        "hello\n"
+    );
+    call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{second}/restore"),
+        Some(&key),
+        None,
+    );
+    assert_eq!(
+        run(&key, &vm, "cat file.txt; ls -d d")["stdout"],
+        "hello\nmore\nd\n"
+    );
     let names = snapshot_names(&key, &vm);
-    assert!(names.contains(&first) && names.contains(&second) && names.contains(&"initial".to_string()));
+    assert!(
+        names.contains(&first) && names.contains(&second) && names.contains(&"initial".to_string())
+    );
 }
 
 #[test]
 fn run_timeout_kills_and_reports_124() {
     let key = user_key();
     let vm = create_vm(&key, "timeout");
-    let (status, out) = call("POST", &format!("/vms/{vm}/run"), Some(&key), Some(json!({"command": "sleep 30 & sleep 30; echo never", "timeout": 1})));
+    let (status, out) = call(
+        "POST",
+        &format!("/vms/{vm}/run"),
+        Some(&key),
+        Some(json!({"command": "sleep 30 & sleep 30; echo never", "timeout": 1})),
+    );
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((out["exitCode"].as_i64(), out["timedOut"].as_bool()), (Some(124), Some(true)));
-    assert!(out["stderr"].as_str().unwrap().contains("timed out"), "{out}");
+    assert_eq!(
+        (out["exitCode"].as_i64(), out["timedOut"].as_bool()),
+        (Some(124), Some(true))
+    );
+    assert!(
+        out["stderr"].as_str().unwrap().contains("timed out"),
+        "{out}"
+    );
     assert_eq!(out["stdout"], "");
     let left = run(&key, &vm, "ps -o args | grep -c '^sleep 30$' || true");
     assert_eq!(left["stdout"], "0\n", "{left}");
@@ -310,7 +495,13 @@ fn run_output_cap_sets_truncated() {
     let vm = create_vm(&key, "cap");
     let out = run(&key, &vm, "head -c 200000 /dev/zero | tr '\\0' x");
     assert_eq!(out["stdout"].as_str().unwrap().len(), 64 * 1024);
-    assert_eq!((out["stdoutTruncated"].as_bool(), out["stderrTruncated"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (
+            out["stdoutTruncated"].as_bool(),
+            out["stderrTruncated"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
 }
 
 #[test]
@@ -327,8 +518,18 @@ fn run_bad_input_is_400_and_takes_no_snapshot() {
         json!({"command": 1}),
     ];
     for body in bodies {
-        let (status, resp) = call("POST", &format!("/vms/{vm}/run"), Some(&key), Some(body.clone()));
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{} -> {resp}", &body.to_string()[..body.to_string().len().min(80)]);
+        let (status, resp) = call(
+            "POST",
+            &format!("/vms/{vm}/run"),
+            Some(&key),
+            Some(body.clone()),
+        );
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{} -> {resp}",
+            &body.to_string()[..body.to_string().len().min(80)]
+        );
     }
     assert_eq!(snapshot_names(&key, &vm), vec!["initial"]);
 }
@@ -337,7 +538,12 @@ fn run_bad_input_is_400_and_takes_no_snapshot() {
 fn run_env_and_cwd_extensions() {
     let key = user_key();
     let vm = create_vm(&key, "envcwd");
-    let (status, out) = call("POST", &format!("/vms/{vm}/run"), Some(&key), Some(json!({"command": "echo $GREETING; pwd", "env": {"GREETING": "hi"}, "cwd": "/tmp"})));
+    let (status, out) = call(
+        "POST",
+        &format!("/vms/{vm}/run"),
+        Some(&key),
+        Some(json!({"command": "echo $GREETING; pwd", "env": {"GREETING": "hi"}, "cwd": "/tmp"})),
+    );
     assert_eq!(status, StatusCode::OK);
     assert_eq!(out["stdout"], "hi\n/tmp\n");
     assert_eq!(run(&key, &vm, "pwd")["stdout"], "/workspace\n");
@@ -347,12 +553,26 @@ fn run_env_and_cwd_extensions() {
 fn wipe_empties_workspace_and_can_be_undone() {
     let key = user_key();
     let vm = create_vm(&key, "wipe");
-    let before = run(&key, &vm, "echo keep > a; mkdir -p b/c")["snapshot"].as_str().unwrap().to_owned();
+    let before = run(&key, &vm, "echo keep > a; mkdir -p b/c")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (status, body) = call("POST", &format!("/vms/{vm}/wipe"), Some(&key), None);
-    assert_eq!((status, body["message"].as_str()), (StatusCode::OK, Some("Workspace wiped")));
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::OK, Some("Workspace wiped"))
+    );
     assert!(body["snapshot"].as_str().unwrap().starts_with("wipe_"));
-    assert_eq!(run(&key, &vm, "ls -A; touch new && echo writable")["stdout"], "writable\n");
-    call("POST", &format!("/vms/{vm}/snapshots/{before}/restore"), Some(&key), None);
+    assert_eq!(
+        run(&key, &vm, "ls -A; touch new && echo writable")["stdout"],
+        "writable\n"
+    );
+    call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{before}/restore"),
+        Some(&key),
+        None,
+    );
     assert_eq!(run(&key, &vm, "cat a; ls b")["stdout"], "keep\nc\n");
 }
 
@@ -360,9 +580,36 @@ fn wipe_empties_workspace_and_can_be_undone() {
 fn restore_unknown_is_404_and_bad_name_400() {
     let key = user_key();
     let vm = create_vm(&key, "r404");
-    assert_eq!(call("POST", &format!("/vms/{vm}/snapshots/nope/restore"), Some(&key), None).0, StatusCode::NOT_FOUND);
-    assert_eq!(call("POST", "/vms/nobody/snapshots/initial/restore", Some(&key), None).0, StatusCode::NOT_FOUND);
-    assert_eq!(call("POST", &format!("/vms/{vm}/snapshots/..%2Fx/restore"), Some(&key), None).0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        call(
+            "POST",
+            &format!("/vms/{vm}/snapshots/nope/restore"),
+            Some(&key),
+            None
+        )
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/vms/nobody/snapshots/initial/restore",
+            Some(&key),
+            None
+        )
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &format!("/vms/{vm}/snapshots/..%2Fx/restore"),
+            Some(&key),
+            None
+        )
+        .0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[test]
@@ -372,9 +619,23 @@ fn restore_while_command_runs_is_409() {
     let e = env();
     let state = e.state.clone();
     let (k, v) = (key.clone(), vm.clone());
-    let running = e.rt.spawn(async move { call_app(&state, "POST", &format!("/vms/{v}/run"), Some(&k), Some(json!({"command": "sleep 2"}))).await });
+    let running = e.rt.spawn(async move {
+        call_app(
+            &state,
+            "POST",
+            &format!("/vms/{v}/run"),
+            Some(&k),
+            Some(json!({"command": "sleep 2"})),
+        )
+        .await
+    });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let (status, body) = call("POST", &format!("/vms/{vm}/snapshots/initial/restore"), Some(&key), None);
+    let (status, body) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/initial/restore"),
+        Some(&key),
+        None,
+    );
     let (run_status, _) = e.rt.block_on(running).unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(run_status, StatusCode::OK);
@@ -384,11 +645,30 @@ fn restore_while_command_runs_is_409() {
 fn restore_keeps_background_process_outside_workspace_alive() {
     let key = user_key();
     let vm = create_vm(&key, "bg");
-    run(&key, &vm, "cd /tmp && (sleep 300 > /dev/null 2>&1 &) ; echo started");
-    run(&key, &vm, "cd /workspace && (sleep 301 > /dev/null 2>&1 &) ; echo x > f");
-    call("POST", &format!("/vms/{vm}/snapshots/initial/restore"), Some(&key), None);
-    let ps = run(&key, &vm, "ps -o args | grep '^sleep 30[01]$'")["stdout"].as_str().unwrap().to_owned();
-    assert_eq!(ps, "sleep 300\n", "the holder of /workspace is killed, the other survives");
+    run(
+        &key,
+        &vm,
+        "cd /tmp && (sleep 300 > /dev/null 2>&1 &) ; echo started",
+    );
+    run(
+        &key,
+        &vm,
+        "cd /workspace && (sleep 301 > /dev/null 2>&1 &) ; echo x > f",
+    );
+    call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/initial/restore"),
+        Some(&key),
+        None,
+    );
+    let ps = run(&key, &vm, "ps -o args | grep '^sleep 30[01]$'")["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        ps, "sleep 300\n",
+        "the holder of /workspace is killed, the other survives"
+    );
 }
 
 #[test]
@@ -413,25 +693,71 @@ fn named_snapshot_create_list_delete() {
     let key = user_key();
     let vm = create_vm(&key, "named");
     run(&key, &vm, "echo data > f");
-    let (status, snap) = call("POST", &format!("/vms/{vm}/snapshots"), Some(&key), Some(json!({"name": "before-upgrade", "description": "pre", "include_memory": false})));
+    let (status, snap) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots"),
+        Some(&key),
+        Some(json!({"name": "before-upgrade", "description": "pre", "include_memory": false})),
+    );
     assert_eq!(status, StatusCode::CREATED, "{snap}");
-    assert_eq!((snap["name"].as_str(), snap["vm_name"].as_str(), snap["description"].as_str()), (Some("before-upgrade"), Some(vm.as_str()), Some("pre")));
+    assert_eq!(
+        (
+            snap["name"].as_str(),
+            snap["vm_name"].as_str(),
+            snap["description"].as_str()
+        ),
+        (Some("before-upgrade"), Some(vm.as_str()), Some("pre"))
+    );
     assert!(snap["checksum"].as_str().unwrap().starts_with("sha256:"));
-    let dup = call("POST", &format!("/vms/{vm}/snapshots"), Some(&key), Some(json!({"name": "before-upgrade"})));
+    let dup = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots"),
+        Some(&key),
+        Some(json!({"name": "before-upgrade"})),
+    );
     assert_eq!(dup.0, StatusCode::CONFLICT);
     assert!(snapshot_names(&key, &vm).contains(&"before-upgrade".to_string()));
-    assert_eq!(call("DELETE", &format!("/vms/{vm}/snapshots/before-upgrade"), Some(&key), None).0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("/vms/{vm}/snapshots/before-upgrade"),
+            Some(&key),
+            None
+        )
+        .0,
+        StatusCode::NO_CONTENT
+    );
     assert!(!snapshot_names(&key, &vm).contains(&"before-upgrade".to_string()));
-    assert_eq!(call("DELETE", &format!("/vms/{vm}/snapshots/before-upgrade"), Some(&key), None).0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("/vms/{vm}/snapshots/before-upgrade"),
+            Some(&key),
+            None
+        )
+        .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[test]
 fn named_snapshot_with_memory_on_namespace_is_400() {
     let key = user_key();
     let vm = create_vm(&key, "mem");
-    let (status, body) = call("POST", &format!("/vms/{vm}/snapshots"), Some(&key), Some(json!({"name": "m", "include_memory": true})));
+    let (status, body) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots"),
+        Some(&key),
+        Some(json!({"name": "m", "include_memory": true})),
+    );
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().starts_with("include_memory"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("include_memory"),
+        "{body}"
+    );
     assert!(!snapshot_names(&key, &vm).contains(&"m".to_string()));
 }
 
@@ -446,8 +772,19 @@ fn unknown_route_is_404_with_error_shape() {
 fn sandboxes_are_isolated_from_each_other() {
     let key = user_key();
     let (a, b) = (create_vm(&key, "isoa"), create_vm(&key, "isob"));
-    run(&key, &a, "echo secret > /workspace/s; echo secret > /tmp/s; (sleep 200 &)");
-    let seen = run(&key, &b, "cat /workspace/s /tmp/s 2>&1; ps -o args | grep -c '^sleep 200' ; true");
+    run(
+        &key,
+        &a,
+        "echo secret > /workspace/s; echo secret > /tmp/s; (sleep 200 &)",
+    );
+    let seen = run(
+        &key,
+        &b,
+        "cat /workspace/s /tmp/s 2>&1; ps -o args | grep -c '^sleep 200' ; true",
+    );
     assert!(seen["stdout"].as_str().unwrap().ends_with("0\n"), "{seen}");
-    assert!(!seen["stdout"].as_str().unwrap().contains("secret"), "{seen}");
+    assert!(
+        !seen["stdout"].as_str().unwrap().contains("secret"),
+        "{seen}"
+    );
 }

@@ -28,7 +28,10 @@ fn base_image() -> PathBuf {
     if real.join(".rewind-image-complete").exists() {
         return real;
     }
-    eprintln!("NOTE: debootstrap base image not built at {}; using the busybox test rootfs", real.display());
+    eprintln!(
+        "NOTE: debootstrap base image not built at {}; using the busybox test rootfs",
+        real.display()
+    );
     common::busybox_rootfs()
 }
 
@@ -52,7 +55,11 @@ struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rewind_cmd(data_dir: &Path) -> Command {
@@ -61,7 +68,10 @@ fn rewind_cmd(data_dir: &Path) -> Command {
         .env("REWIND_RUNTIME", "namespace")
         .env("REWIND_BASE_IMAGE", base_image())
         .env("REWIND_AGENT_BINARY", common::agent_binary())
-        .env("REWIND_CONFIG", Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rewind.toml"))
+        .env(
+            "REWIND_CONFIG",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rewind.toml"),
+        )
         .env_remove("PORT")
         .env_remove("DB_PATH");
     cmd
@@ -70,7 +80,11 @@ fn rewind_cmd(data_dir: &Path) -> Command {
 impl Server {
     fn start(data_dir: &Path) -> Server {
         let port = free_port();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .unwrap();
         let child = rewind_cmd(data_dir)
             .env("PORT", port.to_string())
             .arg("serve")
@@ -98,7 +112,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("server on port {} not healthy; log:\n{}", self.port, self.log());
+        panic!(
+            "server on port {} not healthy; log:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     fn log(&self) -> String {
@@ -118,24 +136,41 @@ impl Server {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit after {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after {signal}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn req(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    fn req(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
         let mut r = client.request(method.parse().unwrap(), format!("{}{}", self.base, path));
         if let Some(k) = key {
             r = r.header("x-api-key", k);
         }
         if let Some(b) = body {
-            r = r.header("content-type", "application/json").body(b.to_string());
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = r.send().unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -171,14 +206,26 @@ fn reference_full_workflow() {
     let (status, created) = server.req("POST", "/api-keys", None, Some(json!({"name": "demo"})));
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["name"], "demo");
-    assert_eq!(created["message"], "Save your API key - it won't be shown again!");
+    assert_eq!(
+        created["message"],
+        "Save your API key - it won't be shown again!"
+    );
     let key = created["key"].as_str().unwrap();
     assert!(key.starts_with("ws_") && key.len() == 51);
     // 2. Create a sandbox
     let (status, vm) = server.req("POST", "/vms", Some(key), Some(json!({"name": "test"})));
-    assert_eq!((status, vm["name"].as_str(), vm["status"].as_str()), (201, Some("test"), Some("running")), "{vm}");
+    assert_eq!(
+        (status, vm["name"].as_str(), vm["status"].as_str()),
+        (201, Some("test"), Some("running")),
+        "{vm}"
+    );
     // 3. Run commands
-    let (status, run) = server.req("POST", "/vms/test/run", Some(key), Some(json!({"command": "echo hello > file.txt"})));
+    let (status, run) = server.req(
+        "POST",
+        "/vms/test/run",
+        Some(key),
+        Some(json!({"command": "echo hello > file.txt"})),
+    );
     assert_eq!((status, run["exitCode"].as_i64()), (200, Some(0)), "{run}");
     let snap = run["snapshot"].as_str().unwrap().to_owned();
     // 4. List snapshots
@@ -190,15 +237,38 @@ fn reference_full_workflow() {
     assert_eq!(snaps[1]["snapshot_name"], snap.as_str());
     assert_eq!(snaps[1]["command"], "echo hello > file.txt");
     // 5. Restore to initial state
-    let (status, restored) = server.req("POST", "/vms/test/snapshots/initial/restore", Some(key), None);
-    assert_eq!((status, restored["message"].as_str()), (200, Some("Restored to snapshot \"initial\"")));
-    let (_, ls) = server.req("POST", "/vms/test/run", Some(key), Some(json!({"command": "ls file.txt"})));
-    assert_ne!(ls["exitCode"], 0, "file.txt must be gone after restoring initial: {ls}");
+    let (status, restored) = server.req(
+        "POST",
+        "/vms/test/snapshots/initial/restore",
+        Some(key),
+        None,
+    );
+    assert_eq!(
+        (status, restored["message"].as_str()),
+        (200, Some("Restored to snapshot \"initial\""))
+    );
+    let (_, ls) = server.req(
+        "POST",
+        "/vms/test/run",
+        Some(key),
+        Some(json!({"command": "ls file.txt"})),
+    );
+    assert_ne!(
+        ls["exitCode"], 0,
+        "file.txt must be gone after restoring initial: {ls}"
+    );
     let (_, list) = server.req("GET", "/vms/test/snapshots", Some(key), None);
-    assert!(list["snapshots"].as_array().unwrap().iter().any(|s| s["snapshot_name"] == snap.as_str()));
+    assert!(list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["snapshot_name"] == snap.as_str()));
     // 6. Cleanup
     let (status, gone) = server.req("DELETE", "/vms/test", Some(key), None);
-    assert_eq!((status, gone["message"].as_str()), (200, Some("VM \"test\" destroyed")));
+    assert_eq!(
+        (status, gone["message"].as_str()),
+        (200, Some("VM \"test\" destroyed"))
+    );
     assert_eq!(server.req("GET", "/vms/test", Some(key), None).0, 404);
 }
 
@@ -209,20 +279,52 @@ fn restart_keeps_sandboxes_snapshots_and_processes() {
     let mut server = Server::start(&dir);
     let key = bootstrap_key(&server);
     server.req("POST", "/vms", Some(&key), Some(json!({"name": "keep"})));
-    let (_, run) = server.req("POST", "/vms/keep/run", Some(&key), Some(json!({"command": "echo hi > f; cd /tmp; (sleep 1000 > /dev/null 2>&1 &)"})));
+    let (_, run) = server.req(
+        "POST",
+        "/vms/keep/run",
+        Some(&key),
+        Some(json!({"command": "echo hi > f; cd /tmp; (sleep 1000 > /dev/null 2>&1 &)"})),
+    );
     let snap = run["snapshot"].as_str().unwrap().to_owned();
     assert!(server.stop(nix::sys::signal::Signal::SIGTERM).success());
 
     let server = Server::start(&dir);
     let (_, vm) = server.req("GET", "/vms/keep", Some(&key), None);
-    assert_eq!((vm["status"].as_str(), vm["agentHealthy"].as_bool()), (Some("running"), Some(true)), "{vm}");
-    let (_, cat) = server.req("POST", "/vms/keep/run", Some(&key), Some(json!({"command": "cat f; ps -o args | grep -c '^sleep 1000$'"})));
-    assert_eq!(cat["stdout"], "hi\n1\n", "re-attached, not restarted: the background process survives");
-    let (status, _) = server.req("POST", "/vms/keep/snapshots/initial/restore", Some(&key), None);
+    assert_eq!(
+        (vm["status"].as_str(), vm["agentHealthy"].as_bool()),
+        (Some("running"), Some(true)),
+        "{vm}"
+    );
+    let (_, cat) = server.req(
+        "POST",
+        "/vms/keep/run",
+        Some(&key),
+        Some(json!({"command": "cat f; ps -o args | grep -c '^sleep 1000$'"})),
+    );
+    assert_eq!(
+        cat["stdout"], "hi\n1\n",
+        "re-attached, not restarted: the background process survives"
+    );
+    let (status, _) = server.req(
+        "POST",
+        "/vms/keep/snapshots/initial/restore",
+        Some(&key),
+        None,
+    );
     assert_eq!(status, 200);
-    let (status, _) = server.req("POST", &format!("/vms/keep/snapshots/{snap}/restore"), Some(&key), None);
+    let (status, _) = server.req(
+        "POST",
+        &format!("/vms/keep/snapshots/{snap}/restore"),
+        Some(&key),
+        None,
+    );
     assert_eq!(status, 200);
-    let (_, cat) = server.req("POST", "/vms/keep/run", Some(&key), Some(json!({"command": "cat f"})));
+    let (_, cat) = server.req(
+        "POST",
+        "/vms/keep/run",
+        Some(&key),
+        Some(json!({"command": "cat f"})),
+    );
     assert_eq!(cat["stdout"], "hi\n");
     cleanup(&server, &key);
 }
@@ -234,13 +336,23 @@ fn kill9_then_restart_recovers() {
     let mut server = Server::start(&dir);
     let key = bootstrap_key(&server);
     server.req("POST", "/vms", Some(&key), Some(json!({"name": "crash"})));
-    server.req("POST", "/vms/crash/run", Some(&key), Some(json!({"command": "echo 1 > one"})));
+    server.req(
+        "POST",
+        "/vms/crash/run",
+        Some(&key),
+        Some(json!({"command": "echo 1 > one"})),
+    );
     server.stop(nix::sys::signal::Signal::SIGKILL);
 
     let server = Server::start(&dir);
     let (_, list) = server.req("GET", "/vms/crash/snapshots", Some(&key), None);
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 2, "{list}");
-    let (_, run) = server.req("POST", "/vms/crash/run", Some(&key), Some(json!({"command": "cat one"})));
+    let (_, run) = server.req(
+        "POST",
+        "/vms/crash/run",
+        Some(&key),
+        Some(json!({"command": "cat one"})),
+    );
     assert_eq!(run["stdout"], "1\n");
     cleanup(&server, &key);
 }
@@ -264,9 +376,17 @@ fn sigterm_lets_inflight_run_finish() {
     });
     std::thread::sleep(Duration::from_millis(700));
     let pid = server.pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let (status, body) = inflight.join().unwrap();
-    assert_eq!((status, body["stdout"].as_str()), (200, Some("done\n")), "{body}");
+    assert_eq!(
+        (status, body["stdout"].as_str()),
+        (200, Some("done\n")),
+        "{body}"
+    );
     assert!(body["snapshot"].as_str().unwrap().starts_with("cmd_"));
     let exit = server.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(exit.success(), "{exit:?}");
@@ -280,25 +400,47 @@ fn sigterm_lets_inflight_run_finish() {
 fn keys_cli_works_with_server_stopped() {
     let _s = serial();
     let dir = test_data_dir("server-cli");
-    let out = rewind_cmd(&dir).args(["keys", "create", "--name", "ops", "--admin"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rewind_cmd(&dir)
+        .args(["keys", "create", "--name", "ops", "--admin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ws_"), "{key}");
     let list = rewind_cmd(&dir).args(["keys", "list"]).output().unwrap();
     let listed = String::from_utf8(list.stdout).unwrap();
-    assert!(listed.contains(&key[..11]) && !listed.contains(&key), "{listed}");
+    assert!(
+        listed.contains(&key[..11]) && !listed.contains(&key),
+        "{listed}"
+    );
     let server = Server::start(&dir);
     assert_eq!(server.req("GET", "/api-keys", Some(&key), None).0, 200);
-    assert_eq!(server.req("POST", "/api-keys", None, Some(json!({}))).0, 401, "bootstrap closed once a key exists");
+    assert_eq!(
+        server.req("POST", "/api-keys", None, Some(json!({}))).0,
+        401,
+        "bootstrap closed once a key exists"
+    );
 }
 
 #[test]
 fn bad_config_value_is_startup_error_naming_key() {
     let dir = common::data_dir("server-badconfig");
-    let out = rewind_cmd(&dir).env("PORT", "eighty").arg("serve").output().unwrap();
+    let out = rewind_cmd(&dir)
+        .env("PORT", "eighty")
+        .arg("serve")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("`port`"), "{stderr}");
-    let out = rewind_cmd(&dir).env("REWIND_RUNTIME", "docker").arg("serve").output().unwrap();
+    let out = rewind_cmd(&dir)
+        .env("REWIND_RUNTIME", "docker")
+        .arg("serve")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("`runtime`"));
 }

@@ -88,9 +88,13 @@ mod tests {
     use super::*;
 
     async fn body_of(err: ApiError) -> (StatusCode, serde_json::Value) {
-        let resp = REQUEST_ID.scope("req_test".into(), async { err.into_response() }).await;
+        let resp = REQUEST_ID
+            .scope("req_test".into(), async { err.into_response() })
+            .await;
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -98,12 +102,18 @@ mod tests {
     async fn into_response_internal_is_generic_with_request_id() {
         let (status, body) = body_of(ApiError::internal("disk on fire at /secret/path")).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(body, serde_json::json!({"error": "Internal server error", "request_id": "req_test"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "Internal server error", "request_id": "req_test"})
+        );
     }
 
     #[tokio::test]
     async fn into_response_client_error_keeps_message() {
         let (status, body) = body_of(ApiError::BadRequest("name: too long".into())).await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("name: too long")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("name: too long"))
+        );
     }
 }

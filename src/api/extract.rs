@@ -27,8 +27,16 @@ where
 
 fn describe(rejection: JsonRejection) -> String {
     match rejection {
-        JsonRejection::JsonDataError(e) => format!("invalid request body: {}", e.body_text().trim_start_matches("Failed to deserialize the JSON body into the target type: ")),
-        JsonRejection::JsonSyntaxError(e) => format!("malformed JSON: {}", e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")),
+        JsonRejection::JsonDataError(e) => format!(
+            "invalid request body: {}",
+            e.body_text()
+                .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
+        ),
+        JsonRejection::JsonSyntaxError(e) => format!(
+            "malformed JSON: {}",
+            e.body_text()
+                .trim_start_matches("Failed to parse the request body as JSON: ")
+        ),
         JsonRejection::MissingJsonContentType(_) => {
             "expected a JSON body with `Content-Type: application/json`".into()
         }
@@ -57,7 +65,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {}", e.body_text())))?;
+            .map_err(|e| {
+                ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonOrEmpty(T::default()));
         }

@@ -43,7 +43,9 @@ pub async fn create(
         None => None,
     };
     if caller.is_some_and(|c| !c.admin) {
-        return Err(ApiError::Forbidden("creating API keys needs an admin key".into()));
+        return Err(ApiError::Forbidden(
+            "creating API keys needs an admin key".into(),
+        ));
     }
     let key = auth::generate()?;
     let bootstrap = caller.is_none();
@@ -102,7 +104,11 @@ pub async fn list(State(state): State<AppState>, caller: Auth) -> AppResult<Json
     Ok(Json(json!({ "api_keys": keys })))
 }
 
-pub async fn revoke(State(state): State<AppState>, caller: Auth, Path(id): Path<String>) -> AppResult<Json<Value>> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
     require_admin(&caller)?;
     let id: i64 = id
         .parse()

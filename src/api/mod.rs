@@ -49,9 +49,18 @@ pub fn app(state: AppState) -> Router {
         .route("/vms/{name}", get(vms::get).delete(vms::destroy))
         .route("/vms/{name}/run", post(run::run))
         .route("/vms/{name}/wipe", post(run::wipe))
-        .route("/vms/{name}/snapshots", get(snapshots::list).post(snapshots::create))
-        .route("/vms/{name}/snapshots/{snapshot}", delete(snapshots::destroy))
-        .route("/vms/{name}/snapshots/{snapshot}/restore", post(snapshots::restore))
+        .route(
+            "/vms/{name}/snapshots",
+            get(snapshots::list).post(snapshots::create),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}",
+            delete(snapshots::destroy),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}/restore",
+            post(snapshots::restore),
+        )
         .route("/api-keys", get(keys::list))
         .route("/api-keys/{id}", delete(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
@@ -79,7 +88,11 @@ async fn request_id(req: Request, next: Next) -> Response {
         .scope(id.clone(), next.run(req).instrument(span.clone()))
         .await;
     span.in_scope(|| {
-        tracing::debug!(status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "done")
+        tracing::debug!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "done"
+        )
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
@@ -88,8 +101,16 @@ async fn request_id(req: Request, next: Next) -> Response {
 }
 
 /// Resolve `x-api-key` into a [`Caller`] extension: 401 without, 403 wrong.
-async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let presented = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+async fn require_key(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = req
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let caller = auth::verify(&state.sandboxes.db, presented.as_deref()).await?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
@@ -114,7 +135,9 @@ impl From<SandboxError> for ApiError {
             SandboxError::Conflict(m) => ApiError::Conflict(m),
             SandboxError::NotRunning { .. } => ApiError::Conflict(e.to_string()),
             SandboxError::Storage(S::NotFound { .. }) => ApiError::NotFound(storage_message(&e)),
-            SandboxError::Storage(S::AlreadyExists { .. }) => ApiError::Conflict(storage_message(&e)),
+            SandboxError::Storage(S::AlreadyExists { .. }) => {
+                ApiError::Conflict(storage_message(&e))
+            }
             SandboxError::Storage(S::InvalidName(_)) => ApiError::BadRequest(storage_message(&e)),
             SandboxError::Runtime(crate::runtime::RuntimeError::Unsupported { .. }) => {
                 ApiError::BadRequest(storage_message(&e))
@@ -126,7 +149,9 @@ impl From<SandboxError> for ApiError {
 
 /// The innermost useful message of a wrapped error.
 fn storage_message(e: &SandboxError) -> String {
-    std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string())
+    std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// The authenticated caller, inserted by [`require_key`].

@@ -31,7 +31,13 @@ pub async fn run(
     })))
 }
 
-pub async fn wipe(State(state): State<AppState>, caller: Auth, Path(name): Path<String>) -> AppResult<Json<Value>> {
+pub async fn wipe(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
     let snapshot = state.sandboxes.wipe(&caller, &name).await?;
-    Ok(Json(json!({ "message": "Workspace wiped", "snapshot": snapshot })))
+    Ok(Json(
+        json!({ "message": "Workspace wiped", "snapshot": snapshot }),
+    ))
 }

@@ -30,7 +30,11 @@ fn snapshot_json(vm: &str, v: &SnapshotView) -> Value {
     })
 }
 
-pub async fn list(State(state): State<AppState>, caller: Auth, Path(name): Path<String>) -> AppResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
     let views = state.sandboxes.list_snapshots(&caller, &name).await?;
     let snapshots: Vec<Value> = views.iter().map(|v| snapshot_json(&name, v)).collect();
     Ok(Json(json!({ "snapshots": snapshots })))
@@ -43,7 +47,10 @@ pub async fn create(
     Path(name): Path<String>,
     Body(body): Body<CreateSnapshot>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    let v = state.sandboxes.create_snapshot(&caller, &name, body).await?;
+    let v = state
+        .sandboxes
+        .create_snapshot(&caller, &name, body)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -64,7 +71,10 @@ pub async fn destroy(
     caller: Auth,
     Path((name, snapshot)): Path<(String, String)>,
 ) -> AppResult<StatusCode> {
-    state.sandboxes.delete_snapshot(&caller, &name, &snapshot).await?;
+    state
+        .sandboxes
+        .delete_snapshot(&caller, &name, &snapshot)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -74,5 +84,7 @@ pub async fn restore(
     Path((name, snapshot)): Path<(String, String)>,
 ) -> AppResult<Json<Value>> {
     state.sandboxes.restore(&caller, &name, &snapshot).await?;
-    Ok(Json(json!({ "message": format!("Restored to snapshot \"{snapshot}\"") })))
+    Ok(Json(
+        json!({ "message": format!("Restored to snapshot \"{snapshot}\"") }),
+    ))
 }

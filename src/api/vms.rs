@@ -53,7 +53,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(vm_json(&row))))
 }
 
-pub async fn get(State(state): State<AppState>, caller: Auth, Path(name): Path<String>) -> AppResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
     let row = state.sandboxes.find(&caller, &name).await?;
     let healthy = state.sandboxes.agent_healthy(&row.name).await;
     let mut vm = vm_json(&row);
@@ -61,7 +65,13 @@ pub async fn get(State(state): State<AppState>, caller: Auth, Path(name): Path<S
     Ok(Json(vm))
 }
 
-pub async fn destroy(State(state): State<AppState>, caller: Auth, Path(name): Path<String>) -> AppResult<Json<Value>> {
+pub async fn destroy(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
     state.sandboxes.delete(&caller, &name).await?;
-    Ok(Json(json!({ "message": format!("VM \"{name}\" destroyed") })))
+    Ok(Json(
+        json!({ "message": format!("VM \"{name}\" destroyed") }),
+    ))
 }

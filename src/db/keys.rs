@@ -64,7 +64,11 @@ impl Db {
         .map_err(err())?;
         let id = tx.last_insert_rowid();
         let row = tx
-            .query_row(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"), [id], from_row)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"),
+                [id],
+                from_row,
+            )
             .map_err(err())?;
         tx.commit().map_err(err())?;
         Ok(Some(row))
@@ -108,9 +112,13 @@ impl Db {
     }
 
     pub fn key_by_id(conn: &Connection, id: i64) -> Result<Option<ApiKeyRow>, DbError> {
-        conn.query_row(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"), [id], from_row)
-            .optional()
-            .map_err(query_err("key by id", String::new))
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()
+        .map_err(query_err("key by id", String::new))
     }
 }
 

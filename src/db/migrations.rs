@@ -57,7 +57,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
         let err = |source| DbError::Migrate { version, source };
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", version).map_err(err)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(err)?;
         tx.commit().map_err(err)?;
     }
     Ok(())

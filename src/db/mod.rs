@@ -91,7 +91,10 @@ impl Db {
     }
 
     /// Run `f` with the connection on the current thread (CLI, startup).
-    pub fn call_sync<T>(&self, f: impl FnOnce(&Connection) -> Result<T, DbError>) -> Result<T, DbError> {
+    pub fn call_sync<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
         let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&guard)
     }
@@ -99,7 +102,10 @@ impl Db {
 
 /// Map a rusqlite error to [`DbError`], turning UNIQUE violations into
 /// [`DbError::Conflict`].
-fn query_err(op: &'static str, what: impl FnOnce() -> String) -> impl FnOnce(rusqlite::Error) -> DbError {
+fn query_err(
+    op: &'static str,
+    what: impl FnOnce() -> String,
+) -> impl FnOnce(rusqlite::Error) -> DbError {
     move |source| match &source {
         rusqlite::Error::SqliteFailure(e, _)
             if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>

@@ -82,7 +82,9 @@ impl Db {
              VALUES (?1, ?2, ?3, 'creating', ?4, ?4)",
             params![name, owner_key_id, runtime, at],
         )
-        .map_err(query_err("insert sandbox", || format!("sandbox \"{name}\"")))?;
+        .map_err(query_err("insert sandbox", || {
+            format!("sandbox \"{name}\"")
+        }))?;
         let id = conn.last_insert_rowid();
         Db::sandbox_by_id(conn, id)?.ok_or(DbError::Query {
             op: "insert sandbox",
@@ -91,9 +93,13 @@ impl Db {
     }
 
     pub fn sandbox_by_id(conn: &Connection, id: i64) -> Result<Option<SandboxRow>, DbError> {
-        conn.query_row(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id], from_row)
-            .optional()
-            .map_err(query_err("sandbox by id", String::new))
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()
+        .map_err(query_err("sandbox by id", String::new))
     }
 
     pub fn sandbox_by_name(conn: &Connection, name: &str) -> Result<Option<SandboxRow>, DbError> {
@@ -103,7 +109,10 @@ impl Db {
     }
 
     /// All sandboxes, or only those owned by `owner`.
-    pub fn list_sandboxes(conn: &Connection, owner: Option<i64>) -> Result<Vec<SandboxRow>, DbError> {
+    pub fn list_sandboxes(
+        conn: &Connection,
+        owner: Option<i64>,
+    ) -> Result<Vec<SandboxRow>, DbError> {
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM sandboxes WHERE ?1 IS NULL OR owner_key_id = ?1 ORDER BY id"
@@ -148,8 +157,11 @@ impl Db {
     /// Bump `updated_at` (after a run, restore or wipe).
     pub fn touch_sandbox(conn: &Connection, id: i64) -> Result<(), DbError> {
         let (at, _) = now();
-        conn.execute("UPDATE sandboxes SET updated_at = ?1 WHERE id = ?2", params![at, id])
-            .map_err(query_err("touch sandbox", String::new))?;
+        conn.execute(
+            "UPDATE sandboxes SET updated_at = ?1 WHERE id = ?2",
+            params![at, id],
+        )
+        .map_err(query_err("touch sandbox", String::new))?;
         Ok(())
     }
 
@@ -194,6 +206,9 @@ mod tests {
             .unwrap();
         let mine = db.call_sync(|c| Db::list_sandboxes(c, Some(a))).unwrap();
         let all = db.call_sync(|c| Db::list_sandboxes(c, None)).unwrap();
-        assert_eq!((mine.len(), mine[0].name.as_str(), all.len()), (1, "one", 2));
+        assert_eq!(
+            (mine.len(), mine[0].name.as_str(), all.len()),
+            (1, "one", 2)
+        );
     }
 }

@@ -86,10 +86,16 @@ impl Db {
                 created_ms
             ])
         })
-        .map_err(query_err("insert snapshot", || format!("snapshot \"{}\"", s.name)))?;
+        .map_err(query_err("insert snapshot", || {
+            format!("snapshot \"{}\"", s.name)
+        }))?;
         let id = conn.last_insert_rowid();
-        conn.query_row(&format!("SELECT {COLUMNS} FROM snapshots WHERE id = ?1"), [id], from_row)
-            .map_err(query_err("insert snapshot", String::new))
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM snapshots WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .map_err(query_err("insert snapshot", String::new))
     }
 
     /// Snapshots of a sandbox, oldest first.
@@ -190,7 +196,9 @@ mod tests {
             ..Default::default()
         };
         db.call_sync(|c| Db::insert_snapshot(c, sb, &s)).unwrap();
-        let err = db.call_sync(|c| Db::insert_snapshot(c, sb, &s)).unwrap_err();
+        let err = db
+            .call_sync(|c| Db::insert_snapshot(c, sb, &s))
+            .unwrap_err();
         assert!(matches!(err, DbError::Conflict { .. }), "{err}");
     }
 }

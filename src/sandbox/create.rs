@@ -13,7 +13,11 @@ pub const INITIAL: &str = "initial";
 impl Sandboxes {
     pub async fn create(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
         let name = parse_sandbox_name(name)?;
-        let (key, owner, runtime) = (name.to_string(), caller.key_id, self.runtime.kind().as_str());
+        let (key, owner, runtime) = (
+            name.to_string(),
+            caller.key_id,
+            self.runtime.kind().as_str(),
+        );
         let row = self
             .db
             .call(move |c| Db::insert_sandbox(c, &key, owner, runtime))
@@ -33,13 +37,18 @@ impl Sandboxes {
         }
     }
 
-    async fn provision(&self, row: &SandboxRow, name: &SandboxName) -> Result<SandboxRow, SandboxError> {
+    async fn provision(
+        &self,
+        row: &SandboxRow,
+        name: &SandboxName,
+    ) -> Result<SandboxRow, SandboxError> {
         let opts = CreateOptions {
             template: None,
             owner: self.runtime.workspace_owner(),
         };
         let n = name.clone();
-        self.blocking(move |s| s.create_workspace(&n, &opts)).await?;
+        self.blocking(move |s| s.create_workspace(&n, &opts))
+            .await?;
         let ctx = self.context(name);
         let state = self.runtime.start(&ctx).await?;
         match self.finish_create(row, name, state.clone()).await {
@@ -76,14 +85,20 @@ impl Sandboxes {
         Ok(row)
     }
 
-    async fn snapshot_initial(&self, live: &super::Live, name: &SandboxName) -> Result<(), SandboxError> {
+    async fn snapshot_initial(
+        &self,
+        live: &super::Live,
+        name: &SandboxName,
+    ) -> Result<(), SandboxError> {
         let snap: SnapshotName = INITIAL.parse().map_err(|_| SandboxError::Invalid {
             field: "snapshot",
             message: "bad initial name".into(),
         })?;
         live.agent.quiesce(super::run::WATCHDOG).await?;
         let n = name.clone();
-        let taken = self.blocking(move |s| s.snapshot(&n, &snap, SnapshotKind::Kept)).await;
+        let taken = self
+            .blocking(move |s| s.snapshot(&n, &snap, SnapshotKind::Kept))
+            .await;
         live.agent.thaw().await?;
         let info = taken?;
         let id = live.id;
@@ -93,7 +108,9 @@ impl Sandboxes {
             created_ms: Some(system_ms(info.created)),
             ..Default::default()
         };
-        self.db.call(move |c| Db::insert_snapshot(c, id, &new)).await?;
+        self.db
+            .call(move |c| Db::insert_snapshot(c, id, &new))
+            .await?;
         Ok(())
     }
 

@@ -34,7 +34,10 @@ pub use snapshots::{CreateSnapshot, SnapshotView};
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -117,7 +120,11 @@ impl Sandboxes {
     }
 
     fn entry(&self, name: &str) -> Option<Entry> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     fn insert_entry(&self, name: &str, live: Live) -> Entry {
@@ -130,7 +137,10 @@ impl Sandboxes {
     }
 
     fn remove_entry(&self, name: &str) {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     fn new_live(&self, row: &SandboxRow, name: &SandboxName, state: RuntimeState) -> Live {
@@ -151,7 +161,9 @@ impl Sandboxes {
         let key = name.to_string();
         let row = self.db.call(move |c| Db::sandbox_by_name(c, &key)).await?;
         match row {
-            Some(row) if caller.can_see(row.owner_key_id) && row.status != SandboxStatus::Deleting => {
+            Some(row)
+                if caller.can_see(row.owner_key_id) && row.status != SandboxStatus::Deleting =>
+            {
                 Ok(row)
             }
             _ => Err(SandboxError::NotFound(format!("VM \"{name}\" not found"))),
@@ -159,20 +171,29 @@ impl Sandboxes {
     }
 
     /// Find a sandbox and return its live entry, refusing failed sandboxes.
-    async fn find_live(&self, caller: &Caller, name: &str) -> Result<(SandboxRow, Entry), SandboxError> {
+    async fn find_live(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<(SandboxRow, Entry), SandboxError> {
         let row = self.find(caller, name).await?;
         if row.status != SandboxStatus::Running {
             return Err(SandboxError::NotRunning {
                 name: row.name.clone(),
                 status: row.status.as_str(),
-                reason: row.status_reason.clone().unwrap_or_else(|| "not ready".into()),
+                reason: row
+                    .status_reason
+                    .clone()
+                    .unwrap_or_else(|| "not ready".into()),
             });
         }
-        let entry = self.entry(&row.name).ok_or_else(|| SandboxError::NotRunning {
-            name: row.name.clone(),
-            status: "failed",
-            reason: "the sandbox is not attached".into(),
-        })?;
+        let entry = self
+            .entry(&row.name)
+            .ok_or_else(|| SandboxError::NotRunning {
+                name: row.name.clone(),
+                status: "failed",
+                reason: "the sandbox is not attached".into(),
+            })?;
         Ok((row, entry))
     }
 
@@ -191,7 +212,10 @@ impl Sandboxes {
             return true;
         };
         let ping = live.agent.ping();
-        matches!(tokio::time::timeout(std::time::Duration::from_secs(2), ping).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Mark a sandbox failed (its runtime died or could not be reached).
@@ -217,17 +241,19 @@ impl Sandboxes {
 }
 
 pub fn parse_sandbox_name(name: &str) -> Result<SandboxName, SandboxError> {
-    name.parse().map_err(|e: rewind_storage::NameError| SandboxError::Invalid {
-        field: "name",
-        message: e.to_string(),
-    })
+    name.parse()
+        .map_err(|e: rewind_storage::NameError| SandboxError::Invalid {
+            field: "name",
+            message: e.to_string(),
+        })
 }
 
 pub fn parse_snapshot_name(field: &'static str, name: &str) -> Result<SnapshotName, SandboxError> {
-    name.parse().map_err(|e: rewind_storage::NameError| SandboxError::Invalid {
-        field,
-        message: e.to_string(),
-    })
+    name.parse()
+        .map_err(|e: rewind_storage::NameError| SandboxError::Invalid {
+            field,
+            message: e.to_string(),
+        })
 }
 
 /// Current unix time in milliseconds.

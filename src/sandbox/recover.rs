@@ -36,13 +36,20 @@ impl Sandboxes {
             match row.status {
                 SandboxStatus::Deleting => {
                     self.finish_delete(&row).await?;
-                    report.actions.push(format!("finished deleting sandbox {}", row.name));
+                    report
+                        .actions
+                        .push(format!("finished deleting sandbox {}", row.name));
                 }
                 SandboxStatus::Creating => {
                     let name = super::parse_sandbox_name(&row.name)?;
-                    let _ = self.runtime.stop(&self.context(&name), &row.runtime_state).await;
+                    let _ = self
+                        .runtime
+                        .stop(&self.context(&name), &row.runtime_state)
+                        .await;
                     self.rollback_create(&row, &name).await;
-                    report.actions.push(format!("rolled back half-created sandbox {}", row.name));
+                    report
+                        .actions
+                        .push(format!("rolled back half-created sandbox {}", row.name));
                 }
                 SandboxStatus::Running | SandboxStatus::Failed => {
                     known.push(row.name.clone());
@@ -61,38 +68,64 @@ impl Sandboxes {
         Ok(report)
     }
 
-    async fn reconcile_snapshots(&self, row: &SandboxRow, report: &mut RecoveryReport) -> Result<(), SandboxError> {
+    async fn reconcile_snapshots(
+        &self,
+        row: &SandboxRow,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SandboxError> {
         let name = super::parse_sandbox_name(&row.name)?;
         let on_disk = self.blocking(move |s| s.list_snapshots(&name)).await?;
         let id = row.id;
         let rows = self.db.call(move |c| Db::list_snapshots(c, id)).await?;
         let disk_names: HashSet<&str> = on_disk.iter().map(|i| i.name.as_str()).collect();
         let row_names: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        for r in rows.iter().filter(|r| !r.missing && !disk_names.contains(r.name.as_str())) {
+        for r in rows
+            .iter()
+            .filter(|r| !r.missing && !disk_names.contains(r.name.as_str()))
+        {
             // Retention prunes automatic snapshots on purpose; only kept ones are "missing".
             if r.kind == "command" || r.kind == "wipe" {
                 let rid = r.id;
-                self.db.call(move |c| Db::delete_snapshot_row(c, rid)).await?;
+                self.db
+                    .call(move |c| Db::delete_snapshot_row(c, rid))
+                    .await?;
                 continue;
             }
             let rid = r.id;
-            self.db.call(move |c| Db::mark_snapshot_missing(c, rid)).await?;
-            report.actions.push(format!("{}: snapshot {} has no subvolume; marked missing", row.name, r.name));
+            self.db
+                .call(move |c| Db::mark_snapshot_missing(c, rid))
+                .await?;
+            report.actions.push(format!(
+                "{}: snapshot {} has no subvolume; marked missing",
+                row.name, r.name
+            ));
         }
-        for info in on_disk.iter().filter(|i| !row_names.contains(i.name.as_str())) {
+        for info in on_disk
+            .iter()
+            .filter(|i| !row_names.contains(i.name.as_str()))
+        {
             let new = NewSnapshot {
                 name: info.name.clone(),
                 kind: "recovered",
                 created_ms: Some(super::create::system_ms(info.created)),
                 ..Default::default()
             };
-            self.db.call(move |c| Db::insert_snapshot(c, id, &new)).await?;
-            report.actions.push(format!("{}: snapshot {} had no row; recorded as recovered", row.name, info.name));
+            self.db
+                .call(move |c| Db::insert_snapshot(c, id, &new))
+                .await?;
+            report.actions.push(format!(
+                "{}: snapshot {} had no row; recorded as recovered",
+                row.name, info.name
+            ));
         }
         Ok(())
     }
 
-    async fn reattach(&self, row: &SandboxRow, report: &mut RecoveryReport) -> Result<(), SandboxError> {
+    async fn reattach(
+        &self,
+        row: &SandboxRow,
+        report: &mut RecoveryReport,
+    ) -> Result<(), SandboxError> {
         let name = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context(&name);
         let id = row.id;
@@ -127,9 +160,16 @@ impl Sandboxes {
         Ok(())
     }
 
-    fn report_storage_orphans(&self, known: &[String], report: &mut RecoveryReport) -> Result<(), SandboxError> {
+    fn report_storage_orphans(
+        &self,
+        known: &[String],
+        report: &mut RecoveryReport,
+    ) -> Result<(), SandboxError> {
         let on_disk: Vec<SandboxName> = self.storage.list_sandboxes()?;
-        for name in on_disk.iter().filter(|n| !known.iter().any(|k| k == n.as_ref())) {
+        for name in on_disk
+            .iter()
+            .filter(|n| !known.iter().any(|k| k == n.as_ref()))
+        {
             report.actions.push(format!(
                 "storage has sandbox {name} with no database row; left in place (delete it with the storage tools or re-create the row)"
             ));

@@ -49,7 +49,12 @@ pub struct RunOutput {
 }
 
 impl Sandboxes {
-    pub async fn run(&self, caller: &Caller, name: &str, req: RunRequest) -> Result<RunOutput, SandboxError> {
+    pub async fn run(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: RunRequest,
+    ) -> Result<RunOutput, SandboxError> {
         let exec = self.exec_request(&req)?;
         let (row, entry) = self.find_live(caller, name).await?;
         let mut live = entry.lock().await;
@@ -57,13 +62,16 @@ impl Sandboxes {
         let output = match live.agent.exec_collect(exec.clone()).await {
             Ok(out) => out,
             Err(e) => {
-                self.mark_failed(row.id, format!("agent unreachable during run: {e}")).await;
+                self.mark_failed(row.id, format!("agent unreachable during run: {e}"))
+                    .await;
                 return Err(e.into());
             }
         };
         let exec_ms = started.elapsed().as_millis() as u64;
         let snap_started = Instant::now();
-        let snapshot = self.snapshot_after(&mut live, &req.command, output.status.exit_code).await?;
+        let snapshot = self
+            .snapshot_after(&mut live, &req.command, output.status.exit_code)
+            .await?;
         let status = output.status;
         let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if status.timed_out {
@@ -75,7 +83,11 @@ impl Sandboxes {
         Ok(RunOutput {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr,
-            exit_code: if status.timed_out { TIMEOUT_EXIT_CODE } else { status.exit_code },
+            exit_code: if status.timed_out {
+                TIMEOUT_EXIT_CODE
+            } else {
+                status.exit_code
+            },
             snapshot,
             timed_out: status.timed_out,
             stdout_truncated: status.stdout_truncated,
@@ -93,19 +105,33 @@ impl Sandboxes {
             return invalid("command", "must not be empty".into());
         }
         if req.command.len() > e.max_command_bytes {
-            return invalid("command", format!("is longer than {} bytes", e.max_command_bytes));
+            return invalid(
+                "command",
+                format!("is longer than {} bytes", e.max_command_bytes),
+            );
         }
         if req.command.contains('\0') {
             return invalid("command", "must not contain NUL".into());
         }
         let timeout = req.timeout.unwrap_or(e.default_timeout_secs as f64);
         if !timeout.is_finite() || timeout <= 0.0 || timeout > e.max_timeout_secs as f64 {
-            return invalid("timeout", format!("must be > 0 and <= {} seconds", e.max_timeout_secs));
+            return invalid(
+                "timeout",
+                format!("must be > 0 and <= {} seconds", e.max_timeout_secs),
+            );
         }
-        if let Some(bad) = req.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+        if let Some(bad) = req
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains(['=', '\0']))
+        {
             return invalid("env", format!("invalid variable name {bad:?}"));
         }
-        if req.cwd.as_deref().is_some_and(|c| !c.starts_with('/') || c.contains('\0')) {
+        if req
+            .cwd
+            .as_deref()
+            .is_some_and(|c| !c.starts_with('/') || c.contains('\0'))
+        {
             return invalid("cwd", "must be an absolute path".into());
         }
         Ok(ExecRequest {
@@ -119,7 +145,12 @@ impl Sandboxes {
     }
 
     /// Snapshot the workspace as `cmd_<ms>` and record it.
-    async fn snapshot_after(&self, live: &mut Live, command: &str, exit_code: i32) -> Result<String, SandboxError> {
+    async fn snapshot_after(
+        &self,
+        live: &mut Live,
+        command: &str,
+        exit_code: i32,
+    ) -> Result<String, SandboxError> {
         let ms = super::now_ms().max(live.last_cmd_ms + 1);
         live.last_cmd_ms = ms;
         let name = format!("cmd_{ms}");
@@ -152,7 +183,9 @@ impl Sandboxes {
         let snap: SnapshotName = super::parse_snapshot_name("snapshot", name)?;
         let sandbox = super::parse_sandbox_name(&live.ctx.name)?;
         live.agent.quiesce(WATCHDOG).await?;
-        let taken = self.blocking(move |s| s.snapshot(&sandbox, &snap, kind)).await;
+        let taken = self
+            .blocking(move |s| s.snapshot(&sandbox, &snap, kind))
+            .await;
         let thawed = live.agent.thaw().await;
         let info = taken?;
         thawed?;

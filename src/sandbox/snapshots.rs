@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rewind_storage::{SnapshotKind, Sizes};
+use rewind_storage::{Sizes, SnapshotKind};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -33,7 +33,11 @@ pub struct SnapshotView {
 const MAX_DESCRIPTION: usize = 4096;
 
 impl Sandboxes {
-    pub async fn list_snapshots(&self, caller: &Caller, name: &str) -> Result<Vec<SnapshotView>, SandboxError> {
+    pub async fn list_snapshots(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Vec<SnapshotView>, SandboxError> {
         let row = self.find(caller, name).await?;
         let id = row.id;
         let rows = self.db.call(move |c| Db::list_snapshots(c, id)).await?;
@@ -63,13 +67,21 @@ impl Sandboxes {
         req: CreateSnapshot,
     ) -> Result<SnapshotView, SandboxError> {
         let snap = super::parse_snapshot_name("name", &req.name)?;
-        if req.name.starts_with("cmd_") || req.name.starts_with("wipe_") || req.name == super::create::INITIAL {
+        if req.name.starts_with("cmd_")
+            || req.name.starts_with("wipe_")
+            || req.name == super::create::INITIAL
+        {
             return Err(SandboxError::Invalid {
                 field: "name",
-                message: "`initial`, `cmd_*` and `wipe_*` are reserved for automatic snapshots".into(),
+                message: "`initial`, `cmd_*` and `wipe_*` are reserved for automatic snapshots"
+                    .into(),
             });
         }
-        if req.description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION) {
+        if req
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
+        {
             return Err(SandboxError::Invalid {
                 field: "description",
                 message: format!("is longer than {MAX_DESCRIPTION} bytes"),
@@ -87,10 +99,19 @@ impl Sandboxes {
         let (row, entry) = self.find_live(caller, name).await?;
         let live = entry.lock().await;
         let (id, key) = (row.id, snap.to_string());
-        if self.db.call(move |c| Db::snapshot_by_name(c, id, &key)).await?.is_some() {
-            return Err(SandboxError::Conflict(format!("snapshot \"{snap}\" already exists")));
+        if self
+            .db
+            .call(move |c| Db::snapshot_by_name(c, id, &key))
+            .await?
+            .is_some()
+        {
+            return Err(SandboxError::Conflict(format!(
+                "snapshot \"{snap}\" already exists"
+            )));
         }
-        let info = self.take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept).await?;
+        let info = self
+            .take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept)
+            .await?;
         let checksum = self.checksum(&row.name, snap.as_ref()).await?;
         let new = NewSnapshot {
             name: snap.to_string(),
@@ -101,7 +122,10 @@ impl Sandboxes {
             created_ms: Some(super::create::system_ms(info.created)),
             ..Default::default()
         };
-        let saved = self.db.call(move |c| Db::insert_snapshot(c, id, &new)).await?;
+        let saved = self
+            .db
+            .call(move |c| Db::insert_snapshot(c, id, &new))
+            .await?;
         Ok(SnapshotView {
             row: saved,
             sizes: info.sizes,
@@ -124,22 +148,36 @@ impl Sandboxes {
         Ok(format!("sha256:{digest}"))
     }
 
-    pub async fn delete_snapshot(&self, caller: &Caller, name: &str, snapshot: &str) -> Result<(), SandboxError> {
+    pub async fn delete_snapshot(
+        &self,
+        caller: &Caller,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<(), SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
         let (row, entry) = self.find_live(caller, name).await?;
         let _live = entry.lock().await;
         let (id, key) = (row.id, snap.to_string());
-        let found = self.db.call(move |c| Db::snapshot_by_name(c, id, &key)).await?;
+        let found = self
+            .db
+            .call(move |c| Db::snapshot_by_name(c, id, &key))
+            .await?;
         let Some(found) = found else {
-            return Err(SandboxError::NotFound(format!("snapshot \"{snap}\" not found")));
+            return Err(SandboxError::NotFound(format!(
+                "snapshot \"{snap}\" not found"
+            )));
         };
         let sandbox = super::parse_sandbox_name(&row.name)?;
-        let deleted = self.blocking(move |s| s.delete_snapshot(&sandbox, &snap)).await;
+        let deleted = self
+            .blocking(move |s| s.delete_snapshot(&sandbox, &snap))
+            .await;
         match deleted {
             Ok(()) | Err(SandboxError::Storage(rewind_storage::StorageError::NotFound { .. })) => {}
             Err(e) => return Err(e),
         }
-        self.db.call(move |c| Db::delete_snapshot_row(c, found.id)).await?;
+        self.db
+            .call(move |c| Db::delete_snapshot_row(c, found.id))
+            .await?;
         Ok(())
     }
 }
@@ -150,7 +188,11 @@ impl Sandboxes {
 pub fn tree_sha256(root: &std::path::Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     hash_dir(root, root, &mut hasher)?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn hash_dir(root: &std::path::Path, dir: &std::path::Path, h: &mut Sha256) -> std::io::Result<()> {
@@ -188,7 +230,10 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         std::fs::create_dir(b.path().join("d")).unwrap();
         std::fs::write(b.path().join("d/f"), b"one").unwrap();
-        let same = (tree_sha256(a.path()).unwrap(), tree_sha256(b.path()).unwrap());
+        let same = (
+            tree_sha256(a.path()).unwrap(),
+            tree_sha256(b.path()).unwrap(),
+        );
         std::fs::write(b.path().join("d/f"), b"two").unwrap();
         let changed = tree_sha256(b.path()).unwrap();
         assert_eq!(same.0, same.1);

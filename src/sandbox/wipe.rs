@@ -14,7 +14,8 @@ impl Sandboxes {
         let (row, entry) = self.find_live(caller, name).await?;
         let mut live = entry.lock().await;
         let sandbox = super::parse_sandbox_name(&row.name)?;
-        self.swap_workspace(&mut live, &sandbox, |s, n| s.wipe(n)).await?;
+        self.swap_workspace(&mut live, &sandbox, |s, n| s.wipe(n))
+            .await?;
         let ms = super::now_ms().max(live.last_cmd_ms + 1);
         live.last_cmd_ms = ms;
         let snap = format!("wipe_{ms}");

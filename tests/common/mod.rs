@@ -33,11 +33,26 @@ pub fn busybox_rootfs() -> PathBuf {
     }
     let tmp = root.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "dev", "sys", "root", "workspace"] {
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "tmp",
+        "proc",
+        "dev",
+        "sys",
+        "root",
+        "workspace",
+    ] {
         std::fs::create_dir_all(tmp.join(dir)).unwrap();
     }
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.exists(), "busybox-static is not installed (scripts/install-deps.sh installs it)");
+    assert!(
+        busybox.exists(),
+        "busybox-static is not installed (scripts/install-deps.sh installs it)"
+    );
     std::fs::copy(busybox, tmp.join("bin/busybox")).unwrap();
     let list = Command::new(busybox).arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
@@ -60,9 +75,15 @@ pub fn data_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let p = entry.path();
-        let keep = ["pool", "pool.img", "images"].iter().any(|k| p.file_name().is_some_and(|n| n == *k));
+        let keep = ["pool", "pool.img", "images"]
+            .iter()
+            .any(|k| p.file_name().is_some_and(|n| n == *k));
         if !keep {
-            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
     dir
@@ -72,5 +93,9 @@ pub fn data_dir(name: &str) -> PathBuf {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

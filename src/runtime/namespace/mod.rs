@@ -37,6 +37,9 @@ pub const UID_BASE: u32 = 100_000;
 /// Size of the mapped id range.
 pub const UID_COUNT: u32 = 65_536;
 
+/// How long `rewind-agent launch` may take to set a sandbox up.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a freshly launched agent has to answer its first ping.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -80,6 +83,9 @@ impl NamespaceRuntime {
                 .await
                 .map_err(|e| unavailable(e.to_string()))?
                 .map_err(|e| unavailable(e.to_string()))?;
+        // The sandbox's own credentials (uid UID_BASE) mount the overlay and
+        // the workspace, so every directory on those paths must be searchable.
+        allow_traverse(&config.data_dir)?;
         let sock_dir = config.data_dir.join("run");
         std::fs::create_dir_all(&sock_dir).map_err(|source| RuntimeError::Io {
             op: format!("create {}", sock_dir.display()),
@@ -165,13 +171,20 @@ impl NamespaceRuntime {
             op: format!("write {}", spec_path.display()),
             source,
         })?;
-        let out = Command::new(&self.agent_bin)
+        let launch = Command::new(&self.agent_bin)
             .arg("launch")
             .arg("--spec")
             .arg(&spec_path)
             .kill_on_drop(true)
-            .output()
+            .output();
+        let out = tokio::time::timeout(LAUNCH_TIMEOUT, launch)
             .await
+            .map_err(|_| {
+                start_err(format!(
+                    "launcher did not finish within {}s",
+                    LAUNCH_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| start_err(format!("cannot run {}: {e}", self.agent_bin.display())))?;
         if !out.status.success() {
             let _ = self.cgroups.remove(&sb.name);
@@ -342,6 +355,25 @@ impl Runtime for NamespaceRuntime {
         }
         cleaned
     }
+}
+
+/// Make `dir` and its ancestors searchable by others (o+x) where they are not.
+fn allow_traverse(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors().filter(|d| d.exists()) {
+        let mode = std::fs::metadata(d)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o755);
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011)).map_err(
+                |source| RuntimeError::Io {
+                    op: format!("make {} searchable", d.display()),
+                    source,
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Start time of a live (non-zombie) process, or `None`.
