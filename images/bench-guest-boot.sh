@@ -12,6 +12,7 @@
 # expect far less; this measures the image, not the hypervisor.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 runs=3

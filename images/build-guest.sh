@@ -8,7 +8,7 @@
 #   --rootfs DIR  base rootfs directory; built with build-rootfs.sh when incomplete
 #                 default: ${REWIND_DATA_DIR:-/var/lib/rewind}/images/base/rootfs
 #
-# Output (DIR):
+# Output (DIR, a symlink to DIR-<hash12>; see images/README.md):
 #   vmlinuz       bzImage of Debian's linux-image-amd64 (boots under CH and QEMU)
 #   initrd.img    gzip'd newc cpio: busybox-static, MODULES + OPTIONAL_MODULES (plus
 #                 their modules.dep dependencies) and images/guest/init
@@ -17,12 +17,13 @@
 #   recipe.txt    what went in (kernel/busybox versions, modules, hashes)
 #   .rewind-image-complete  sha256 of the recipe, written last
 #
-# Idempotent like build-rootfs.sh (builds in DIR.tmp, renames at the end).
+# Idempotent like build-rootfs.sh (builds in DIR.tmp, switches the symlink at the end).
 # Kernel and busybox come from the host's installed Debian packages when they are
 # installed (linux-image-amd64's current dependency, busybox-static), otherwise
 # the .debs are fetched with `apt-get download` and unpacked.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 # Modules the guest needs (their dependencies are added from modules.dep).
@@ -48,6 +49,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# shellcheck source-path=SCRIPTDIR source=guest/lib-guest.sh
 . "$here/guest/lib-guest.sh"
 
 main() {

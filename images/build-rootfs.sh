@@ -27,6 +27,7 @@
 # except copyright files) — the sandbox's PID 1 is rewind-agent.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 SUITE=bookworm

@@ -10,6 +10,7 @@
 # serial=ws; the guest agent mounts it at /workspace.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 [ $# -eq 2 ] || die "usage: $0 FILE SIZE"

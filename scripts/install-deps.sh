@@ -10,6 +10,7 @@ PACKAGES=(
   busybox-static cpio            # guest initramfs, test rootfs
   linux-image-amd64              # guest kernel (bzImage)
   qemu-system-x86                # guest image test under software emulation
+  kmod python3 procps             # guest image (depmod), boot bench probe, test helpers (pgrep)
   e2fsprogs util-linux iproute2 rsync curl jq
 )
 

@@ -1,9 +1,12 @@
 //! The microVM guest image boots under QEMU software emulation and its agent
 //! works: ping, exec, the workspace disk mounted at `/workspace`, quiesce
-//! (FIFREEZE) and thaw.
+//! (FIFREEZE), thaw, unmount and mount again. Also: root file-system changes
+//! persist on the optional `state` disk, and a guest without its root disk
+//! powers off with the reason on the console.
 //!
 //! Needs the images from `images/build-guest.sh` (in `$REWIND_GUEST_DIR`, else
-//! `/var/lib/rewind/images/guest`) and `qemu-system-x86_64`; `scripts/test.sh`
+//! `${REWIND_DATA_DIR:-/var/lib/rewind}/images/guest`) and
+//! `qemu-system-x86_64`; `scripts/test.sh`
 //! builds the images and runs this with `--ignored`. By hand:
 //!
 //! ```text
@@ -31,9 +34,11 @@ const GUEST_PORT: u16 = 7000;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn guest_dir() -> PathBuf {
-    std::env::var_os("REWIND_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/guest"))
+    if let Some(dir) = std::env::var_os("REWIND_GUEST_DIR") {
+        return PathBuf::from(dir);
+    }
+    let data = std::env::var_os("REWIND_DATA_DIR").unwrap_or_else(|| "/var/lib/rewind".into());
+    PathBuf::from(data).join("images/guest")
 }
 
 fn images_dir() -> PathBuf {
