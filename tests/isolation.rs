@@ -214,3 +214,43 @@ fn limits_memory_hog_is_killed() {
         "the sandbox itself survives the OOM kill"
     );
 }
+
+/// Host cgroup directories of a sandbox, in whatever hierarchy is in use.
+fn cgroup_dirs(name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = vec![];
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for group in std::fs::read_dir(hierarchy.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let candidate = group.path().join(name);
+            if group.file_name().to_string_lossy().starts_with("rewind-") && candidate.exists() {
+                found.push(candidate);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn delete_leaves_no_processes_cgroups_or_socket() {
+    let vm = sandbox("cleanup");
+    let e = env();
+    run(&vm, "cd /tmp && (sleep 500 > /dev/null 2>&1 &)", 10.0);
+    let row = e.rt.block_on(e.sandboxes.find(&CALLER, &vm)).unwrap();
+    let pid = row.runtime_state["pid"].as_i64().unwrap();
+    let socket = std::path::PathBuf::from(row.runtime_state["socket"].as_str().unwrap());
+    assert!(
+        !cgroup_dirs(&vm).is_empty(),
+        "the sandbox has cgroups while it runs"
+    );
+    e.rt.block_on(e.sandboxes.delete(&CALLER, &vm)).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "PID 1 {pid} is gone: {stat}"
+    );
+    assert_eq!(cgroup_dirs(&vm), Vec::<std::path::PathBuf>::new());
+    assert!(!socket.exists());
+}

@@ -444,3 +444,87 @@ fn bad_config_value_is_startup_error_naming_key() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("`runtime`"));
 }
+
+#[test]
+fn dead_sandbox_is_marked_failed_then_restarted_by_service_restart() {
+    let _s = serial();
+    let dir = test_data_dir("server-dead");
+    let mut server = Server::start(&dir);
+    let key = bootstrap_key(&server);
+    server.req("POST", "/vms", Some(&key), Some(json!({"name": "victim"})));
+    server.req(
+        "POST",
+        "/vms/victim/run",
+        Some(&key),
+        Some(json!({"command": "echo kept > f"})),
+    );
+    let pid = sandbox_pid(&dir, "victim");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (status, body) = server.req(
+        "POST",
+        "/vms/victim/run",
+        Some(&key),
+        Some(json!({"command": "true"})),
+    );
+    assert_eq!(status, 503, "{body}");
+    let (_, vm) = server.req("GET", "/vms/victim", Some(&key), None);
+    assert_eq!(vm["status"], "failed", "{vm}");
+    assert!(
+        vm["status_reason"].as_str().unwrap().contains("agent"),
+        "{vm}"
+    );
+    assert_eq!(
+        server
+            .req(
+                "POST",
+                "/vms/victim/run",
+                Some(&key),
+                Some(json!({"command": "true"}))
+            )
+            .0,
+        409
+    );
+    server.stop(nix::sys::signal::Signal::SIGTERM);
+
+    let server = Server::start(&dir);
+    let (_, vm) = server.req("GET", "/vms/victim", Some(&key), None);
+    assert_eq!(
+        (vm["status"].as_str(), vm["agentHealthy"].as_bool()),
+        (Some("running"), Some(true)),
+        "{vm}"
+    );
+    let (_, run) = server.req(
+        "POST",
+        "/vms/victim/run",
+        Some(&key),
+        Some(json!({"command": "cat f"})),
+    );
+    assert_eq!(
+        run["stdout"], "kept\n",
+        "restarted with its workspace intact"
+    );
+    assert!(
+        server.log().contains("restarted it"),
+        "the restart is logged"
+    );
+    cleanup(&server, &key);
+}
+
+/// PID 1 of a sandbox, read from the service's database.
+fn sandbox_pid(data_dir: &Path, name: &str) -> i32 {
+    let db = rusqlite::Connection::open(data_dir.join("rewind.db")).unwrap();
+    let state: String = db
+        .query_row(
+            "SELECT runtime_state FROM sandboxes WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str::<Value>(&state).unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32
+}

@@ -139,6 +139,9 @@ impl From<SandboxError> for ApiError {
                 ApiError::Conflict(storage_message(&e))
             }
             SandboxError::Storage(S::InvalidName(_)) => ApiError::BadRequest(storage_message(&e)),
+            SandboxError::Agent(ref a) => {
+                ApiError::Unavailable(format!("the sandbox did not answer: {a}"))
+            }
             SandboxError::Runtime(crate::runtime::RuntimeError::Unsupported { .. }) => {
                 ApiError::BadRequest(storage_message(&e))
             }

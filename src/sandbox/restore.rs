@@ -30,7 +30,7 @@ impl Sandboxes {
             .db
             .call(move |c| Db::snapshot_by_name(c, id, &key))
             .await?;
-        match found {
+        let with_memory = match found {
             None => {
                 return Err(SandboxError::NotFound(format!(
                     "snapshot \"{snap}\" not found"
@@ -41,13 +41,58 @@ impl Sandboxes {
                     "snapshot \"{snap}\" is recorded but its data is missing on disk"
                 )))
             }
-            Some(_) => {}
-        }
+            Some(s) => s.include_memory && self.runtime.supports_memory_snapshots(),
+        };
         let sandbox = super::parse_sandbox_name(&row.name)?;
-        self.swap_workspace(&mut live, &sandbox, move |s, n| s.restore(n, &snap))
-            .await?;
+        if with_memory {
+            self.restore_full(&mut live, &sandbox, &snap).await?;
+        } else {
+            self.swap_workspace(&mut live, &sandbox, move |s, n| s.restore(n, &snap))
+                .await?;
+        }
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
         tracing::info!(sandbox = %row.name, snapshot = %snapshot, "workspace restored");
+        Ok(())
+    }
+
+    /// Restore a full (memory) snapshot: stop the VM → restore workspace and
+    /// state subvolumes → start it from the saved VM state → new agent
+    /// connection. If the start fails the sandbox is marked failed.
+    async fn restore_full(
+        &self,
+        live: &mut Live,
+        sandbox: &SandboxName,
+        snap: &rewind_storage::SnapshotName,
+    ) -> Result<(), SandboxError> {
+        self.runtime.stop(&live.ctx, &live.state).await?;
+        let (n, s) = (sandbox.clone(), snap.clone());
+        let restored = self.blocking(move |st| st.restore(&n, &s)).await;
+        let dir = self
+            .storage
+            .snapshot_aux_path(sandbox, snap)
+            .join(super::snapshots::VM_STATE_DIR);
+        let started = match restored {
+            Ok(()) => self.runtime.start_from_state(&live.ctx, &dir).await,
+            Err(e) => Err(crate::runtime::RuntimeError::Start {
+                sandbox: sandbox.to_string(),
+                message: format!("storage restore failed: {e}"),
+            }),
+        };
+        let state = match started {
+            Ok(state) => state,
+            Err(e) => {
+                self.mark_failed(live.id, format!("restore of {snap} failed: {e}"))
+                    .await;
+                return Err(e.into());
+            }
+        };
+        live.agent =
+            rewind_agent::client::AgentClient::new(self.runtime.transport(&live.ctx, &state));
+        live.state = state.clone();
+        let id = live.id;
+        self.db
+            .call(move |c| Db::set_runtime_state(c, id, &state))
+            .await?;
         Ok(())
     }
 

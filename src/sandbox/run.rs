@@ -62,8 +62,17 @@ impl Sandboxes {
         let output = match live.agent.exec_collect(exec.clone()).await {
             Ok(out) => out,
             Err(e) => {
-                self.mark_failed(row.id, format!("agent unreachable during run: {e}"))
-                    .await;
+                let ping =
+                    tokio::time::timeout(std::time::Duration::from_secs(3), live.agent.ping())
+                        .await;
+                if matches!(ping, Ok(Ok(_))) {
+                    return Err(e.into());
+                }
+                let reason = match self.runtime.failure(&live.ctx) {
+                    Some(why) => format!("sandbox died: {why}"),
+                    None => format!("agent unreachable during run: {e}"),
+                };
+                self.mark_failed(row.id, reason).await;
                 return Err(e.into());
             }
         };

@@ -3,13 +3,17 @@
 
 use std::collections::HashMap;
 
-use rewind_storage::{Sizes, SnapshotKind};
+use rewind_storage::{SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::{Db, NewSnapshot, SnapshotRow};
+use crate::runtime::{full_snapshot, FullSnapshotError};
+
+/// Sub-directory of a snapshot's aux dir holding the VM's saved state.
+pub const VM_STATE_DIR: &str = "vm";
 
 /// Body of `POST /vms/:name/snapshots` (MicroVM Sandbox reference).
 #[derive(Debug, Deserialize)]
@@ -109,10 +113,16 @@ impl Sandboxes {
                 "snapshot \"{snap}\" already exists"
             )));
         }
-        let info = self
-            .take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept)
+        let sandbox = super::parse_sandbox_name(&row.name)?;
+        let info = if req.include_memory {
+            self.full_snapshot(&live, &sandbox, &snap).await?
+        } else {
+            self.take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept)
+                .await?
+        };
+        let checksum = self
+            .checksum(&row.name, snap.as_ref(), req.include_memory)
             .await?;
-        let checksum = self.checksum(&row.name, snap.as_ref()).await?;
         let new = NewSnapshot {
             name: snap.to_string(),
             kind: "named",
@@ -133,13 +143,54 @@ impl Sandboxes {
         })
     }
 
-    /// `sha256:<hex>` over the snapshot's whole content (see [`tree_sha256`]).
-    /// Costs a read of the snapshot's data; only named snapshots pay it.
-    async fn checksum(&self, sandbox: &str, snap: &str) -> Result<String, SandboxError> {
+    /// Pause → Btrfs snapshot of workspace + state → VM state saved into the
+    /// snapshot's aux dir → resume (resumed on every path). A failed save
+    /// deletes the half-made snapshot; the sandbox keeps running.
+    async fn full_snapshot(
+        &self,
+        live: &super::Live,
+        sb: &SandboxName,
+        snap: &SnapshotName,
+    ) -> Result<SnapshotInfo, SandboxError> {
+        let dir = self.storage.snapshot_aux_path(sb, snap).join(VM_STATE_DIR);
+        let (storage, s, n) = (self.storage.clone(), sb.clone(), snap.clone());
+        let take = async move {
+            let taken = tokio::task::spawn_blocking(move || {
+                let info = storage.snapshot_with_state(&s, &n, SnapshotKind::Kept)?;
+                storage.snapshot_aux_dir(&s, &n)?;
+                Ok::<_, rewind_storage::StorageError>(info)
+            });
+            Ok::<_, SandboxError>(taken.await??)
+        };
+        match full_snapshot(&*self.runtime, &live.ctx, &live.state, &dir, take).await {
+            Ok(info) => Ok(info),
+            Err(FullSnapshotError::Storage(e)) => Err(e),
+            Err(FullSnapshotError::Runtime(e)) => {
+                let (s, n) = (sb.clone(), snap.clone());
+                if let Err(del) = self.blocking(move |st| st.delete_snapshot(&s, &n)).await {
+                    tracing::error!(sandbox = %sb, snapshot = %snap, error = %del, "cannot remove half-made full snapshot");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `sha256:<hex>` over the snapshot's whole content, and its saved VM
+    /// state for memory snapshots (see [`tree_sha256`]). Costs a read of the
+    /// snapshot's data; only named snapshots pay it.
+    async fn checksum(
+        &self,
+        sandbox: &str,
+        snap: &str,
+        with_memory: bool,
+    ) -> Result<String, SandboxError> {
         let sb = super::parse_sandbox_name(sandbox)?;
         let sn = super::parse_snapshot_name("name", snap)?;
-        let path = self.storage.snapshot_path(&sb, &sn);
-        let digest = tokio::task::spawn_blocking(move || tree_sha256(&path))
+        let mut paths = vec![self.storage.snapshot_path(&sb, &sn)];
+        if with_memory {
+            paths.push(self.storage.snapshot_aux_path(&sb, &sn));
+        }
+        let digest = tokio::task::spawn_blocking(move || tree_sha256(&paths))
             .await?
             .map_err(|source| SandboxError::Io {
                 op: "checksum snapshot",
@@ -185,9 +236,12 @@ impl Sandboxes {
 /// SHA-256 over a directory tree, independent of inode numbers and times:
 /// for every entry in sorted order, its relative path, type, permission bits
 /// and content (file bytes, or a symlink's target).
-pub fn tree_sha256(root: &std::path::Path) -> std::io::Result<String> {
+pub fn tree_sha256(roots: &[std::path::PathBuf]) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
-    hash_dir(root, root, &mut hasher)?;
+    for root in roots {
+        hash_dir(root, root, &mut hasher)?;
+        hasher.update([0xfe]);
+    }
     Ok(hasher
         .finalize()
         .iter()
@@ -230,12 +284,10 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         std::fs::create_dir(b.path().join("d")).unwrap();
         std::fs::write(b.path().join("d/f"), b"one").unwrap();
-        let same = (
-            tree_sha256(a.path()).unwrap(),
-            tree_sha256(b.path()).unwrap(),
-        );
+        let (pa, pb) = ([a.path().to_owned()], [b.path().to_owned()]);
+        let same = (tree_sha256(&pa).unwrap(), tree_sha256(&pb).unwrap());
         std::fs::write(b.path().join("d/f"), b"two").unwrap();
-        let changed = tree_sha256(b.path()).unwrap();
+        let changed = tree_sha256(&pb).unwrap();
         assert_eq!(same.0, same.1);
         assert_ne!(same.0, changed);
     }

@@ -38,6 +38,11 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ro
 /// Ensure `dest` holds `base` with every owner shifted by `uid_base`.
 /// Returns `dest`. Crash-safe: built in `dest.tmp`, renamed at the end.
 pub fn ensure_shifted(base: &Path, dest: &Path, uid_base: u32) -> Result<PathBuf, RootfsError> {
+    // Image builds publish `rootfs` as a symlink to a versioned directory:
+    // resolve it, so a rebuilt image gets a new shifted copy.
+    let base = &base.canonicalize().map_err(|_| RootfsError::MissingBase {
+        path: base.to_owned(),
+    })?;
     if !base.join("bin").exists() && !base.join("usr/bin").exists() {
         return Err(RootfsError::MissingBase {
             path: base.to_owned(),

@@ -28,6 +28,12 @@ impl Storage {
         self.layout().snap(sb, name)
     }
 
+    /// Where [`Storage::snapshot_aux_dir`] puts snapshot `name`'s writable
+    /// directory (a path only; it may not exist yet).
+    pub fn snapshot_aux_path(&self, sb: &SandboxName, name: &SnapshotName) -> PathBuf {
+        self.layout().aux(sb, name)
+    }
+
     pub fn sandbox_exists(&self, sb: &SandboxName) -> bool {
         self.layout().sandbox(sb).is_dir()
     }
