@@ -788,3 +788,59 @@ fn sandboxes_are_isolated_from_each_other() {
         "{seen}"
     );
 }
+
+#[test]
+fn snapshot_after_run_holds_exactly_what_the_command_wrote() {
+    let key = user_key();
+    let vm = create_vm(&key, "exact");
+    let out = run(
+        &key,
+        &vm,
+        "echo a > x; mkdir d; printf b > d/y; ln -s x link; echo c > gone; rm gone",
+    );
+    let snap = out["snapshot"].as_str().unwrap();
+    let storage = &env().state.sandboxes.storage;
+    let dir = storage.snapshot_path(&vm.parse().unwrap(), &snap.parse().unwrap());
+    let mut seen: Vec<String> = walk(&dir, &dir);
+    seen.sort();
+    assert_eq!(seen, vec!["d/", "d/y=b", "link->x", "x=a\n"]);
+    let later = run(&key, &vm, "echo changed > x")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("x")).unwrap(),
+        "a\n",
+        "snapshots are read-only history"
+    );
+    let later_dir = storage.snapshot_path(&vm.parse().unwrap(), &later.parse().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(later_dir.join("x")).unwrap(),
+        "changed\n"
+    );
+}
+
+fn walk(root: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            out.push(format!(
+                "{rel}->{}",
+                std::fs::read_link(&path).unwrap().display()
+            ));
+        } else if meta.is_dir() {
+            out.push(format!("{rel}/"));
+            out.extend(walk(root, &path));
+        } else {
+            out.push(format!("{rel}={}", std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    out
+}
