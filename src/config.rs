@@ -37,6 +37,7 @@ impl std::str::FromStr for RuntimeChoice {
 pub struct StorageConfig {
     pub pool_size_gb: u64,
     pub max_auto_snapshots: usize,
+    pub quotas: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +88,7 @@ impl Default for StorageConfig {
         Self {
             pool_size_gb: 20,
             max_auto_snapshots: 1000,
+            quotas: true,
         }
     }
 }

@@ -33,6 +33,7 @@ async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     let mut pool = PoolConfig::new(config.data_dir.clone());
     pool.image_size_bytes = config.storage.pool_size_gb * 1024 * 1024 * 1024;
     pool.max_auto_snapshots = config.storage.max_auto_snapshots;
+    pool.quotas = config.storage.quotas;
     let storage = tokio::task::spawn_blocking(move || Storage::open(pool))
         .await?
         .context("opening the storage pool")?;

@@ -87,6 +87,20 @@ fn populate(root: &Path, w: &Workload) {
     }
 }
 
+/// Commits and waits until the kernel has finished cleaning up deleted
+/// subvolumes from earlier setup, so one workload's setup does not bleed
+/// into the next one's numbers (untimed; the bench may use the CLI).
+fn settle(s: &Storage) {
+    s.flush_background();
+    s.sync().unwrap();
+    let status = Command::new("btrfs")
+        .args(["subvolume", "sync"])
+        .arg(s.pool_path())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "btrfs subvolume sync failed");
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
@@ -120,7 +134,7 @@ fn time_copy(s: &Storage, src: &Path, tag: &str, w: &Workload, cmd: &[&str]) -> 
         samples.push(started.elapsed());
         assert!(status.success(), "{cmd:?} failed");
         s.delete_sandbox(&sb).unwrap();
-        s.flush_background();
+        settle(s);
     }
     percentile(&mut samples, 0.5)
 }
@@ -133,7 +147,7 @@ fn run(s: &Storage, w: &Workload) -> String {
     ));
     let live = s.create_workspace(&sb, &CreateOptions::default()).unwrap();
     populate(&live, w);
-    s.sync().unwrap();
+    settle(s);
     let mut snaps = Vec::new();
     for i in 0..w.iterations {
         fs::write(live.join("iteration"), i.to_string()).unwrap();
@@ -151,6 +165,7 @@ fn run(s: &Storage, w: &Workload) -> String {
         s.flush_background();
     }
     let tag = w.label.replace(' ', "");
+    settle(s);
     let cp = time_copy(
         s,
         &live,

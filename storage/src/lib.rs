@@ -96,9 +96,11 @@
 //! trashed); orphaned snapshot parts are removed; the trash is re-queued.
 //! Each action is logged and listed in [`Storage::recovery_report`]. The
 //! same swap clean-up also runs at the start of every restore and wipe.
-//! Recovery is pool-wide, so only one process may use a pool at a time
-//! (`open` in a second process while the first is mid-operation could
-//! remove the first's temporaries).
+//! Recovery is pool-wide, so it runs only when no other `Storage` has the
+//! pool open: every instance holds a shared `flock` on
+//! `<pool>/.rewind-storage.lock`, recovery takes it exclusively (non-blocking)
+//! and is skipped — with a line in the report — when that fails, so a second
+//! instance never rolls back the first one's operations in flight.
 //!
 //! # Concurrency, retention, sizes
 //!

@@ -115,7 +115,9 @@ fn find_mkfs() -> Option<PathBuf> {
 }
 
 fn find_mkfs_in(dirs: &[PathBuf]) -> Option<PathBuf> {
-    dirs.iter().map(|dir| dir.join("mkfs.btrfs")).find(|p| p.is_file())
+    dirs.iter()
+        .map(|dir| dir.join("mkfs.btrfs"))
+        .find(|p| p.is_file())
 }
 
 fn btrfs_supported() -> bool {

@@ -1,15 +1,66 @@
 //! Startup recovery: bring every sandbox back to a state with no operation
 //! in progress (see the invariants in the crate docs).
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::btrfs;
 use crate::error::StorageError;
 use crate::layout::{self, file_name, Layout};
 use crate::ops::delete::delete_if_exists;
 use crate::ops::restore::finish_swap;
+
+/// The outcome of opening a pool: its shared lock, what recovery did, and
+/// the trash entries to delete.
+pub(crate) struct Recovered {
+    pub lock: Flock<File>,
+    pub report: Vec<String>,
+    pub trash: Vec<PathBuf>,
+}
+
+/// Name of the lock file at the pool root.
+const LOCK_FILE: &str = ".rewind-storage.lock";
+
+/// Every open `Storage` holds a shared `flock` on the pool; recovery needs it
+/// exclusively. If another instance (in this or another process) has the
+/// pool open, its operations may be in flight, so recovery is skipped
+/// rather than racing them (and says so in the report).
+pub(crate) fn lock_and_recover(l: &Layout) -> Result<Recovered, StorageError> {
+    let path = l.root.join(LOCK_FILE);
+    let lock_err = |e: nix::errno::Errno| StorageError::io("lock", &path, e.into());
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("open", &path, e))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            let (report, trash) = run(l)?;
+            lock.relock(FlockArg::LockShared).map_err(lock_err)?;
+            Ok(Recovered {
+                lock,
+                report,
+                trash,
+            })
+        }
+        Err((file, Errno::EWOULDBLOCK)) => {
+            let lock = Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| lock_err(e))?;
+            let line = "recovery skipped: another open Storage is using this pool".to_owned();
+            tracing::warn!(pool = %l.root.display(), "{line}");
+            Ok(Recovered {
+                lock,
+                report: vec![line],
+                trash: Vec::new(),
+            })
+        }
+        Err((_, e)) => Err(lock_err(e)),
+    }
+}
 
 /// Runs recovery over the whole pool. Returns the human-readable actions
 /// and the trash entries the background worker must delete.

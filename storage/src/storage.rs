@@ -2,10 +2,12 @@
 //! helpers every operation shares. The operations live in `ops/`.
 
 use std::collections::HashSet;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+
+use nix::fcntl::Flock;
 
 use crate::background::{Background, Job};
 use crate::btrfs;
@@ -63,6 +65,8 @@ pub(crate) struct Inner {
     busy: Mutex<HashSet<SandboxName>>,
     released: Condvar,
     pub bg: Background,
+    /// Shared `flock` on the pool, held for this instance's lifetime.
+    _pool_lock: Flock<File>,
 }
 
 /// Holds one sandbox's lock; released on drop.
@@ -87,17 +91,18 @@ impl Storage {
         for dir in [layout.sandboxes(), layout.templates(), layout.trash()] {
             fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
         }
-        let (report, trash) = recovery::run(&layout)?;
+        let recovered = recovery::lock_and_recover(&layout)?;
         let inner = Arc::new_cyclic(|weak| Inner {
             layout,
             cfg,
             quotas: pool.quotas,
-            report,
+            report: recovered.report,
             busy: Mutex::new(HashSet::new()),
             released: Condvar::new(),
             bg: Background::start(weak.clone()),
+            _pool_lock: recovered.lock,
         });
-        for path in trash {
+        for path in recovered.trash {
             inner.bg.submit(Job::Delete(path));
         }
         Ok(Storage { inner })

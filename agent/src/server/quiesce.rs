@@ -1,4 +1,7 @@
-//! `Quiesce` / `Thaw`. A directory workspace is only `syncfs`ed; a
+//! `Quiesce` / `Thaw`. A directory workspace is only `syncfs`ed — unless it
+//! is on Btrfs, where the host's snapshot ioctl itself flushes delalloc and
+//! waits for ordered extents before it snapshots, so a `syncfs` here would
+//! only add a second transaction commit (≈2.4 ms measured) to every command; a
 //! block-device workspace is synced and frozen (FIFREEZE) until `Thaw` or
 //! until the watchdog fires — the watchdog does not depend on the
 //! connection, so a host that disappears cannot leave the workspace frozen.
@@ -34,7 +37,7 @@ struct Frozen {
 pub async fn quiesce(agent: &Arc<Agent>, watchdog_ms: u64) -> Result<Response, OpError> {
     let workspace = agent.config.workspace.clone();
     if agent.config.workspace_device.is_none() {
-        blocking(move || syncfs(&workspace)).await?;
+        blocking(move || sync_unless_btrfs(&workspace)).await?;
         return Ok(Response::Quiesced { frozen: false });
     }
     if !super::workspace::is_mountpoint(&workspace)? {
@@ -121,6 +124,19 @@ where
 
 fn open_dir(path: &Path) -> Result<File, OpError> {
     File::open(path).map_err(OpError::io("open", path))
+}
+
+/// `BTRFS_SUPER_MAGIC` from `<linux/magic.h>`.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+
+fn sync_unless_btrfs(path: &Path) -> Result<(), OpError> {
+    let on_btrfs = nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC)
+        .unwrap_or(false);
+    if on_btrfs {
+        return Ok(());
+    }
+    syncfs(path)
 }
 
 fn syncfs(path: &Path) -> Result<(), OpError> {

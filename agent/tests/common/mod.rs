@@ -197,7 +197,9 @@ pub fn busybox_rootfs(root: &Path, uid: u32) {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let out = Command::new(root.join("bin/busybox"))
+    // Ask the host's busybox: exec'ing the fresh copy races with other test
+    // threads' forks, which briefly inherit its write fd (ETXTBSY).
+    let out = Command::new("/bin/busybox")
         .arg("--list-full")
         .output()
         .unwrap();

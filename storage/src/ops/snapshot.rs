@@ -55,12 +55,14 @@ impl Storage {
             self.remove_snapshot_parts(sb, name)?;
             return Err(e);
         }
+        let info = self.info_of(sb, name, kind, with_state);
+        let prune = kind == SnapshotKind::Auto && self.auto_count_exceeded(sb);
         drop(guard);
         tracing::debug!(sandbox = %sb, snapshot = %name, ?kind, with_state, "snapshot taken");
-        if kind == SnapshotKind::Auto && self.auto_count_exceeded(sb) {
+        if prune {
             self.submit(Job::Prune(sb.clone()));
         }
-        self.info_of(sb, name, kind, with_state)
+        info
     }
 
     fn snapshot_steps(
