@@ -126,12 +126,9 @@ fn open_dir(path: &Path) -> Result<File, OpError> {
     File::open(path).map_err(OpError::io("open", path))
 }
 
-/// `BTRFS_SUPER_MAGIC` from `<linux/magic.h>`.
-const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
-
 fn sync_unless_btrfs(path: &Path) -> Result<(), OpError> {
     let on_btrfs = nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
         .unwrap_or(false);
     if on_btrfs {
         return Ok(());
