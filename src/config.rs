@@ -88,7 +88,7 @@ impl Default for StorageConfig {
         Self {
             pool_size_gb: 20,
             max_auto_snapshots: 1000,
-            quotas: true,
+            quotas: false,
         }
     }
 }
