@@ -844,3 +844,62 @@ fn walk(root: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn fork_starts_a_new_sandbox_from_any_snapshot() {
+    let key = user_key();
+    let vm = create_vm(&key, "forksrc");
+    let snap = run(&key, &vm, "echo v1 > f")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(&key, &vm, "echo v2 > f");
+    let child = common::unique("forked");
+    let (status, body) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{snap}/fork"),
+        Some(&key),
+        Some(json!({"name": child})),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (
+            body["name"].as_str(),
+            body["forked_from"]["snapshot"].as_str()
+        ),
+        (Some(child.as_str()), Some(snap.as_str()))
+    );
+    assert_eq!(run(&key, &child, "cat f; echo fork > g")["stdout"], "v1\n");
+    assert_eq!(
+        run(&key, &vm, "cat f; ls g 2>&1 >/dev/null | wc -l")["stdout"],
+        "v2\n1\n",
+        "source unaffected"
+    );
+    assert_eq!(snapshot_names(&key, &child)[0], "initial");
+    let other = user_key();
+    let (status, _) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{snap}/fork"),
+        Some(&other),
+        Some(json!({"name": common::unique("x")})),
+    );
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another key cannot fork what it cannot see"
+    );
+    let (status, _) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/nope/fork"),
+        Some(&key),
+        Some(json!({"name": common::unique("y")})),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{snap}/fork"),
+        Some(&key),
+        Some(json!({"name": vm})),
+    );
+    assert_eq!(status, StatusCode::CONFLICT);
+}

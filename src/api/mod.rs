@@ -58,6 +58,10 @@ pub fn app(state: AppState) -> Router {
             delete(snapshots::destroy),
         )
         .route(
+            "/vms/{name}/snapshots/{snapshot}/fork",
+            post(snapshots::fork),
+        )
+        .route(
             "/vms/{name}/snapshots/{snapshot}/restore",
             post(snapshots::restore),
         )

@@ -88,3 +88,28 @@ pub async fn restore(
         json!({ "message": format!("Restored to snapshot \"{snapshot}\"") }),
     ))
 }
+
+/// Body of `POST /vms/:name/snapshots/:snapshot/fork`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkBody {
+    name: String,
+}
+
+/// Extension: a new sandbox, owned by the caller, whose workspace starts as
+/// the given snapshot (and, for a memory snapshot on a VM runtime, whose VM
+/// resumes from it). Answers like `POST /vms`, plus `forked_from`.
+pub async fn fork(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path((name, snapshot)): Path<(String, String)>,
+    Body(body): Body<ForkBody>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    let row = state
+        .sandboxes
+        .fork(&caller, &name, &snapshot, &body.name)
+        .await?;
+    let mut vm = super::vms::vm_json(&row);
+    vm["forked_from"] = json!({ "vm": name, "snapshot": snapshot });
+    Ok((StatusCode::CREATED, Json(vm)))
+}

@@ -1,5 +1,10 @@
 //! Create a sandbox: database row → workspace subvolume → runtime → the
 //! `initial` snapshot. Any failure rolls every earlier step back.
+//!
+//! A fork is the same with a different start: the workspace (and state) is a
+//! writable Btrfs snapshot of another sandbox's snapshot, and when that
+//! snapshot holds saved VM memory the runtime resumes from it (with a fresh
+//! RNG seed) instead of booting.
 
 use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName};
 
@@ -10,8 +15,63 @@ use crate::db::{Db, NewSnapshot, SandboxRow, SandboxStatus};
 /// Name of the snapshot every sandbox starts with.
 pub const INITIAL: &str = "initial";
 
+/// Where a forked sandbox starts from.
+#[derive(Debug, Clone)]
+pub struct ForkSource {
+    pub sandbox: SandboxName,
+    pub snapshot: SnapshotName,
+    /// The snapshot holds saved VM state to resume from.
+    pub with_memory: bool,
+}
+
 impl Sandboxes {
     pub async fn create(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
+        self.create_from(caller, name, None).await
+    }
+
+    /// Fork: a new sandbox `new_name` (owned by the caller) starting from
+    /// snapshot `snapshot` of sandbox `name`.
+    pub async fn fork(
+        &self,
+        caller: &Caller,
+        name: &str,
+        snapshot: &str,
+        new_name: &str,
+    ) -> Result<SandboxRow, SandboxError> {
+        let snap = super::parse_snapshot_name("snapshot", snapshot)?;
+        let source = self.find(caller, name).await?;
+        let (id, key) = (source.id, snap.to_string());
+        let row = self
+            .db
+            .call(move |c| Db::snapshot_by_name(c, id, &key))
+            .await?;
+        let row = match row {
+            Some(r) if !r.missing => r,
+            Some(_) => {
+                return Err(SandboxError::Conflict(format!(
+                    "snapshot \"{snap}\" is recorded but its data is missing on disk"
+                )))
+            }
+            None => {
+                return Err(SandboxError::NotFound(format!(
+                    "snapshot \"{snap}\" not found"
+                )))
+            }
+        };
+        let from = ForkSource {
+            sandbox: parse_sandbox_name(&source.name)?,
+            snapshot: snap,
+            with_memory: row.include_memory && self.runtime.supports_memory_snapshots(),
+        };
+        self.create_from(caller, new_name, Some(from)).await
+    }
+
+    async fn create_from(
+        &self,
+        caller: &Caller,
+        name: &str,
+        from: Option<ForkSource>,
+    ) -> Result<SandboxRow, SandboxError> {
         let name = parse_sandbox_name(name)?;
         let (key, owner, runtime) = (
             name.to_string(),
@@ -28,7 +88,7 @@ impl Sandboxes {
                 }
                 other => other.into(),
             })?;
-        match self.provision(&row, &name).await {
+        match self.provision(&row, &name, from).await {
             Ok(row) => Ok(row),
             Err(e) => {
                 self.rollback_create(&row, &name).await;
@@ -41,16 +101,23 @@ impl Sandboxes {
         &self,
         row: &SandboxRow,
         name: &SandboxName,
+        from: Option<ForkSource>,
     ) -> Result<SandboxRow, SandboxError> {
         let opts = CreateOptions {
-            template: None,
             owner: self.runtime.workspace_owner(),
+            fork_from: from
+                .as_ref()
+                .map(|f| (f.sandbox.clone(), f.snapshot.clone())),
+            ..Default::default()
         };
         let n = name.clone();
         self.blocking(move |s| s.create_workspace(&n, &opts))
             .await?;
         let ctx = self.context(name);
-        let state = self.runtime.start(&ctx).await?;
+        let state = match &from {
+            Some(f) if f.with_memory => self.start_forked_vm(&ctx, f).await?,
+            _ => self.runtime.start(&ctx).await?,
+        };
         match self.finish_create(row, name, state.clone()).await {
             Ok(row) => Ok(row),
             Err(e) => {
@@ -60,6 +127,38 @@ impl Sandboxes {
                 Err(e)
             }
         }
+    }
+
+    /// Resume a fork from the source snapshot's saved VM state, then give
+    /// the guest fresh entropy so the two VMs' RNGs diverge.
+    async fn start_forked_vm(
+        &self,
+        ctx: &crate::runtime::SandboxContext,
+        from: &ForkSource,
+    ) -> Result<crate::runtime::RuntimeState, SandboxError> {
+        use rand::TryRngCore;
+        let dir = self
+            .storage
+            .snapshot_aux_path(&from.sandbox, &from.snapshot)
+            .join(super::snapshots::VM_STATE_DIR);
+        let state = self.runtime.start_from_state(ctx, &dir).await?;
+        let mut seed = vec![0u8; 64];
+        let reseeded = match rand::rngs::OsRng.try_fill_bytes(&mut seed) {
+            Ok(()) => {
+                let agent =
+                    rewind_agent::client::AgentClient::new(self.runtime.transport(ctx, &state));
+                agent.reseed(seed).await.map_err(SandboxError::from)
+            }
+            Err(e) => Err(SandboxError::Io {
+                op: "read OS entropy for the fork",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        };
+        if let Err(e) = reseeded {
+            let _ = self.runtime.stop(ctx, &state).await;
+            return Err(e);
+        }
+        Ok(state)
     }
 
     async fn finish_create(

@@ -122,6 +122,7 @@ fn errors_distinguish_not_found_and_already_exists() {
             &CreateOptions {
                 template: Some(snap("no-such-template")),
                 owner: None,
+                ..Default::default()
             },
         )
         .unwrap_err();
@@ -202,6 +203,7 @@ fn wipe_without_template_empties_and_keeps_root_owner_and_mode() {
             &CreateOptions {
                 template: None,
                 owner: Some((1000, 1001)),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -237,6 +239,7 @@ fn template_seeds_create_and_wipe() {
             &CreateOptions {
                 template: Some(tpl.clone()),
                 owner: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -437,4 +440,39 @@ fn concurrent_operations_on_one_sandbox_serialize() {
     assert_eq!(s.list_snapshots(&sb).unwrap().len(), 41);
     assert_eq!(fs::read(live.join("f")).unwrap(), b"base");
     s.delete_sandbox(&sb).unwrap();
+}
+
+#[test]
+fn fork_from_snapshot_copies_workspace_and_state_independently() {
+    let s = storage();
+    let (src, dst) = (sandbox("fork-src"), sandbox("fork-dst"));
+    let live = s.create_workspace(&src, &CreateOptions::default()).unwrap();
+    fs::write(live.join("f"), b"at snapshot").unwrap();
+    fs::write(s.state_dir(&src).join("mem"), b"vm state").unwrap();
+    s.snapshot_with_state(&src, &snap("base"), SnapshotKind::Kept)
+        .unwrap();
+    fs::write(live.join("f"), b"later").unwrap();
+    let opts = CreateOptions {
+        fork_from: Some((src.clone(), snap("base"))),
+        ..Default::default()
+    };
+    let forked = s.create_workspace(&dst, &opts).unwrap();
+    fs::write(forked.join("g"), b"only in fork").unwrap();
+    assert_eq!(fs::read(forked.join("f")).unwrap(), b"at snapshot");
+    assert_eq!(
+        fs::read(s.state_dir(&dst).join("mem")).unwrap(),
+        b"vm state"
+    );
+    assert!(
+        !live.join("g").exists(),
+        "the fork is independent of its source"
+    );
+    let missing = CreateOptions {
+        fork_from: Some((src.clone(), snap("nope"))),
+        ..Default::default()
+    };
+    let err = s
+        .create_workspace(&sandbox("fork-bad"), &missing)
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
 }

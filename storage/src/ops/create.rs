@@ -32,6 +32,11 @@ impl Storage {
                 return Err(StorageError::not_found("template", t));
             }
         }
+        if let Some((src, snap)) = &opts.fork_from {
+            if !layout.snap(src, snap).is_dir() {
+                return Err(StorageError::not_found("snapshot", snap));
+            }
+        }
         let tmp = layout.creating(sb);
         if let Err(e) = build(layout, &tmp, opts) {
             self.trash(&tmp, "create-failed")?;
@@ -55,15 +60,22 @@ fn build(layout: &Layout, dir: &Path, opts: &CreateOptions) -> Result<(), Storag
     fs::create_dir(dir).map_err(|e| StorageError::io("create", dir, e))?;
     failpoint::hit("create:after_mkdir");
     let live = dir.join(layout::LIVE);
-    match &opts.template {
-        Some(t) => btrfs::snapshot(&layout.template(t), &live, false)?,
-        None => btrfs::create_subvolume(&live)?,
+    match (&opts.fork_from, &opts.template) {
+        (Some((src, snap)), _) => btrfs::snapshot(&layout.snap(src, snap), &live, false)?,
+        (None, Some(t)) => btrfs::snapshot(&layout.template(t), &live, false)?,
+        (None, None) => btrfs::create_subvolume(&live)?,
     }
     if let Some((uid, gid)) = opts.owner {
         chown(&live, Some(uid), Some(gid)).map_err(|e| StorageError::io("chown", &live, e))?;
     }
     failpoint::hit("create:after_live");
-    btrfs::create_subvolume(&dir.join(layout::STATE))?;
+    let state = dir.join(layout::STATE);
+    match &opts.fork_from {
+        Some((src, snap)) if layout.snap_state(src, snap).is_dir() => {
+            btrfs::snapshot(&layout.snap_state(src, snap), &state, false)?
+        }
+        _ => btrfs::create_subvolume(&state)?,
+    }
     for sub in [layout::SNAPS, layout::SNAPSTATE, layout::KEPT, layout::AUX] {
         let path = dir.join(sub);
         fs::create_dir(&path).map_err(|e| StorageError::io("create", &path, e))?;

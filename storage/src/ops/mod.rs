@@ -9,7 +9,7 @@ mod template;
 
 use std::time::SystemTime;
 
-use crate::names::SnapshotName;
+use crate::names::{SandboxName, SnapshotName};
 use crate::qgroup::Sizes;
 
 pub(crate) use list::read_template_name;
@@ -21,6 +21,11 @@ pub struct CreateOptions {
     pub template: Option<SnapshotName>,
     /// chown the new workspace root to (uid, gid).
     pub owner: Option<(u32, u32)>,
+    /// Start as a writable snapshot of another sandbox's snapshot (a fork),
+    /// and its state dir from that snapshot's state when it has one. Takes
+    /// precedence over `template` for the initial contents; wipe still uses
+    /// `template`.
+    pub fork_from: Option<(SandboxName, SnapshotName)>,
 }
 
 /// Whether retention may prune a snapshot.
