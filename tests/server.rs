@@ -528,3 +528,98 @@ fn sandbox_pid(data_dir: &Path, name: &str) -> i32 {
         .as_i64()
         .unwrap() as i32
 }
+
+#[test]
+fn restart_reconciles_database_with_btrfs() {
+    let _s = serial();
+    let dir = test_data_dir("server-reconcile");
+    let mut server = Server::start(&dir);
+    let key = bootstrap_key(&server);
+    server.req("POST", "/vms", Some(&key), Some(json!({"name": "rec"})));
+    server.req(
+        "POST",
+        "/vms/rec/run",
+        Some(&key),
+        Some(json!({"command": "echo 1 > a"})),
+    );
+    let (status, _) = server.req(
+        "POST",
+        "/vms/rec/snapshots",
+        Some(&key),
+        Some(json!({"name": "keepme"})),
+    );
+    assert_eq!(status, 201);
+    server.stop(nix::sys::signal::Signal::SIGTERM);
+
+    // Behind rewind's back: lose one snapshot's subvolume, add a stray one.
+    let sandbox = dir.join("pool/sandboxes/rec");
+    let btrfs = |args: &[&str]| {
+        let out = Command::new("btrfs").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    btrfs(&[
+        "subvolume",
+        "delete",
+        sandbox.join("snaps/keepme").to_str().unwrap(),
+    ]);
+    btrfs(&[
+        "subvolume",
+        "snapshot",
+        "-r",
+        sandbox.join("live").to_str().unwrap(),
+        sandbox.join("snaps/stray").to_str().unwrap(),
+    ]);
+
+    let server = Server::start(&dir);
+    let (_, list) = server.req("GET", "/vms/rec/snapshots", Some(&key), None);
+    let find = |n: &str| {
+        list["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["snapshot_name"] == n)
+            .cloned()
+    };
+    assert_eq!(
+        find("keepme").map(|s| s["missing"].clone()),
+        Some(Value::Bool(true)),
+        "{list}"
+    );
+    assert_eq!(
+        find("stray").map(|s| s["kind"].clone()),
+        Some(json!("recovered")),
+        "{list}"
+    );
+    assert_eq!(
+        server
+            .req(
+                "POST",
+                "/vms/rec/snapshots/keepme/restore",
+                Some(&key),
+                None
+            )
+            .0,
+        409
+    );
+    assert_eq!(
+        server
+            .req("POST", "/vms/rec/snapshots/stray/restore", Some(&key), None)
+            .0,
+        200
+    );
+    let (_, run) = server.req(
+        "POST",
+        "/vms/rec/run",
+        Some(&key),
+        Some(json!({"command": "cat a"})),
+    );
+    assert_eq!(run["stdout"], "1\n");
+    assert!(
+        server.log().contains("marked missing") && server.log().contains("recorded as recovered")
+    );
+    cleanup(&server, &key);
+}
