@@ -40,24 +40,7 @@ impl Sandboxes {
     ) -> Result<SandboxRow, SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
         let source = self.find(caller, name).await?;
-        let (id, key) = (source.id, snap.to_string());
-        let row = self
-            .db
-            .call(move |c| Db::snapshot_by_name(c, id, &key))
-            .await?;
-        let row = match row {
-            Some(r) if !r.missing => r,
-            Some(_) => {
-                return Err(SandboxError::Conflict(format!(
-                    "snapshot \"{snap}\" is recorded but its data is missing on disk"
-                )))
-            }
-            None => {
-                return Err(SandboxError::NotFound(format!(
-                    "snapshot \"{snap}\" not found"
-                )))
-            }
-        };
+        let row = self.snapshot_row(source.id, &snap, false).await?;
         let from = ForkSource {
             sandbox: parse_sandbox_name(&source.name)?,
             snapshot: snap,

@@ -197,6 +197,30 @@ impl Sandboxes {
         Ok((row, entry))
     }
 
+    /// The row of snapshot `snap` of sandbox `sandbox_id`: 404 when absent;
+    /// 409 when its subvolume is missing, unless `allow_missing` (deletion).
+    async fn snapshot_row(
+        &self,
+        sandbox_id: i64,
+        snap: &SnapshotName,
+        allow_missing: bool,
+    ) -> Result<crate::db::SnapshotRow, SandboxError> {
+        let key = snap.to_string();
+        let found = self
+            .db
+            .call(move |c| Db::snapshot_by_name(c, sandbox_id, &key))
+            .await?;
+        match found {
+            None => Err(SandboxError::NotFound(format!(
+                "snapshot \"{snap}\" not found"
+            ))),
+            Some(r) if r.missing && !allow_missing => Err(SandboxError::Conflict(format!(
+                "snapshot \"{snap}\" is recorded but its data is missing on disk"
+            ))),
+            Some(r) => Ok(r),
+        }
+    }
+
     pub async fn list(&self, caller: &Caller) -> Result<Vec<SandboxRow>, SandboxError> {
         let owner = caller.owner_filter();
         Ok(self.db.call(move |c| Db::list_sandboxes(c, owner)).await?)

@@ -25,24 +25,9 @@ impl Sandboxes {
                 row.name
             )));
         };
-        let (id, key) = (row.id, snap.to_string());
-        let found = self
-            .db
-            .call(move |c| Db::snapshot_by_name(c, id, &key))
-            .await?;
-        let with_memory = match found {
-            None => {
-                return Err(SandboxError::NotFound(format!(
-                    "snapshot \"{snap}\" not found"
-                )))
-            }
-            Some(s) if s.missing => {
-                return Err(SandboxError::Conflict(format!(
-                    "snapshot \"{snap}\" is recorded but its data is missing on disk"
-                )))
-            }
-            Some(s) => s.include_memory && self.runtime.supports_memory_snapshots(),
-        };
+        let id = row.id;
+        let found = self.snapshot_row(id, &snap, false).await?;
+        let with_memory = found.include_memory && self.runtime.supports_memory_snapshots();
         let sandbox = super::parse_sandbox_name(&row.name)?;
         if with_memory {
             self.restore_full(&mut live, &sandbox, &snap).await?;

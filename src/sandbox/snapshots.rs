@@ -208,16 +208,7 @@ impl Sandboxes {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
         let (row, entry) = self.find_live(caller, name).await?;
         let _live = entry.lock().await;
-        let (id, key) = (row.id, snap.to_string());
-        let found = self
-            .db
-            .call(move |c| Db::snapshot_by_name(c, id, &key))
-            .await?;
-        let Some(found) = found else {
-            return Err(SandboxError::NotFound(format!(
-                "snapshot \"{snap}\" not found"
-            )));
-        };
+        let found = self.snapshot_row(row.id, &snap, true).await?;
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let deleted = self
             .blocking(move |s| s.delete_snapshot(&sandbox, &snap))
