@@ -151,7 +151,7 @@ impl Sandboxes {
         state: crate::runtime::RuntimeState,
     ) -> Result<SandboxRow, SandboxError> {
         let live = self.new_live(row, name, state.clone());
-        self.snapshot_initial(&live, name).await?;
+        self.snapshot_initial(&live).await?;
         let id = row.id;
         let row = self
             .db
@@ -167,22 +167,10 @@ impl Sandboxes {
         Ok(row)
     }
 
-    async fn snapshot_initial(
-        &self,
-        live: &super::Live,
-        name: &SandboxName,
-    ) -> Result<(), SandboxError> {
-        let snap: SnapshotName = INITIAL.parse().map_err(|_| SandboxError::Invalid {
-            field: "snapshot",
-            message: "bad initial name".into(),
-        })?;
-        live.agent.quiesce(super::run::WATCHDOG).await?;
-        let n = name.clone();
-        let taken = self
-            .blocking(move |s| s.snapshot(&n, &snap, SnapshotKind::Kept))
-            .await;
-        live.agent.thaw().await?;
-        let info = taken?;
+    async fn snapshot_initial(&self, live: &super::Live) -> Result<(), SandboxError> {
+        let info = self
+            .take_snapshot(live, INITIAL, SnapshotKind::Kept)
+            .await?;
         let id = live.id;
         let new = NewSnapshot {
             name: INITIAL.into(),
