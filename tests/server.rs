@@ -79,6 +79,10 @@ fn rewind_cmd(data_dir: &Path) -> Command {
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -86,6 +90,7 @@ impl Server {
             .open(data_dir.join("server.log"))
             .unwrap();
         let child = rewind_cmd(data_dir)
+            .envs(env.iter().copied())
             .env("PORT", port.to_string())
             .arg("serve")
             .stdout(Stdio::null())
@@ -622,4 +627,22 @@ fn restart_reconciles_database_with_btrfs() {
         server.log().contains("marked missing") && server.log().contains("recorded as recovered")
     );
     cleanup(&server, &key);
+}
+
+#[test]
+fn auto_runtime_falls_back_to_namespace_and_says_why() {
+    let _s = serial();
+    // No guest images in this data dir, so cloud-hypervisor is ruled out on any host.
+    let server = Server::start_with(&test_data_dir("server-auto"), &[("REWIND_RUNTIME", "auto")]);
+    let (_, health) = server.req("GET", "/health", None, None);
+    assert_eq!(health["runtime"], "namespace");
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("runtime auto: using namespace"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("guest image"),
+        "the choice is logged with its reason: {log}"
+    );
 }
