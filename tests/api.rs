@@ -903,3 +903,24 @@ fn fork_starts_a_new_sandbox_from_any_snapshot() {
     );
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+#[test]
+fn vms_concurrent_creates_all_start() {
+    let key = user_key();
+    let e = env();
+    let names: Vec<String> = (0..12).map(|_| common::unique("burst")).collect();
+    let handles: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (state, k, body) = (e.state.clone(), key.clone(), json!({"name": n}));
+            e.rt.spawn(async move { call_app(&state, "POST", "/vms", Some(&k), Some(body)).await })
+        })
+        .collect();
+    for h in handles {
+        let (status, body) = e.rt.block_on(h).unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for n in &names {
+        assert_eq!(run(&key, n, "echo up")["stdout"], "up\n");
+    }
+}

@@ -3,7 +3,6 @@
 //! `launch`, then serve the agent protocol on the inherited socket.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -23,10 +22,10 @@ pub fn run(spec: &LaunchSpec, listener: RawFd, mut status: File) -> i32 {
         .and_then(|_| setup_root(spec))
         .and_then(|()| loopback_up());
     if let Err(err) = setup {
-        let _ = writeln!(status, "err {}", chain(&err));
+        super::report(&mut status, &format!("err {}", chain(&err)));
         return 1;
     }
-    let _ = writeln!(status, "ok");
+    super::report(&mut status, "ok");
     drop(status);
     serve(listener)
 }

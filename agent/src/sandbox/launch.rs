@@ -173,11 +173,11 @@ fn read_verdict(status: File) -> Result<i32, SandboxError> {
 fn intermediate(spec: &LaunchSpec, listener: UnixListener, log: File, mut ends: ChildEnds) -> i32 {
     match intermediate_steps(spec, listener, log, &mut ends) {
         Ok(pid) => {
-            let _ = writeln!(ends.status, "pid {pid}");
+            super::report(&mut ends.status, &format!("pid {pid}"));
             0
         }
         Err(err) => {
-            let _ = writeln!(ends.status, "err {}", chain(&err));
+            super::report(&mut ends.status, &format!("err {}", chain(&err)));
             1
         }
     }

@@ -115,3 +115,36 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     }
     text.replace('\n', " ")
 }
+
+/// Write one status line to the launch pipe in a single `write()`: two
+/// processes (the intermediate child and PID 1) report on the same pipe, and
+/// `writeln!` on a `File` may split a line into several writes that then
+/// interleave ("pid " + "ok\n" + "123\n"). A write of at most `PIPE_BUF`
+/// bytes to a pipe is atomic, so the line is capped below it.
+pub(crate) fn report(status: &mut std::fs::File, line: &str) {
+    use std::io::Write;
+    let mut text = line.replace('\n', " ");
+    text.truncate(libc::PIPE_BUF - 1);
+    text.push('\n');
+    let _ = status.write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    #[test]
+    fn report_writes_one_bounded_line() {
+        let (mut rx, tx) = std::io::pipe().unwrap();
+        let mut tx: std::fs::File = std::os::fd::OwnedFd::from(tx).into();
+        super::report(&mut tx, "err multi\nline");
+        super::report(&mut tx, &"x".repeat(10_000));
+        drop(tx);
+        let mut out = String::new();
+        rx.read_to_string(&mut out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "err multi line");
+        assert_eq!(lines[1].len(), libc::PIPE_BUF - 1);
+        assert_eq!(lines.len(), 2);
+    }
+}

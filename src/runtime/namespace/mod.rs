@@ -188,9 +188,11 @@ impl NamespaceRuntime {
             .map_err(|e| start_err(format!("cannot run {}: {e}", self.agent_bin.display())))?;
         if !out.status.success() {
             let _ = self.cgroups.remove(&sb.name);
-            return Err(start_err(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            return Err(start_err(format!(
+                "{stderr}; agent log: {}",
+                log_tail(&spec.log, 2048)
+            )));
         }
         #[derive(Deserialize)]
         struct Launched {
@@ -374,6 +376,19 @@ fn allow_traverse(dir: &Path) -> Result<(), RuntimeError> {
         }
     }
     Ok(())
+}
+
+/// The last `max` bytes of a log file (the sandbox's state dir, with the
+/// log, is deleted when a failed create is rolled back).
+fn log_tail(path: &Path, max: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    let tail = String::from_utf8_lossy(&text[start..]).trim().to_owned();
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
 }
 
 /// Start time of a live (non-zombie) process, or `None`.
