@@ -60,7 +60,7 @@ async fn choose_runtime(config: &Config, storage: &Storage) -> anyhow::Result<Ar
     match config.runtime {
         RuntimeChoice::Namespace => Ok(Arc::new(NamespaceRuntime::new(config, storage).await?)),
         RuntimeChoice::CloudHypervisor => Ok(Arc::new(ch().context("cloud-hypervisor runtime")?)),
-        RuntimeChoice::Auto => match auto_probe(config) {
+        RuntimeChoice::Auto => match CloudHypervisorRuntime::probe(config) {
             Ok(()) => {
                 tracing::info!("runtime auto: using cloud-hypervisor (binary, /dev/kvm and guest images present)");
                 Ok(Arc::new(ch()?))
@@ -71,22 +71,6 @@ async fn choose_runtime(config: &Config, storage: &Storage) -> anyhow::Result<Ar
             }
         },
     }
-}
-
-/// Why `auto` should not pick cloud-hypervisor here, if it should not.
-/// Besides the runtime's own checks (binary, /dev/kvm, guest images), a
-/// paravirtualised KVM (the `kvm_pvm` module) is refused: stock guest
-/// kernels hang on it right after the boot loader (measured; DESIGN.md).
-fn auto_probe(config: &Config) -> Result<(), String> {
-    CloudHypervisorRuntime::probe(config).map_err(|e| e.to_string())?;
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        return Err(
-            "this host's KVM is paravirtualised (kvm_pvm): guest kernels do not boot on it; \
-                    use --runtime cloud-hypervisor to force it"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 /// Serve the API until SIGTERM or SIGINT. In-flight requests get

@@ -62,14 +62,19 @@ pub(crate) fn ensure(cfg: &PoolConfig) -> Result<Pool, StorageError> {
     })
 }
 
-fn lock(data_dir: &Path) -> Result<Flock<File>, StorageError> {
-    let path = data_dir.join(".pool.lock");
-    let file = OpenOptions::new()
+/// Open (creating if needed) a file used only for `flock`.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File, StorageError> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io("open", &path, e))?;
+        .open(path)
+        .map_err(|e| StorageError::io("open", path, e))
+}
+
+fn lock(data_dir: &Path) -> Result<Flock<File>, StorageError> {
+    let path = data_dir.join(".pool.lock");
+    let file = open_lock_file(&path)?;
     Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, e)| StorageError::io("lock", path, e.into()))
 }

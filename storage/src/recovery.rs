@@ -1,7 +1,7 @@
 //! Startup recovery: bring every sandbox back to a state with no operation
 //! in progress (see the invariants in the crate docs).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -32,12 +32,7 @@ const LOCK_FILE: &str = ".rewind-storage.lock";
 pub(crate) fn lock_and_recover(l: &Layout) -> Result<Recovered, StorageError> {
     let path = l.root.join(LOCK_FILE);
     let lock_err = |e: nix::errno::Errno| StorageError::io("lock", &path, e.into());
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io("open", &path, e))?;
+    let file = crate::pool::open_lock_file(&path)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => {
             let (report, trash) = run(l)?;
