@@ -128,8 +128,7 @@ impl Sandboxes {
         let mut seed = vec![0u8; 64];
         let reseeded = match rand::rngs::OsRng.try_fill_bytes(&mut seed) {
             Ok(()) => {
-                let agent =
-                    rewind_agent::client::AgentClient::new(self.runtime.transport(ctx, &state));
+                let agent = self.agent_for(ctx, &state);
                 agent.reseed(seed).await.map_err(SandboxError::from)
             }
             Err(e) => Err(SandboxError::Io {

@@ -143,9 +143,14 @@ impl Sandboxes {
             .remove(name);
     }
 
+    /// A client for the agent of a sandbox in runtime state `state`.
+    fn agent_for(&self, ctx: &SandboxContext, state: &RuntimeState) -> AgentClient {
+        AgentClient::new(self.runtime.transport(ctx, state))
+    }
+
     fn new_live(&self, row: &SandboxRow, name: &SandboxName, state: RuntimeState) -> Live {
         let ctx = self.context(name);
-        let agent = AgentClient::new(self.runtime.transport(&ctx, &state));
+        let agent = self.agent_for(&ctx, &state);
         Live {
             id: row.id,
             ctx,

@@ -71,8 +71,7 @@ impl Sandboxes {
                 return Err(e.into());
             }
         };
-        live.agent =
-            rewind_agent::client::AgentClient::new(self.runtime.transport(&live.ctx, &state));
+        live.agent = self.agent_for(&live.ctx, &state);
         live.state = state.clone();
         let id = live.id;
         self.db
