@@ -9,6 +9,7 @@
 
 pub mod cloud_hypervisor;
 pub mod namespace;
+pub mod network;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
