@@ -39,8 +39,11 @@ cargo test --workspace --locked 2>&1 | tee "$OUT"
 
 step "guest image under QEMU software emulation"
 cargo test -p rewind-agent --test guest_qemu --locked -- --ignored 2>&1 | tee -a "$OUT"
+cargo test -p rewind --test network --locked -- --ignored 2>&1 | tee -a "$OUT"
 
 step "skipped on this host (by name, with the reason)"
 grep -oE "SKIPPED [^:]+: .*|test [a-z0-9_:]+ \.\.\. ignored, .*" "$OUT" | sort -u | sed 's/^/  /' || echo "  (none)"
 grep -q "guest_boots_under_qemu_and_agent_serves_workspace ... ok" "$OUT" \
-  && echo "  (guest_qemu tests listed as ignored above ran in the second step)"
+  && echo "  (guest_qemu tests listed as ignored above ran in the second step)" || true
+grep -q "guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway ... ok" "$OUT" \
+  && echo "  (so did the network test of the guest on a sandbox TAP)" || true

@@ -65,6 +65,14 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// Sandbox networking; see [`crate::runtime::network`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Give each VM sandbox a NIC on a TAP in its own network namespace.
+    pub enabled: bool,
+}
+
 /// The whole configuration. Field docs live in `config/rewind.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,6 +89,7 @@ pub struct Config {
     pub exec: ExecConfig,
     pub limits: LimitsConfig,
     pub server: ServerConfig,
+    pub network: NetworkConfig,
 }
 
 impl Default for StorageConfig {
@@ -139,6 +148,7 @@ impl Default for Config {
             exec: ExecConfig::default(),
             limits: LimitsConfig::default(),
             server: ServerConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ use rewind::runtime::cloud_hypervisor::process::{find_tagged, ChProcess};
 use rewind::runtime::cloud_hypervisor::{
     find_binary, CloudHypervisorConfig, CloudHypervisorRuntime,
 };
+use rewind::runtime::network;
 use rewind::runtime::{
     full_snapshot, Attached, FullSnapshotError, Limits, Runtime, RuntimeError, RuntimeState,
     SandboxContext,
@@ -96,6 +97,16 @@ impl Drop for Fixture {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        let (owner, name) = (self.config().owner, self.sandbox.name.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = rt.block_on(network::remove(&owner, &name));
+        })
+        .join()
+        .unwrap();
     }
 }
 
@@ -455,6 +466,93 @@ async fn replace_workspace_waits_for_the_guest_to_eject_the_old_disk() {
         Err(other) => panic!("unexpected error: {other}"),
     }
     rt.stop(&fx.sandbox, &state).await.unwrap();
+}
+
+fn ns_inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+fn ip_link_in(netns: &Path, dev: &str) -> String {
+    let name = netns.file_name().unwrap().to_str().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-netns", name, "-o", "link", "show", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test]
+async fn network_vm_runs_in_its_own_namespace_on_its_tap() {
+    let Some(mut fx) = Fixture::new("network_vm_runs_in_its_own_namespace_on_its_tap") else {
+        return;
+    };
+    fx.sandbox.network = true;
+    let host_before = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let rt = fx.runtime();
+    let netns = network::netns_path(&fx.config().owner, &fx.sandbox.name);
+
+    let state = rt.start(&fx.sandbox).await.unwrap();
+
+    let info = fx.client().info().await.unwrap();
+    let nets = info.config.net.clone().unwrap_or_default();
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    assert_eq!(nets[0].tap.as_deref(), Some("tap0"));
+    assert_eq!(nets[0].mac, fx.layout().net_config().mac);
+    let cmdline = info.config.payload.cmdline.clone().unwrap_or_default();
+    assert!(
+        cmdline.contains("rewind.ip=10.0.2.15/24 rewind.gw=10.0.2.2"),
+        "{cmdline}"
+    );
+    let (id, _) = rt.process_info(&fx.sandbox.name).unwrap();
+    let ch_ns = PathBuf::from(format!("/proc/{}/ns/net", id.pid));
+    assert_eq!(
+        ns_inode(&ch_ns),
+        ns_inode(&netns),
+        "CH is not in the sandbox namespace"
+    );
+    assert_ne!(ns_inode(&ch_ns), ns_inode(Path::new("/proc/self/ns/net")));
+    // A TAP has carrier only while a process holds it open: CH opened this one.
+    let tap = ip_link_in(&netns, "tap0");
+    assert!(tap.contains("LOWER_UP"), "{tap}");
+    let host_after = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let names = |dev: &str| -> Vec<String> {
+        dev.lines()
+            .filter_map(|l| Some(l.split_once(':')?.0.trim().to_string()))
+            .collect()
+    };
+    assert_eq!(
+        names(&host_after),
+        names(&host_before),
+        "a device appeared in the host namespace"
+    );
+
+    rt.stop(&fx.sandbox, &state).await.unwrap();
+
+    assert!(!netns.exists(), "the namespace outlived the VM");
+    assert!(!pid_alive(id.pid));
+}
+
+#[tokio::test]
+async fn network_namespace_of_an_unknown_sandbox_is_cleaned_up() {
+    let Some(mut fx) = Fixture::new("network_namespace_of_an_unknown_sandbox_is_cleaned_up") else {
+        return;
+    };
+    fx.sandbox.network = true;
+    let before = fx.runtime();
+    before.start(&fx.sandbox).await.unwrap();
+    drop(before);
+    let netns = network::netns_path(&fx.config().owner, &fx.sandbox.name);
+    assert!(network::is_netns(&netns));
+
+    let cleaned = fx.runtime().cleanup_orphans(&[]).await;
+
+    assert!(
+        cleaned
+            .iter()
+            .any(|c| c == &format!("network namespace of sandbox {}", fx.sandbox.name)),
+        "{cleaned:?}"
+    );
+    assert!(!netns.exists());
 }
 
 #[tokio::test]

@@ -155,3 +155,169 @@ async fn remove_orphans_keeps_known_sandboxes() {
     network::remove(&owner, "known").await.unwrap();
     network::remove(&other, "orphan").await.unwrap();
 }
+
+/// The guest image (`images/build-guest.sh`) boots under QEMU software
+/// emulation on a sandbox namespace's TAP: the guest init takes the address
+/// and gateway from `network::guest_cmdline()`, the agent answers on
+/// 10.0.2.15 from inside the namespace, and the guest reaches the gateway
+/// address over TCP. Everything stays in the namespace.
+#[test]
+#[ignore = "needs guest images and qemu: run images/build-guest.sh (scripts/test.sh does), then --ignored"]
+fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
+    let guest = guest_dir();
+    assert!(
+        guest.join(".rewind-image-complete").exists(),
+        "no complete guest image in {} (run images/build-guest.sh)",
+        guest.display()
+    );
+    let owner = owner("qemu");
+    let host = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let net = host.block_on(network::ensure(&owner, "vm")).unwrap();
+    let console = tempfile::NamedTempFile::new().unwrap();
+    let mut qemu = Qemu(spawn_qemu_in(&net.netns, &guest, console.path()));
+
+    let ns = File::open(&net.netns).unwrap();
+    let seen = std::thread::spawn(move || talk_to_guest_from_inside(ns))
+        .join()
+        .map_err(|_| console_tail(console.path()));
+
+    let _ = qemu.0.kill();
+    host.block_on(network::remove(&owner, "vm")).unwrap();
+    let (route, received) =
+        seen.unwrap_or_else(|console| panic!("guest test failed; console:\n{console}"));
+    let default = route
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("00000000"));
+    let gateway = default.and_then(|l| l.split_whitespace().nth(2));
+    assert_eq!(
+        gateway,
+        Some("0202000A"),
+        "no default route via 10.0.2.2:\n{route}"
+    );
+    assert_eq!(received, "hello from 10.0.2.15\n");
+}
+
+/// Killed on drop, so a failed assertion never leaves QEMU running.
+struct Qemu(std::process::Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const GUEST_AGENT_PORT: u16 = 7000;
+
+fn guest_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("REWIND_GUEST_DIR") {
+        return dir.into();
+    }
+    let data = std::env::var_os("REWIND_DATA_DIR").unwrap_or_else(|| "/var/lib/rewind".into());
+    Path::new(&data).join("images/guest")
+}
+
+fn spawn_qemu_in(netns: &Path, guest: &Path, console: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let cmdline = std::fs::read_to_string(guest.join("cmdline")).unwrap();
+    let append = format!(
+        "{} rewind.listen=tcp:0.0.0.0:{GUEST_AGENT_PORT} {}",
+        cmdline.trim(),
+        network::guest_cmdline()
+    );
+    let root = format!(
+        "file={},if=none,id=d0,format=raw,readonly=on",
+        guest.join("rootfs.ext4").display()
+    );
+    let ns = File::open(netns).unwrap();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(guest.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(guest.join("initrd.img"))
+        .args(["-append", &append])
+        .args([
+            "-drive",
+            &root,
+            "-device",
+            "virtio-blk-pci,drive=d0,serial=rootfs",
+        ])
+        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+        .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+        .stdin(std::process::Stdio::null())
+        .stdout(File::create(console).unwrap());
+    // SAFETY: setns is a plain syscall on an fd the closure owns; it runs in
+    // the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(Into::into)
+        });
+    }
+    cmd.spawn().expect("spawn qemu-system-x86_64")
+}
+
+/// On a thread inside the namespace: wait for the agent on the guest address,
+/// read the guest's routing table, and have the guest send a line to a
+/// listener on the gateway address. Returns (route table, received line).
+fn talk_to_guest_from_inside(ns: File) -> (String, String) {
+    use rewind_agent::client::{AgentClient, ClientTimeouts, Transport};
+    use std::io::Read;
+
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let listener = std::net::TcpListener::bind((GATEWAY, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let route = rt.block_on(async {
+        let timeouts = ClientTimeouts {
+            connect: std::time::Duration::from_secs(1),
+            ..ClientTimeouts::default()
+        };
+        let addr = std::net::SocketAddr::from((network::GUEST, GUEST_AGENT_PORT));
+        let client = AgentClient::with_timeouts(Transport::Tcp(addr), timeouts);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        while client.ping().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent not reachable on {addr}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let route = guest_sh(&client, "cat /proc/net/route".into()).await;
+        guest_sh(
+            &client,
+            format!("bash -c 'echo hello from 10.0.2.15 > /dev/tcp/{GATEWAY}/{port}'"),
+        )
+        .await;
+        route
+    });
+    let (mut conn, from) = listener.accept().unwrap();
+    assert_eq!(from.ip(), std::net::IpAddr::V4(network::GUEST));
+    let mut received = String::new();
+    conn.read_to_string(&mut received).unwrap();
+    (route, received)
+}
+
+async fn guest_sh(client: &rewind_agent::client::AgentClient, script: String) -> String {
+    let req = rewind_agent::protocol::ExecRequest {
+        shell: Some(script),
+        timeout_ms: Some(60_000),
+        ..Default::default()
+    };
+    let out = client.exec_collect(req).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.exit_code, 0, "{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}

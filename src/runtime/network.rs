@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::statfs::{statfs, FsType};
 use rtnetlink::{Handle, LinkUnspec};
 use sha2::{Digest, Sha256};
 
@@ -37,7 +38,7 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const PREFIX: u8 = 24;
 /// `statfs` magic of an nsfs bind mount.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
 /// Linux `EEXIST`, as netlink reports it (negated).
 const EEXIST: i32 = 17;
 
@@ -87,14 +88,10 @@ pub struct SandboxNet {
     pub prefix: u8,
 }
 
-impl SandboxNet {
-    /// Guest kernel command line parameters for the static address.
-    pub fn guest_cmdline(&self) -> String {
-        format!(
-            "rewind.ip={}/{} rewind.gw={}",
-            self.guest, self.prefix, self.gateway
-        )
-    }
+/// Guest kernel command line parameters for the static address (read by
+/// the guest init, `images/guest/init`).
+pub fn guest_cmdline() -> String {
+    format!("rewind.ip={GUEST}/{PREFIX} rewind.gw={GATEWAY}")
 }
 
 /// Namespace name prefix of one rewind instance.
@@ -199,7 +196,7 @@ pub async fn remove_orphans(owner: &str, keep: &[String]) -> Vec<String> {
 
 /// Whether `path` is a mounted network namespace (not a leftover file).
 pub fn is_netns(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
 /// Run `f` on a fresh thread (which may change its network namespace freely)
@@ -391,18 +388,7 @@ mod tests {
 
     #[test]
     fn guest_cmdline_names_address_and_gateway() {
-        let net = SandboxNet {
-            netns: "/run/netns/x".into(),
-            tap: TAP.into(),
-            guest: GUEST,
-            gateway: GATEWAY,
-            prefix: PREFIX,
-        };
-
-        assert_eq!(
-            net.guest_cmdline(),
-            "rewind.ip=10.0.2.15/24 rewind.gw=10.0.2.2"
-        );
+        assert_eq!(guest_cmdline(), "rewind.ip=10.0.2.15/24 rewind.gw=10.0.2.2");
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Sandboxes {
             workspace: self.storage.workspace_path(name),
             state_dir: self.storage.state_dir(name),
             limits: self.limits(),
-            network: false,
+            network: self.config.network.enabled,
         }
     }
 

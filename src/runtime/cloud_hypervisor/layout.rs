@@ -10,17 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::api::{
-    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, PayloadConfig,
-    RngConfig, VmConfig, VsockConfig,
+    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
+    PayloadConfig, RngConfig, VmConfig, VsockConfig,
 };
+use sha2::{Digest, Sha256};
+
 use super::process::ProcessPaths;
 use super::CloudHypervisorConfig;
-use crate::runtime::SandboxContext;
+use crate::runtime::{network, SandboxContext};
 
 /// Disk ids (and virtio serials) the guest init and agent look for.
 pub const ROOT_DISK: &str = "rootfs";
 pub const STATE_DISK: &str = "state";
 pub const WORKSPACE_DISK: &str = "ws";
+/// Device id of the VM's NIC.
+pub const NET_DEVICE: &str = "net0";
 /// Guest CID. Hybrid vsock is per-VM (no host vhost-vsock), so all VMs may
 /// use the same one.
 pub const GUEST_CID: u64 = 3;
@@ -96,6 +100,9 @@ pub struct Layout {
     pub workspace_disk: PathBuf,
     /// Scratch copy of a saved state being restored (config rewritten).
     pub restore_dir: PathBuf,
+    /// Networking on: CH runs in the sandbox's network namespace and the VM
+    /// gets a virtio-net device on its TAP ([`crate::runtime::network`]).
+    pub network: bool,
 }
 
 impl Layout {
@@ -111,6 +118,7 @@ impl Layout {
             restore_dir: dir.join("restore"),
             workspace_disk: sb.workspace.join("workspace.ext4"),
             sandbox: sb.name.clone(),
+            network: sb.network,
             dir,
         }
     }
@@ -123,6 +131,9 @@ impl Layout {
             api_socket: self.api_socket.clone(),
             log_file: self.log_file.clone(),
             stderr_file: self.stderr_file.clone(),
+            netns: self
+                .network
+                .then(|| network::netns_path(&cfg.owner, &self.sandbox)),
         }
     }
 
@@ -177,9 +188,10 @@ impl Layout {
             payload: PayloadConfig {
                 kernel: Some(guest.kernel.clone()),
                 initramfs: Some(guest.initramfs.clone()),
-                cmdline: Some(guest.cmdline.clone()),
+                cmdline: Some(self.cmdline(guest)),
                 extra: Default::default(),
             },
+            net: self.network.then(|| vec![self.net_config()]),
             disks: Some(vec![
                 disk(&guest.rootfs, ROOT_DISK, true),
                 disk(&self.state_disk, STATE_DISK, false),
@@ -200,6 +212,35 @@ impl Layout {
             ..VmConfig::default()
         }
     }
+}
+
+impl Layout {
+    fn cmdline(&self, guest: &GuestImage) -> String {
+        match self.network {
+            true => format!("{} {}", guest.cmdline, network::guest_cmdline()),
+            false => guest.cmdline.clone(),
+        }
+    }
+
+    /// The VM's NIC: the sandbox namespace's TAP, a MAC derived from the
+    /// sandbox name (stable across reboots; forks get a fresh one).
+    pub fn net_config(&self) -> NetConfig {
+        NetConfig {
+            tap: Some(network::TAP.into()),
+            mac: Some(stable_mac(&self.sandbox)),
+            id: Some(NET_DEVICE.into()),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// A locally administered unicast MAC derived from `seed`.
+fn stable_mac(seed: &str) -> String {
+    let hash = Sha256::digest(seed.as_bytes());
+    let mut b = [0u8; 6];
+    b.copy_from_slice(&hash[..6]);
+    b[0] = (b[0] & 0xfe) | 0x02;
+    b.map(|x| format!("{x:02x}")).join(":")
 }
 
 /// Guest RAM: at least 128 MiB, rounded down to whole MiB.
@@ -288,14 +329,8 @@ mod tests {
     #[test]
     fn vm_config_sets_disk_serials_and_vsock() {
         let sb = sandbox(Path::new("/s"));
-        let guest = GuestImage {
-            kernel: "/g/vmlinuz".into(),
-            initramfs: "/g/initrd.img".into(),
-            rootfs: "/g/rootfs.ext4".into(),
-            cmdline: "console=ttyS0".into(),
-        };
 
-        let cfg = Layout::new(&sb).vm_config(&guest, &sb);
+        let cfg = Layout::new(&sb).vm_config(&guest(), &sb);
 
         let serials: Vec<_> = cfg.disks.unwrap().into_iter().map(|d| d.serial).collect();
         assert_eq!(
@@ -309,6 +344,64 @@ mod tests {
         assert_eq!(cfg.vsock.unwrap().socket, PathBuf::from("/s/ch/vsock.sock"));
         assert_eq!(cfg.memory.unwrap().size, 512 << 20);
         assert_eq!(cfg.cpus.unwrap().boot_vcpus, 2);
+    }
+
+    fn guest() -> GuestImage {
+        GuestImage {
+            kernel: "/g/vmlinuz".into(),
+            initramfs: "/g/initrd.img".into(),
+            rootfs: "/g/rootfs.ext4".into(),
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    #[test]
+    fn vm_config_without_network_has_no_nic() {
+        let sb = sandbox(Path::new("/s"));
+
+        let cfg = Layout::new(&sb).vm_config(&guest(), &sb);
+
+        assert_eq!(cfg.net, None);
+        assert_eq!(cfg.payload.cmdline.as_deref(), Some("console=ttyS0"));
+    }
+
+    #[test]
+    fn vm_config_with_network_adds_tap_nic_and_guest_address() {
+        let mut sb = sandbox(Path::new("/s"));
+        sb.network = true;
+
+        let cfg = Layout::new(&sb).vm_config(&guest(), &sb);
+
+        let nets = cfg.net.unwrap();
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].tap.as_deref(), Some("tap0"));
+        assert_eq!(nets[0].id.as_deref(), Some(NET_DEVICE));
+        assert_eq!(
+            cfg.payload.cmdline.as_deref(),
+            Some("console=ttyS0 rewind.ip=10.0.2.15/24 rewind.gw=10.0.2.2")
+        );
+    }
+
+    #[test]
+    fn process_paths_enter_the_sandbox_namespace_only_with_network() {
+        let mut sb = sandbox(Path::new("/s"));
+        let cfg = CloudHypervisorConfig::new("/ch".into(), "/g".into());
+        assert_eq!(Layout::new(&sb).process_paths(&cfg).netns, None);
+        sb.network = true;
+
+        let netns = Layout::new(&sb).process_paths(&cfg).netns;
+
+        assert_eq!(netns, Some(network::netns_path("/g", "a")));
+    }
+
+    #[test]
+    fn stable_mac_is_local_unicast_and_per_seed() {
+        let a = stable_mac("a");
+
+        assert_eq!(a, stable_mac("a"));
+        assert_ne!(a, stable_mac("b"));
+        let first = u8::from_str_radix(&a[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "{a}");
     }
 
     #[test]

@@ -209,12 +209,6 @@ impl Runtime for CloudHypervisorRuntime {
     }
 
     async fn start(&self, sb: &SandboxContext) -> Result<RuntimeState, RuntimeError> {
-        if sb.network {
-            return Err(RuntimeError::Unsupported {
-                runtime: self.kind().as_str(),
-                what: "networking (not implemented for VMs yet)".into(),
-            });
-        }
         self.launch(sb, Launch::Boot).await
     }
 

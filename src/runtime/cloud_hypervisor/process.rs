@@ -63,6 +63,12 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cloud-hypervisor pid {pid} did not exit after SIGKILL")]
     Unkillable { pid: i32 },
 }
@@ -82,6 +88,10 @@ pub struct ProcessPaths {
     pub log_file: PathBuf,
     /// CH's stdout/stderr (panics, early argument errors).
     pub stderr_file: PathBuf,
+    /// Network namespace CH runs in (networking on), so it opens the
+    /// sandbox's TAP by name there; `None`: the service's namespace, and the
+    /// VM has no network device.
+    pub netns: Option<PathBuf>,
 }
 
 /// Identity of a running CH process, stored in the runtime state.
@@ -338,6 +348,19 @@ fn command(
     // async-signal-safe functions (dup2, fcntl, setsid) on fds it owns.
     unsafe {
         cmd.pre_exec(move || hand_over_api_fd(fd));
+    }
+    if let Some(path) = &paths.netns {
+        let ns = std::fs::File::open(path).map_err(|source| ProcessError::Netns {
+            path: path.clone(),
+            source,
+        })?;
+        // SAFETY: runs in the forked child before exec; setns is a plain
+        // syscall (async-signal-safe) on an fd the closure owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(Into::into)
+            });
+        }
     }
     Ok(cmd)
 }

@@ -103,6 +103,12 @@ pub fn prepare_restore(layout: &Layout, saved: &Path) -> Result<PathBuf, SavedEr
     Ok(target.clone())
 }
 
+/// Whether the (prepared) saved state at `dir` has a network device.
+pub fn has_network_device(dir: &Path) -> bool {
+    read_config(&dir.join(CONFIG_FILE))
+        .is_ok_and(|cfg| cfg["net"].as_array().is_some_and(|n| !n.is_empty()))
+}
+
 fn read_config(path: &Path) -> Result<Value, SavedError> {
     let text = std::fs::read(path).map_err(io("cannot read", path))?;
     serde_json::from_slice(&text).map_err(|source| SavedError::Config {
@@ -112,7 +118,7 @@ fn read_config(path: &Path) -> Result<Value, SavedError> {
 }
 
 /// Point the saved config at this sandbox's files. Network devices get a
-/// fresh MAC (none are configured while networking is off).
+/// fresh MAC; their TAP name stays (every sandbox namespace has the same).
 fn rewrite_config(mut cfg: Value, layout: &Layout, path: &Path) -> Result<Value, SavedError> {
     let missing = |field| SavedError::MissingField {
         path: path.to_path_buf(),
@@ -219,6 +225,17 @@ mod tests {
         let first = u8::from_str_radix(&mac[..2], 16).unwrap();
 
         assert_eq!((first & 0x01, first & 0x02, mac.len()), (0, 2, 17));
+    }
+
+    #[test]
+    fn has_network_device_reads_the_saved_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join(CONFIG_FILE);
+        std::fs::write(&cfg, r#"{"net": [{"tap": "tap0"}]}"#).unwrap();
+        assert!(has_network_device(dir.path()));
+        std::fs::write(&cfg, r#"{"net": null}"#).unwrap();
+
+        assert!(!has_network_device(dir.path()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::process::{self, ChProcess, ProcessError, ProcessId};
 use super::saved::{self, SavedError};
 use super::vsock;
 use super::CloudHypervisorConfig;
+use crate::runtime::network::{self, NetError};
 use crate::runtime::SandboxContext;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,12 @@ pub enum VmError {
         during: &'static str,
         reason: String,
     },
+    #[error(transparent)]
+    Network(#[from] NetError),
+    #[error(
+        "the saved state has a network device but networking is off ([network] enabled = false)"
+    )]
+    NetworkOff,
     #[error("disk {id} was not {what} within {after:?} (the guest must acknowledge hot-plug)")]
     Hotplug {
         id: String,
@@ -103,7 +110,16 @@ pub async fn launch(
     layout::ensure_ext4_image(&layout.state_disk, cfg.state_disk_size, "rewind-state")?;
     process::remove_if_exists(&layout.api_socket);
     layout.remove_vsock_sockets();
-    let p = ChProcess::spawn(layout.process_paths(cfg)).await?;
+    if layout.network {
+        network::ensure(&cfg.owner, &layout.sandbox).await?;
+    }
+    let p = match ChProcess::spawn(layout.process_paths(cfg)).await {
+        Ok(p) => p,
+        Err(e) => {
+            remove_network(cfg, layout).await;
+            return Err(e.into());
+        }
+    };
     let result = bring_up(cfg, guest, sb, layout, how, &p).await;
     saved::discard(&layout.restore_dir);
     match result {
@@ -111,8 +127,16 @@ pub async fn launch(
         Err(e) => {
             let _ = p.stop().await;
             layout.remove_vsock_sockets();
+            remove_network(cfg, layout).await;
             Err(e)
         }
+    }
+}
+
+/// Remove the sandbox's network namespace (if any); CH must be gone.
+async fn remove_network(cfg: &CloudHypervisorConfig, layout: &Layout) {
+    if let Err(e) = network::remove(&cfg.owner, &layout.sandbox).await {
+        tracing::warn!(sandbox = %layout.sandbox, error = %super::chain(&e), "cannot remove network namespace");
     }
 }
 
@@ -132,6 +156,9 @@ async fn bring_up(
         }
         Launch::Restore(dir) => {
             let prepared = saved::prepare_restore(layout, dir)?;
+            if saved::has_network_device(&prepared) && !layout.network {
+                return Err(VmError::NetworkOff);
+            }
             let restore = RestoreConfig {
                 source_url: super::api::file_url(&prepared),
                 prefault: None,
@@ -248,11 +275,12 @@ pub async fn reattach(
 }
 
 /// Kill what is left of a recorded CH (same pid + start time) and remove its
-/// sockets.
+/// sockets and its network namespace.
 pub async fn cleanup(cfg: &CloudHypervisorConfig, layout: &Layout, recorded: Option<ProcessId>) {
     process::cleanup_stale(&layout.process_paths(cfg), recorded).await;
     layout.remove_vsock_sockets();
     saved::discard(&layout.restore_dir);
+    remove_network(cfg, layout).await;
 }
 
 /// Stop a sandbox's CH: the live handle if we have one, else the recorded
@@ -277,7 +305,8 @@ pub async fn stop(
 }
 
 /// Kill every CH of this rewind instance (`owner`) whose sandbox is neither `known` nor `live`
-/// and remove its API socket and its vsock sockets.
+/// and remove its API socket and its vsock sockets; then remove the network
+/// namespaces of such sandboxes.
 pub async fn cleanup_orphans(owner: &str, known: &[String], live: &[String]) -> Vec<String> {
     let mut cleaned = Vec::new();
     for t in process::find_tagged() {
@@ -291,6 +320,7 @@ pub async fn cleanup_orphans(owner: &str, known: &[String], live: &[String]) -> 
             api_socket: t.api_socket.clone(),
             log_file: PathBuf::new(),
             stderr_file: PathBuf::new(),
+            netns: None,
         };
         process::cleanup_stale(&paths, Some(t.id)).await;
         if let Some(dir) = t.api_socket.parent() {
@@ -301,5 +331,7 @@ pub async fn cleanup_orphans(owner: &str, known: &[String], live: &[String]) -> 
             t.id.pid, t.sandbox
         ));
     }
+    let keep: Vec<String> = known.iter().chain(live).cloned().collect();
+    cleaned.extend(network::remove_orphans(owner, &keep).await);
     cleaned
 }
