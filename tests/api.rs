@@ -252,6 +252,10 @@ fn vms_create_get_list_delete() {
         (Some(name.as_str()), Some("running"), Some(true))
     );
     assert_eq!(vm["base_vm"], "base");
+    assert!(
+        vm.get("network_config").is_some_and(|n| n.is_null()),
+        "namespace sandboxes have loopback only: {vm}"
+    );
     assert_eq!(vm_names(&key), vec![name.clone()]);
     assert_eq!(snapshot_names(&key, &name), vec!["initial"]);
     let (status, body) = call("DELETE", &format!("/vms/{name}"), Some(&key), None);

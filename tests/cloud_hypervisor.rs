@@ -225,6 +225,8 @@ async fn vm_info_reports_disks_vsock_and_serial_as_configured() {
 
     let info = fx.client().info().await.unwrap();
 
+    assert_eq!(info.config.net, None, "networking is off: no NIC");
+    assert_eq!(rt.network(&fx.sandbox), None);
     let disks = info.config.disks.clone().unwrap();
     let ws = disks
         .iter()
@@ -498,6 +500,12 @@ async fn network_vm_runs_in_its_own_namespace_on_its_tap() {
     assert_eq!(nets.len(), 1, "{nets:?}");
     assert_eq!(nets[0].tap.as_deref(), Some("tap0"));
     assert_eq!(nets[0].mac, fx.layout().net_config().mac);
+    let shown = rt.network(&fx.sandbox).unwrap();
+    assert_eq!(Some(shown.mac_address), nets[0].mac.clone());
+    assert_eq!(
+        (shown.ip.to_string(), shown.netns),
+        ("10.0.2.15".to_string(), netns.clone())
+    );
     let cmdline = info.config.payload.cmdline.clone().unwrap_or_default();
     assert!(
         cmdline.contains("rewind.ip=10.0.2.15/24 rewind.gw=10.0.2.2"),

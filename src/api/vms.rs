@@ -62,6 +62,7 @@ pub async fn get(
     let healthy = state.sandboxes.agent_healthy(&row.name).await;
     let mut vm = vm_json(&row);
     vm["agentHealthy"] = json!(healthy);
+    vm["network_config"] = json!(state.sandboxes.network(&row.name));
     Ok(Json(vm))
 }
 

@@ -146,6 +146,11 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// The sandbox's network beyond loopback, if it has one.
+    fn network(&self, _sb: &SandboxContext) -> Option<network::NetworkInfo> {
+        None
+    }
+
     /// Whether this runtime saves and restores full state (memory + devices):
     /// [`Runtime::pause`], [`Runtime::resume`], [`Runtime::save_state`],
     /// [`Runtime::start_from_state`]. Use [`full_snapshot`] to drive them.

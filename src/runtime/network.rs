@@ -88,6 +88,21 @@ pub struct SandboxNet {
     pub prefix: u8,
 }
 
+/// A sandbox's network as the API shows it (`network_config` of
+/// `GET /vms/:name`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkInfo {
+    /// The guest's address.
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac_address: String,
+    /// The TAP in the namespace (the reference's `network_interface`).
+    pub network_interface: String,
+    /// The namespace file (`ip netns exec <name> ...` for operators).
+    pub netns: PathBuf,
+}
+
 /// Guest kernel command line parameters for the static address (read by
 /// the guest init, `images/guest/init`).
 pub fn guest_cmdline() -> String {

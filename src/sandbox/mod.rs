@@ -232,6 +232,12 @@ impl Sandboxes {
     }
 
     /// Whether the sandbox's agent answers a ping right now.
+    /// The sandbox's network (guest address, MAC, namespace), if it has one.
+    pub fn network(&self, name: &str) -> Option<crate::runtime::network::NetworkInfo> {
+        let name: SandboxName = name.parse().ok()?;
+        self.runtime.network(&self.context(&name))
+    }
+
     pub async fn agent_healthy(&self, name: &str) -> bool {
         let Some(entry) = self.entry(name) else {
             return false;

@@ -222,15 +222,22 @@ impl Layout {
         }
     }
 
-    /// The VM's NIC: the sandbox namespace's TAP, a MAC derived from the
-    /// sandbox name (stable across reboots; forks get a fresh one).
+    /// The VM's NIC: the sandbox namespace's TAP and [`Layout::mac`].
     pub fn net_config(&self) -> NetConfig {
         NetConfig {
             tap: Some(network::TAP.into()),
-            mac: Some(stable_mac(&self.sandbox)),
+            mac: Some(self.mac()),
             id: Some(NET_DEVICE.into()),
             extra: Default::default(),
         }
+    }
+}
+
+impl Layout {
+    /// The guest MAC: derived from the sandbox name, so it survives reboots
+    /// and restores, and a fork (another name) gets its own.
+    pub fn mac(&self) -> String {
+        stable_mac(&self.sandbox)
     }
 }
 

@@ -31,6 +31,7 @@ use self::client::ChClient;
 use self::layout::{GuestImage, Layout};
 use self::process::{ChProcess, ProcessId};
 use self::vm::{ChState, Launch, VmError};
+use super::network::{self, NetworkInfo};
 use super::{Attached, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext};
 
 /// Environment variable naming the `cloud-hypervisor` binary.
@@ -274,6 +275,18 @@ impl Runtime for CloudHypervisorRuntime {
 
     fn supports_memory_snapshots(&self) -> bool {
         true
+    }
+
+    fn network(&self, sb: &SandboxContext) -> Option<NetworkInfo> {
+        let layout = Layout::new(sb);
+        sb.network.then(|| NetworkInfo {
+            ip: network::GUEST,
+            prefix: network::PREFIX,
+            gateway: network::GATEWAY,
+            mac_address: layout.mac(),
+            network_interface: network::TAP.into(),
+            netns: network::netns_path(&self.config.owner, &sb.name),
+        })
     }
 
     async fn pause(&self, sb: &SandboxContext, _state: &RuntimeState) -> Result<(), RuntimeError> {

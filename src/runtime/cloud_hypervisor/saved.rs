@@ -117,8 +117,9 @@ fn read_config(path: &Path) -> Result<Value, SavedError> {
     })
 }
 
-/// Point the saved config at this sandbox's files. Network devices get a
-/// fresh MAC; their TAP name stays (every sandbox namespace has the same).
+/// Point the saved config at this sandbox's files. Network devices get this
+/// sandbox's MAC (a fork gets its own, a restore keeps its own); their TAP
+/// name stays (every sandbox namespace has the same).
 fn rewrite_config(mut cfg: Value, layout: &Layout, path: &Path) -> Result<Value, SavedError> {
     let missing = |field| SavedError::MissingField {
         path: path.to_path_buf(),
@@ -142,7 +143,7 @@ fn rewrite_config(mut cfg: Value, layout: &Layout, path: &Path) -> Result<Value,
     }
     if let Some(nets) = cfg["net"].as_array_mut() {
         for net in nets {
-            net["mac"] = Value::String(random_mac());
+            net["mac"] = Value::String(layout.mac());
         }
     }
     Ok(cfg)
@@ -150,13 +151,6 @@ fn rewrite_config(mut cfg: Value, layout: &Layout, path: &Path) -> Result<Value,
 
 fn path_value(p: &Path) -> Value {
     Value::String(p.display().to_string())
-}
-
-/// A locally administered unicast MAC.
-pub fn random_mac() -> String {
-    let mut b: [u8; 6] = rand::random();
-    b[0] = (b[0] & 0xfe) | 0x02;
-    b.map(|x| format!("{x:02x}")).join(":")
 }
 
 #[cfg(test)]
@@ -203,6 +197,7 @@ mod tests {
         assert_eq!(cfg["disks"][2]["path"], "/new/ws/workspace.ext4");
         assert_eq!(cfg["vsock"]["socket"], "/new/state/ch/vsock.sock");
         assert_eq!(cfg["serial"]["file"], "/new/state/ch/serial.log");
+        assert_eq!(cfg["net"][0]["mac"], l.mac().as_str());
         assert_ne!(cfg["net"][0]["mac"], "02:00:00:00:00:01");
     }
 
@@ -217,14 +212,6 @@ mod tests {
             err,
             SavedError::MissingField { field: "vsock", .. }
         ));
-    }
-
-    #[test]
-    fn random_mac_is_local_unicast() {
-        let mac = random_mac();
-        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
-
-        assert_eq!((first & 0x01, first & 0x02, mac.len()), (0, 2, 17));
     }
 
     #[test]
