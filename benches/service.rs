@@ -17,50 +17,14 @@
 //! Environment: `REWIND_BENCH_BASE_IMAGE` (default: the debootstrap image
 //! under /var/lib/rewind, else a busybox rootfs), `REWIND_BENCH_ITERS`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rewind::api::{app, AppState};
+use common::{row, Client};
 use rewind::config::{Config, Overrides};
-use serde_json::{json, Value};
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Client {
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let resp = self
-            .http
-            .post(format!("{}{}", self.base, path))
-            .header("x-api-key", &self.key)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status();
-        let value: Value = resp.json().await.expect("json");
-        assert!(status.is_success(), "{path}: {status} {value}");
-        value
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn row(label: &str, mut samples: Vec<f64>) -> String {
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    format!(
-        "| {label} | {} | {:.2} | {:.2} |",
-        samples.len(),
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99)
-    )
-}
+use serde_json::json;
 
 fn base_image() -> PathBuf {
     if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
@@ -91,37 +55,14 @@ fn agent_binary() -> PathBuf {
 }
 
 async fn start() -> (Client, tokio::task::JoinHandle<()>) {
-    let data_dir = PathBuf::from("/var/tmp/rewind-bench/service");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let _ = std::fs::remove_file(data_dir.join("rewind.db"));
     let overrides = Overrides {
-        data_dir: Some(data_dir),
+        data_dir: Some(common::data_dir("service")),
         runtime: Some("namespace".into()),
         base_image: Some(base_image()),
         agent_binary: Some(agent_binary()),
         ..Default::default()
     };
-    let config = Config::load(None, &overrides).unwrap();
-    let sandboxes = rewind::server::build(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = app(AppState::new(sandboxes));
-    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
-    let created: Value = http
-        .post(format!("{base}/api-keys"))
-        .json(&json!({"name": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["key"].as_str().unwrap().to_owned();
-    (Client { http, base, key }, server)
+    common::start(Config::load(None, &overrides).unwrap()).await
 }
 
 async fn run_samples(client: &Client, vm: &str, iters: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -199,28 +140,6 @@ async fn bench_lifecycle(client: &Client, iters: usize) -> Vec<String> {
     ]
 }
 
-async fn cleanup(client: &Client) {
-    let vms: Value = client
-        .http
-        .get(format!("{}/vms", client.base))
-        .header("x-api-key", &client.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for vm in vms["vms"].as_array().unwrap() {
-        let name = vm["name"].as_str().unwrap();
-        let _ = client
-            .http
-            .delete(format!("{}/vms/{name}", client.base))
-            .header("x-api-key", &client.key)
-            .send()
-            .await;
-    }
-}
-
 fn main() {
     let iters: usize = std::env::var("REWIND_BENCH_ITERS")
         .ok()
@@ -233,14 +152,14 @@ fn main() {
     rt.block_on(async {
         let (client, server) = start().await;
         let client = std::sync::Arc::new(client);
-        cleanup(&client).await;
+        common::delete_all_vms(&client).await;
         let mut lines = vec![
             "| measurement | n | p50 ms | p99 ms |".to_string(),
             "|---|---|---|---|".to_string(),
         ];
         lines.extend(bench_runs(&client, iters).await);
         lines.extend(bench_lifecycle(&client, (iters / 10).max(5)).await);
-        cleanup(&client).await;
+        common::delete_all_vms(&client).await;
         println!(
             "\nrewind service benchmark (base image: {})\n",
             base_image().display()

@@ -1,0 +1,102 @@
+//! Shared by the service benchmarks: an HTTP client with an API key against
+//! the real service started in-process, and the table rows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rewind::api::{app, AppState};
+use rewind::config::Config;
+use serde_json::{json, Value};
+
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: String,
+}
+
+impl Client {
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let value: Value = resp.json().await.expect("json");
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+pub fn row(label: &str, mut samples: Vec<f64>) -> String {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "| {label} | {} | {:.2} | {:.2} |",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    )
+}
+
+/// Start the service on a loopback port with `config` and create an admin key.
+pub async fn start(config: Config) -> (Client, tokio::task::JoinHandle<()>) {
+    let sandboxes = rewind::server::build(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(AppState::new(sandboxes));
+    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let created: Value = http
+        .post(format!("{base}/api-keys"))
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    (Client { http, base, key }, server)
+}
+
+/// A fresh data dir for a bench (its database removed; the pool is reused).
+pub fn data_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from("/var/tmp/rewind-bench").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("rewind.db"));
+    dir
+}
+
+pub async fn delete_all_vms(client: &Client) {
+    let vms: Value = client
+        .http
+        .get(format!("{}/vms", client.base))
+        .header("x-api-key", &client.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for vm in vms["vms"].as_array().unwrap() {
+        let name = vm["name"].as_str().unwrap();
+        let _ = client
+            .http
+            .delete(format!("{}/vms/{name}", client.base))
+            .header("x-api-key", &client.key)
+            .send()
+            .await;
+    }
+}
