@@ -23,6 +23,11 @@ pub enum ApiError {
     /// The sandbox cannot do this in its current state (e.g. failed).
     #[error("{0}")]
     Unavailable(String),
+    /// The sandbox's runtime (hypervisor, namespaces) failed: the message
+    /// carries its error chain (e.g. Cloud Hypervisor's), so the client sees
+    /// why, and the log has it with the request id.
+    #[error("{0}")]
+    Runtime(String),
     /// Anything else; the detail goes to the log only.
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -37,7 +42,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -49,14 +54,9 @@ impl ApiError {
 
     /// Internal error with the whole `source()` chain in the detail.
     pub fn internal_chain(err: &(dyn std::error::Error + 'static)) -> ApiError {
-        let mut detail = err.to_string();
-        let mut cur = err.source();
-        while let Some(e) = cur {
-            detail.push_str(": ");
-            detail.push_str(&e.to_string());
-            cur = e.source();
+        ApiError::Internal {
+            detail: crate::runtime::chain(err),
         }
-        ApiError::Internal { detail }
     }
 }
 
@@ -76,6 +76,11 @@ impl IntoResponse for ApiError {
                     "error": "Internal server error",
                     "request_id": request_id,
                 })
+            }
+            ApiError::Runtime(message) => {
+                let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
+                tracing::error!(request_id = %request_id, error = %message, "runtime error");
+                json!({ "error": message, "request_id": request_id })
             }
             other => json!({ "error": other.to_string() }),
         };
@@ -105,6 +110,22 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"error": "Internal server error", "request_id": "req_test"})
+        );
+    }
+
+    #[tokio::test]
+    async fn into_response_runtime_error_carries_the_chain_and_request_id() {
+        let err = ApiError::Runtime("vm.snapshot failed: GetNestedState(Invalid argument)".into());
+
+        let (status, body) = body_of(err).await;
+
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "error": "vm.snapshot failed: GetNestedState(Invalid argument)",
+                "request_id": "req_test"
+            })
         );
     }
 

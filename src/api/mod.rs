@@ -149,6 +149,7 @@ impl From<SandboxError> for ApiError {
             SandboxError::Runtime(crate::runtime::RuntimeError::Unsupported { .. }) => {
                 ApiError::BadRequest(storage_message(&e))
             }
+            SandboxError::Runtime(ref r) => ApiError::Runtime(crate::runtime::chain(r)),
             other => ApiError::internal_chain(&other),
         }
     }
@@ -165,3 +166,28 @@ fn storage_message(e: &SandboxError) -> String {
 pub type Auth = axum::Extension<Caller>;
 
 pub type AppResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeError;
+
+    #[test]
+    fn from_sandbox_error_runtime_failure_keeps_the_hypervisor_message() {
+        let e = SandboxError::Runtime(RuntimeError::Hypervisor {
+            op: "vm.snapshot".into(),
+            message: "Error from API: GetNestedState(Invalid argument)".into(),
+        });
+
+        let api = ApiError::from(e);
+
+        let ApiError::Runtime(message) = api else {
+            panic!("expected a runtime error, got {api:?}");
+        };
+        assert!(message.contains("vm.snapshot"), "{message}");
+        assert!(
+            message.contains("GetNestedState(Invalid argument)"),
+            "{message}"
+        );
+    }
+}

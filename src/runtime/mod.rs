@@ -252,3 +252,15 @@ where
     resumed?;
     Ok(value)
 }
+
+/// An error and its sources, outermost first, joined with ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}

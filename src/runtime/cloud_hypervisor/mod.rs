@@ -31,6 +31,7 @@ use self::client::ChClient;
 use self::layout::{GuestImage, Layout};
 use self::process::{ChProcess, ProcessId};
 use self::vm::{ChState, Launch, VmError};
+pub use super::chain;
 use super::network::{self, NetworkInfo};
 use super::{Attached, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext};
 
@@ -350,16 +351,4 @@ fn hypervisor(op: &str, e: &dyn std::error::Error) -> RuntimeError {
         op: op.into(),
         message: chain(e),
     }
-}
-
-/// An error and its sources, outermost first, joined with ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
