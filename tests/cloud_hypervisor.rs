@@ -360,9 +360,11 @@ async fn stop_is_idempotent_and_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn start_fails_cleanly_when_the_agent_never_answers() {
-    let Some(fx) = Fixture::new("start_fails_cleanly_when_the_agent_never_answers") else {
+    let Some(mut fx) = Fixture::new("start_fails_cleanly_when_the_agent_never_answers") else {
         return;
     };
+    fx.sandbox.network = true;
+    let netns = network::netns_path(&fx.config().owner, &fx.sandbox.name);
     let mut cfg = fx.config();
     cfg.wait_for_agent = true;
     cfg.boot_timeout = Duration::from_secs(2);
@@ -380,6 +382,45 @@ async fn start_fails_cleanly_when_the_agent_never_answers() {
     assert!(find_tagged().iter().all(|t| t.sandbox != fx.sandbox.name));
     assert!(!fx.layout().api_socket.exists());
     assert!(!fx.layout().vsock_socket.exists());
+    assert!(!netns.exists(), "a failed start left its network namespace");
+}
+
+#[tokio::test]
+async fn restoring_a_saved_nic_with_networking_off_is_refused() {
+    let Some(fx) = Fixture::new("restoring_a_saved_nic_with_networking_off_is_refused") else {
+        return;
+    };
+    let saved = fx.root.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    let config = serde_json::json!({
+        "disks": [{"path": "/old/ws.ext4", "id": "ws"}],
+        "vsock": {"cid": 3, "socket": "/old/vsock.sock"},
+        "net": [{"tap": "tap0", "mac": "02:00:00:00:00:01"}]
+    });
+    std::fs::write(saved.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(saved.join("state.ext4"), b"").unwrap();
+    let host_taps = || {
+        std::fs::read_to_string("/proc/self/net/dev")
+            .unwrap()
+            .matches("tap")
+            .count()
+    };
+    let taps_before = host_taps();
+    let rt = fx.runtime();
+
+    let err = rt.start_from_state(&fx.sandbox, &saved).await.unwrap_err();
+
+    assert!(err.to_string().contains("failed to start"), "{err}");
+    let RuntimeError::Start { message, .. } = &err else {
+        panic!("expected a start error, got {err:?}");
+    };
+    assert!(message.contains("networking is off"), "{message}");
+    assert!(find_tagged().iter().all(|t| t.sandbox != fx.sandbox.name));
+    let tap_in_host = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    assert!(
+        !tap_in_host.contains("tap0:"),
+        "CH created tap0 in the host namespace"
+    );
 }
 
 #[tokio::test]
