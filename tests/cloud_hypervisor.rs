@@ -416,10 +416,10 @@ async fn restoring_a_saved_nic_with_networking_off_is_refused() {
     };
     assert!(message.contains("networking is off"), "{message}");
     assert!(find_tagged().iter().all(|t| t.sandbox != fx.sandbox.name));
-    let tap_in_host = std::fs::read_to_string("/proc/self/net/dev").unwrap();
-    assert!(
-        !tap_in_host.contains("tap0:"),
-        "CH created tap0 in the host namespace"
+    assert_eq!(
+        host_taps(),
+        taps_before,
+        "CH created a TAP in the host namespace"
     );
 }
 
