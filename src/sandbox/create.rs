@@ -6,7 +6,7 @@
 //! snapshot holds saved VM memory the runtime resumes from it (with a fresh
 //! RNG seed) instead of booting.
 
-use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName};
+use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName, StorageError};
 
 use super::{parse_sandbox_name, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -73,6 +73,15 @@ impl Sandboxes {
             })?;
         match self.provision(&row, &name, from).await {
             Ok(row) => Ok(row),
+            Err(SandboxError::Storage(StorageError::AlreadyExists { .. })) => {
+                // Storage left by an earlier database (startup recovery left it
+                // in place on purpose): never ours to delete.
+                self.rollback_row(&row, &name).await;
+                Err(SandboxError::Conflict(format!(
+                    "the storage pool already holds a sandbox \"{name}\" that the database does not know; \
+                     delete it from the pool or pick another name"
+                )))
+            }
             Err(e) => {
                 self.rollback_create(&row, &name).await;
                 Err(e)
@@ -189,6 +198,10 @@ impl Sandboxes {
         if let Err(e) = self.blocking(move |s| s.delete_sandbox(&n)).await {
             tracing::warn!(sandbox = %name, error = %e, "rollback: storage delete");
         }
+        self.rollback_row(row, name).await;
+    }
+
+    async fn rollback_row(&self, row: &SandboxRow, name: &SandboxName) {
         let id = row.id;
         if let Err(e) = self.db.call(move |c| Db::delete_sandbox(c, id)).await {
             tracing::error!(sandbox = %name, error = %e, "rollback: row delete failed");
