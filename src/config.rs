@@ -66,11 +66,22 @@ pub struct ServerConfig {
 }
 
 /// Sandbox networking; see [`crate::runtime::network`].
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     /// Give each VM sandbox a NIC on a TAP in its own network namespace.
     pub enabled: bool,
+    /// Address the host side of port forwards listens on.
+    pub forward_bind: IpAddr,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            forward_bind: IpAddr::from([127, 0, 0, 1]),
+        }
+    }
 }
 
 /// The whole configuration. Field docs live in `config/rewind.toml`.

@@ -26,6 +26,11 @@ pub async fn build(config: Config) -> anyhow::Result<Sandboxes> {
     let sandboxes = Sandboxes::new(config, db, storage, runtime);
     let report = sandboxes.recover().await.context("startup recovery")?;
     tracing::info!(actions = report.actions.len(), "startup recovery done");
+    let forwards = sandboxes
+        .open_recorded_forwards()
+        .await
+        .context("reopening port forwards")?;
+    tracing::info!(forwards, "port forwards open");
     Ok(sandboxes)
 }
 

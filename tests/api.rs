@@ -928,3 +928,158 @@ fn vms_concurrent_creates_all_start() {
         assert_eq!(run(&key, n, "echo up")["stdout"], "up\n");
     }
 }
+
+#[test]
+fn port_forward_reaches_a_server_inside_the_sandbox_until_removed() {
+    let key = user_key();
+    let vm = create_vm(&key, "fwd");
+    run(
+        &key,
+        &vm,
+        "mkdir -p /tmp/www && echo hello-from-sandbox > /tmp/www/index.html && httpd -p 127.0.0.1:8080 -h /tmp/www",
+    );
+    let path = format!("/vms/{vm}/port-forwards");
+
+    let (status, fwd) = call(
+        "POST",
+        &path,
+        Some(&key),
+        Some(json!({"guest_port": 8080, "description": "web"})),
+    );
+
+    assert_eq!(status, StatusCode::CREATED, "{fwd}");
+    assert_eq!(
+        (fwd["guest_port"].as_u64(), fwd["protocol"].as_str()),
+        (Some(8080), Some("tcp"))
+    );
+    assert_eq!(fwd["host_address"], "127.0.0.1");
+    let host_port = fwd["host_port"].as_u64().unwrap() as u16;
+    let page = common::http_get(host_port).unwrap();
+    assert!(
+        page.starts_with("HTTP/1.1 200 OK") && page.ends_with("hello-from-sandbox\n"),
+        "{page}"
+    );
+    let (_, list) = call("GET", &path, Some(&key), None);
+    assert_eq!(
+        list["port_forwards"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    assert_eq!(list["port_forwards"][0]["description"], "web");
+    let (status, body) = call(
+        "POST",
+        &path,
+        Some(&key),
+        Some(json!({"guest_port": 81, "host_port": host_port})),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("host port {host_port} is in use")),
+        "{body}"
+    );
+
+    let (status, body) = call("DELETE", &format!("{path}/{host_port}"), Some(&key), None);
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while common::http_get(host_port).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host port {host_port} still forwards"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, _) = call("DELETE", &format!("{path}/{host_port}"), Some(&key), None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = call("GET", &path, Some(&key), None);
+    assert_eq!(list["port_forwards"], json!([]));
+}
+
+#[test]
+fn port_forward_bad_input_is_400_naming_the_field_and_changes_nothing() {
+    let key = user_key();
+    let vm = create_vm(&key, "fwdbad");
+    let path = format!("/vms/{vm}/port-forwards");
+    let cases = [
+        (json!({"guest_port": 0}), "guest_port"),
+        (
+            json!({"guest_port": 80, "protocol": "udp"}),
+            "udp is not supported",
+        ),
+        (json!({"guest_port": 70000}), "guest_port"),
+        (json!({"guest_port": 80, "bogus": 1}), "bogus"),
+    ];
+    for (body, needle) in cases {
+        let (status, out) = call("POST", &path, Some(&key), Some(body.clone()));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {out}");
+        assert!(
+            out["error"].as_str().unwrap().contains(needle),
+            "{body} → {out}"
+        );
+    }
+    let (status, out) = call("DELETE", &format!("{path}/http"), Some(&key), None);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+    let (_, list) = call("GET", &path, Some(&key), None);
+    assert_eq!(list["port_forwards"], json!([]));
+    let other = user_key();
+    let (status, _) = call("POST", &path, Some(&other), Some(json!({"guest_port": 80})));
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another key's sandbox is invisible"
+    );
+}
+
+#[test]
+fn port_forward_closes_with_its_sandbox() {
+    let key = user_key();
+    let vm = create_vm(&key, "fwddel");
+    let (status, fwd) = call(
+        "POST",
+        &format!("/vms/{vm}/port-forwards"),
+        Some(&key),
+        Some(json!({"guest_port": 9})),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{fwd}");
+    let host_port = fwd["host_port"].as_u64().unwrap() as u16;
+
+    let (status, _) = call("DELETE", &format!("/vms/{vm}"), Some(&key), None);
+
+    assert_eq!(status, StatusCode::OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", host_port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host port {host_port} outlived its sandbox"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn vms_create_over_storage_unknown_to_the_database_is_409_and_keeps_it() {
+    let key = user_key();
+    let name = common::unique("orphan");
+    let sb: rewind_storage::SandboxName = name.parse().unwrap();
+    let storage = &env().state.sandboxes.storage;
+    storage
+        .create_workspace(&sb, &rewind_storage::CreateOptions::default())
+        .unwrap();
+
+    let (status, body) = call("POST", "/vms", Some(&key), Some(json!({"name": name})));
+
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("does not know"),
+        "{body}"
+    );
+    assert!(
+        storage.sandbox_exists(&sb),
+        "the create's rollback deleted storage it did not make"
+    );
+    assert!(!vm_names(&key).contains(&name));
+    storage.delete_sandbox(&sb).unwrap();
+}

@@ -277,23 +277,73 @@ fn reference_full_workflow() {
     assert_eq!(server.req("GET", "/vms/test", Some(key), None).0, 404);
 }
 
+/// GET through a forward, retrying while the server inside starts.
+fn get_until_ok(port: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match common::http_get(port) {
+            Ok(page) => return page,
+            Err(e) if std::time::Instant::now() > deadline => return e.to_string(),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 #[test]
 fn restart_keeps_sandboxes_snapshots_and_processes() {
     let _s = serial();
     let dir = test_data_dir("server-restart");
     let mut server = Server::start(&dir);
     let key = bootstrap_key(&server);
-    server.req("POST", "/vms", Some(&key), Some(json!({"name": "keep"})));
+    let (status, created) = server.req("POST", "/vms", Some(&key), Some(json!({"name": "keep"})));
+    assert_eq!(status, 201, "{created}\n{}", server.log());
     let (_, run) = server.req(
         "POST",
         "/vms/keep/run",
         Some(&key),
         Some(json!({"command": "echo hi > f; cd /tmp; (sleep 1000 > /dev/null 2>&1 &)"})),
     );
-    let snap = run["snapshot"].as_str().unwrap().to_owned();
+    let snap = run["snapshot"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{run}"))
+        .to_owned();
+    let web = "mkdir -p /tmp/www && echo page > /tmp/www/index.html && cd /tmp/www && \
+               if command -v httpd >/dev/null; then httpd -p 127.0.0.1:8080 -h /tmp/www; \
+               else (setsid python3 -m http.server 8080 --bind 127.0.0.1 >/tmp/web.log 2>&1 &); fi";
+    server.req(
+        "POST",
+        "/vms/keep/run",
+        Some(&key),
+        Some(json!({ "command": web })),
+    );
+    let (status, fwd) = server.req(
+        "POST",
+        "/vms/keep/port-forwards",
+        Some(&key),
+        Some(json!({"guest_port": 8080})),
+    );
+    assert_eq!(status, 201, "{fwd}");
+    let host_port = fwd["host_port"].as_u64().unwrap() as u16;
+    let page = get_until_ok(host_port);
+    let (_, diag) = server.req(
+        "POST",
+        "/vms/keep/run",
+        Some(&key),
+        Some(json!({"command": "ps -ef; cat /tmp/web.log"})),
+    );
+    assert!(
+        page.contains(" 200 ") && page.ends_with("page\n"),
+        "forward: {page}\n{}",
+        diag["stdout"]
+    );
     assert!(server.stop(nix::sys::signal::Signal::SIGTERM).success());
 
     let server = Server::start(&dir);
+    let page = get_until_ok(host_port);
+    assert!(
+        page.contains(" 200 ") && page.ends_with("page\n"),
+        "forward after restart: {page}"
+    );
     let (_, vm) = server.req("GET", "/vms/keep", Some(&key), None);
     assert_eq!(
         (vm["status"].as_str(), vm["agentHealthy"].as_bool()),

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod extract;
+mod forwards;
 mod health;
 mod keys;
 mod run;
@@ -64,6 +65,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/vms/{name}/snapshots/{snapshot}/restore",
             post(snapshots::restore),
+        )
+        .route(
+            "/vms/{name}/port-forwards",
+            get(forwards::list).post(forwards::create),
+        )
+        .route(
+            "/vms/{name}/port-forwards/{host_port}",
+            delete(forwards::destroy),
         )
         .route("/api-keys", get(keys::list))
         .route("/api-keys/{id}", delete(keys::revoke))

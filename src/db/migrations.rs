@@ -45,6 +45,18 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE(sandbox_id, name)
     );
     "#,
+    // 2: port forwards (host port -> a port inside a sandbox)
+    r#"
+    CREATE TABLE port_forwards (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        sandbox_id  INTEGER NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+        host_port   INTEGER NOT NULL UNIQUE,
+        guest_port  INTEGER NOT NULL,
+        protocol    TEXT NOT NULL,
+        description TEXT,
+        created_at  TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the schema up to the newest version.

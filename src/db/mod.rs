@@ -5,6 +5,7 @@
 //! twice: `created_at` as the reference API's text form
 //! (`YYYY-MM-DDTHH:MM:SS`, UTC) and `created_ms` for ordering.
 
+mod forwards;
 mod keys;
 mod migrations;
 mod sandboxes;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
+pub use forwards::ForwardRow;
 pub use keys::ApiKeyRow;
 pub use sandboxes::{SandboxRow, SandboxStatus};
 pub use snapshots::{NewSnapshot, SnapshotRow};

@@ -58,6 +58,14 @@ pub struct SandboxContext {
     pub network: bool,
 }
 
+/// A TCP endpoint inside a sandbox ([`Runtime::port_target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortTarget {
+    /// A network namespace file (`/proc/<pid>/ns/net`, `/run/netns/...`).
+    pub netns: PathBuf,
+    pub addr: std::net::SocketAddr,
+}
+
 /// What a runtime remembers about a running sandbox; stored as JSON in the
 /// database so a restarted service can re-attach.
 pub type RuntimeState = serde_json::Value;
@@ -143,6 +151,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// exited, with its status and log tail); `None` while it runs or when the
     /// runtime cannot tell. The service marks the sandbox failed with it.
     fn failure(&self, _sb: &SandboxContext) -> Option<String> {
+        None
+    }
+
+    /// Where a connection forwarded to `port` inside the sandbox goes: the
+    /// network namespace to connect from and the address there. `None` when
+    /// the sandbox has no reachable network (e.g. a VM without networking).
+    fn port_target(
+        &self,
+        _sb: &SandboxContext,
+        _state: &RuntimeState,
+        _port: u16,
+    ) -> Option<PortTarget> {
         None
     }
 

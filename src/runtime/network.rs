@@ -209,6 +209,27 @@ pub async fn remove_orphans(owner: &str, keep: &[String]) -> Vec<String> {
     removed
 }
 
+/// Connect to `addr` from inside the network namespace `netns` (a socket's
+/// namespace is fixed when it is created, so the caller's threads never
+/// switch). The stream is non-blocking, ready for tokio.
+pub async fn connect_in(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let netns = netns.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let connected = File::open(&netns)
+            .and_then(|ns| setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
+            .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let _ = tx.send(connected);
+    });
+    rx.await
+        .map_err(|_| io::Error::other("connect thread panicked"))?
+}
+
 /// Whether `path` is a mounted network namespace (not a leftover file).
 pub fn is_netns(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)

@@ -1,5 +1,6 @@
 //! Delete a sandbox: mark it `deleting` (so a crash mid-way is finished at
-//! startup) → stop the runtime → delete its subvolumes → delete its rows.
+//! startup) → close its port forwards → stop the runtime → delete its
+//! subvolumes → delete its rows.
 
 use super::{SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -25,6 +26,7 @@ impl Sandboxes {
     pub(super) async fn finish_delete(&self, row: &SandboxRow) -> Result<(), SandboxError> {
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context(&sandbox);
+        self.close_forwards_of(row.id).await?;
         self.runtime.stop(&ctx, &row.runtime_state).await?;
         let n = sandbox.clone();
         let deleted = self.blocking(move |s| s.delete_sandbox(&n)).await;

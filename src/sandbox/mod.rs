@@ -9,6 +9,7 @@
 
 mod create;
 mod delete;
+mod forward;
 mod recover;
 mod restore;
 mod run;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
 use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
 
+pub use forward::NewForward;
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 
@@ -86,6 +88,7 @@ pub struct Sandboxes {
     pub storage: Storage,
     pub runtime: Arc<dyn Runtime>,
     live: Arc<Mutex<HashMap<String, Entry>>>,
+    forwards: forward::Listeners,
 }
 
 impl Sandboxes {
@@ -96,6 +99,7 @@ impl Sandboxes {
             storage,
             runtime,
             live: Arc::new(Mutex::new(HashMap::new())),
+            forwards: Default::default(),
         }
     }
 

@@ -33,7 +33,9 @@ use self::process::{ChProcess, ProcessId};
 use self::vm::{ChState, Launch, VmError};
 pub use super::chain;
 use super::network::{self, NetworkInfo};
-use super::{Attached, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext};
+use super::{
+    Attached, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
+};
 
 /// Environment variable naming the `cloud-hypervisor` binary.
 pub const BINARY_ENV: &str = "REWIND_CH_BINARY";
@@ -276,6 +278,19 @@ impl Runtime for CloudHypervisorRuntime {
 
     fn supports_memory_snapshots(&self) -> bool {
         true
+    }
+
+    /// The guest's address, from inside the sandbox's network namespace.
+    fn port_target(
+        &self,
+        sb: &SandboxContext,
+        _state: &RuntimeState,
+        port: u16,
+    ) -> Option<PortTarget> {
+        sb.network.then(|| PortTarget {
+            netns: network::netns_path(&self.config.owner, &sb.name),
+            addr: std::net::SocketAddr::from((network::GUEST, port)),
+        })
     }
 
     fn network(&self, sb: &SandboxContext) -> Option<NetworkInfo> {

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
-use super::{Attached, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext};
+use super::{
+    Attached, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
+};
 use crate::config::Config;
 pub use cgroup::Cgroups;
 
@@ -287,6 +289,21 @@ impl Runtime for NamespaceRuntime {
         }
         self.teardown(&sb.name, known.as_ref())?;
         Ok(Attached::Restarted(self.start(sb).await?))
+    }
+
+    /// Loopback inside the sandbox's own network namespace (that of its
+    /// init, while it is the recorded process).
+    fn port_target(
+        &self,
+        _sb: &SandboxContext,
+        state: &RuntimeState,
+        port: u16,
+    ) -> Option<PortTarget> {
+        let s = serde_json::from_value::<NsState>(state.clone()).ok()?;
+        (proc_starttime(s.pid) == Some(s.starttime)).then(|| PortTarget {
+            netns: PathBuf::from(format!("/proc/{}/ns/net", s.pid)),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        })
     }
 
     fn transport(&self, sb: &SandboxContext, state: &RuntimeState) -> Transport {
