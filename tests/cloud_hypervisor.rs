@@ -227,6 +227,7 @@ async fn vm_info_reports_disks_vsock_and_serial_as_configured() {
 
     assert_eq!(info.config.net, None, "networking is off: no NIC");
     assert_eq!(rt.network(&fx.sandbox), None);
+    assert_eq!(rt.port_target(&fx.sandbox, &state, 80), None);
     let disks = info.config.disks.clone().unwrap();
     let ws = disks
         .iter()
@@ -551,6 +552,11 @@ async fn network_vm_runs_in_its_own_namespace_on_its_tap() {
     assert!(
         cmdline.contains("rewind.ip=10.0.2.15/24 rewind.gw=10.0.2.2"),
         "{cmdline}"
+    );
+    let target = rt.port_target(&fx.sandbox, &state, 8080).unwrap();
+    assert_eq!(
+        (target.netns, target.addr.to_string()),
+        (netns.clone(), "10.0.2.15:8080".to_string())
     );
     let (id, _) = rt.process_info(&fx.sandbox.name).unwrap();
     let ch_ns = PathBuf::from(format!("/proc/{}/ns/net", id.pid));

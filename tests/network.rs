@@ -184,8 +184,14 @@ fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
         .join()
         .map_err(|_| console_tail(console.path()));
 
+    let from_host = host.block_on(network::connect_in(
+        &net.netns,
+        std::net::SocketAddr::from((network::GUEST, GUEST_AGENT_PORT)),
+        std::time::Duration::from_secs(5),
+    ));
     let _ = qemu.0.kill();
     host.block_on(network::remove(&owner, "vm")).unwrap();
+    from_host.expect("connect_in reaches the guest agent from a service thread");
     let (route, received) =
         seen.unwrap_or_else(|console| panic!("guest test failed; console:\n{console}"));
     let default = route
