@@ -73,6 +73,9 @@ pub struct NetworkConfig {
     pub enabled: bool,
     /// Address the host side of port forwards listens on.
     pub forward_bind: IpAddr,
+    /// Hosts sandboxes may reach through rewind's egress proxy (`host`,
+    /// `*.domain`, IP, each with an optional `:port`); empty: no egress.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for NetworkConfig {
@@ -80,6 +83,7 @@ impl Default for NetworkConfig {
         Self {
             enabled: false,
             forward_bind: IpAddr::from([127, 0, 0, 1]),
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -275,6 +279,12 @@ impl Config {
         }
         if self.storage.max_auto_snapshots == 0 {
             return invalid("storage.max_auto_snapshots", "must be at least 1");
+        }
+        if let Err(message) = crate::runtime::egress::AllowList::parse(&self.network.egress_allow) {
+            return Err(ConfigError::Invalid {
+                key: "network.egress_allow",
+                message,
+            });
         }
         self.validate_exec()?;
         self.validate_limits()

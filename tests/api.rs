@@ -41,6 +41,8 @@ fn env() -> &'static Env {
         config.storage.pool_size_gb = 4;
         config.exec.max_output_bytes = 64 * 1024;
         config.exec.max_timeout_secs = 60;
+        // Egress through the proxy, to the host's loopback only (test servers).
+        config.network.egress_allow = vec!["127.0.0.1".into()];
         let sandboxes = rt.block_on(rewind::server::build(config)).unwrap();
         let state = AppState::new(sandboxes);
         let admin = rt.block_on(async {
@@ -1082,4 +1084,90 @@ fn vms_create_over_storage_unknown_to_the_database_is_409_and_keeps_it() {
     );
     assert!(!vm_names(&key).contains(&name));
     storage.delete_sandbox(&sb).unwrap();
+}
+
+/// An HTTP server on the host's loopback answering every request with
+/// `body`; returns its port.
+fn host_http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let reply = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn egress_proxy_reaches_allowed_hosts_only() {
+    let key = user_key();
+    let vm = create_vm(&key, "egress");
+    let port = host_http_server("from-the-host");
+    let run_env = |command: String| {
+        let (status, body) = call(
+            "POST",
+            &format!("/vms/{vm}/run"),
+            Some(&key),
+            Some(json!({"command": command, "env": {"no_proxy": ""}})),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    };
+
+    let proxy = run_env("echo $http_proxy $HTTPS_PROXY".into());
+    let plain = run_env(format!("wget -q -O- http://127.0.0.1:{port}/"));
+    let tunnel = run_env(format!(
+        "printf 'CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\n\\r\\nGET / HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 3128"
+    ));
+    let unlisted = run_env("wget -q -O- http://example.invalid/ 2>&1; echo exit=$?".into());
+    let private =
+        run_env("printf 'CONNECT 10.9.9.9:443 HTTP/1.1\\r\\n\\r\\n' | nc 127.0.0.1 3128".into());
+
+    assert_eq!(
+        proxy["stdout"],
+        "http://127.0.0.1:3128 http://127.0.0.1:3128\n"
+    );
+    assert_eq!(plain["stdout"], "from-the-host", "{plain}");
+    let tunnel = tunnel["stdout"].as_str().unwrap();
+    assert!(
+        tunnel.starts_with("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.0 200 OK"),
+        "{tunnel:?}"
+    );
+    assert!(tunnel.ends_with("from-the-host"), "{tunnel:?}");
+    let unlisted = unlisted["stdout"].as_str().unwrap();
+    assert!(
+        unlisted.contains("403") && !unlisted.contains("exit=0"),
+        "{unlisted}"
+    );
+    let private = private["stdout"].as_str().unwrap();
+    assert!(private.starts_with("HTTP/1.1 403 Forbidden"), "{private:?}");
+    assert!(
+        private.contains("egress to 10.9.9.9:443 is not allowed"),
+        "{private:?}"
+    );
+}
+
+#[test]
+fn egress_env_yields_to_the_callers_env() {
+    let key = user_key();
+    let vm = create_vm(&key, "egressenv");
+    let (status, out) = call(
+        "POST",
+        &format!("/vms/{vm}/run"),
+        Some(&key),
+        Some(json!({"command": "echo $https_proxy", "env": {"https_proxy": "http://mine:1"}})),
+    );
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["stdout"], "http://mine:1\n");
 }

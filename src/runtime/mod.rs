@@ -8,6 +8,7 @@
 //! place, full memory snapshots) is a method here.
 
 pub mod cloud_hypervisor;
+pub mod egress;
 pub mod namespace;
 pub mod network;
 
@@ -163,6 +164,12 @@ pub trait Runtime: Send + Sync + 'static {
         _state: &RuntimeState,
         _port: u16,
     ) -> Option<PortTarget> {
+        None
+    }
+
+    /// Where the sandbox's egress proxy listens ([`egress`]): a network
+    /// namespace and an address in it; `None` when it has no network.
+    fn egress_listen(&self, _sb: &SandboxContext, _state: &RuntimeState) -> Option<PortTarget> {
         None
     }
 

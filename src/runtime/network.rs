@@ -230,6 +230,25 @@ pub async fn connect_in(
         .map_err(|_| io::Error::other("connect thread panicked"))?
 }
 
+/// A listening TCP socket on `addr` inside the network namespace `netns`
+/// (non-blocking, ready for tokio).
+pub async fn listen_in(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+) -> io::Result<std::net::TcpListener> {
+    let netns = netns.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let bound = File::open(&netns)
+            .and_then(|ns| setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
+            .and_then(|()| std::net::TcpListener::bind(addr))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l));
+        let _ = tx.send(bound);
+    });
+    rx.await
+        .map_err(|_| io::Error::other("listen thread panicked"))?
+}
+
 /// Whether `path` is a mounted network namespace (not a leftover file).
 pub fn is_netns(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)

@@ -170,6 +170,7 @@ impl Sandboxes {
             })
             .await?
             .ok_or_else(|| SandboxError::NotFound(format!("VM \"{name}\" vanished")))?;
+        self.open_egress(&live.ctx, &live.state).await;
         self.insert_entry(&row.name, live);
         tracing::info!(sandbox = %name, runtime = self.runtime.kind().as_str(), "sandbox created");
         Ok(row)

@@ -27,6 +27,7 @@ impl Sandboxes {
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context(&sandbox);
         self.close_forwards_of(row.id).await?;
+        self.close_egress(&row.name);
         self.runtime.stop(&ctx, &row.runtime_state).await?;
         let n = sandbox.clone();
         let deleted = self.blocking(move |s| s.delete_sandbox(&n)).await;

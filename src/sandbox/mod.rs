@@ -9,6 +9,7 @@
 
 mod create;
 mod delete;
+mod egress;
 mod forward;
 mod recover;
 mod restore;
@@ -89,10 +90,13 @@ pub struct Sandboxes {
     pub runtime: Arc<dyn Runtime>,
     live: Arc<Mutex<HashMap<String, Entry>>>,
     forwards: forward::Listeners,
+    egress: egress::Proxies,
+    egress_allow: Option<Arc<crate::runtime::egress::AllowList>>,
 }
 
 impl Sandboxes {
     pub fn new(config: Arc<Config>, db: Db, storage: Storage, runtime: Arc<dyn Runtime>) -> Self {
+        let egress_allow = egress::allow_list(&config.network.egress_allow);
         Sandboxes {
             config,
             db,
@@ -100,6 +104,8 @@ impl Sandboxes {
             runtime,
             live: Arc::new(Mutex::new(HashMap::new())),
             forwards: Default::default(),
+            egress: Default::default(),
+            egress_allow,
         }
     }
 

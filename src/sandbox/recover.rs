@@ -156,6 +156,7 @@ impl Sandboxes {
             .await?;
         let mut live = self.new_live(row, &name, state);
         live.last_cmd_ms = last;
+        self.open_egress(&live.ctx, &live.state).await;
         self.insert_entry(&row.name, live);
         Ok(())
     }

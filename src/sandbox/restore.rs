@@ -49,6 +49,7 @@ impl Sandboxes {
         sandbox: &SandboxName,
         snap: &rewind_storage::SnapshotName,
     ) -> Result<(), SandboxError> {
+        self.close_egress(&live.ctx.name);
         self.runtime.stop(&live.ctx, &live.state).await?;
         let (n, s) = (sandbox.clone(), snap.clone());
         let restored = self.blocking(move |st| st.restore(&n, &s)).await;
@@ -73,6 +74,7 @@ impl Sandboxes {
         };
         live.agent = self.agent_for(&live.ctx, &state);
         live.state = state.clone();
+        self.open_egress(&live.ctx, &live.state).await;
         let id = live.id;
         self.db
             .call(move |c| Db::set_runtime_state(c, id, &state))

@@ -55,8 +55,11 @@ impl Sandboxes {
         name: &str,
         req: RunRequest,
     ) -> Result<RunOutput, SandboxError> {
-        let exec = self.exec_request(&req)?;
+        let mut exec = self.exec_request(&req)?;
         let (row, entry) = self.find_live(caller, name).await?;
+        let mut env = self.egress_env(&row.name);
+        env.append(&mut exec.env);
+        exec.env = env;
         let mut live = entry.lock().await;
         let started = Instant::now();
         let output = match live.agent.exec_collect(exec.clone()).await {

@@ -293,6 +293,14 @@ impl Runtime for CloudHypervisorRuntime {
         })
     }
 
+    /// The gateway address in the sandbox's namespace (the TAP's side).
+    fn egress_listen(&self, sb: &SandboxContext, _state: &RuntimeState) -> Option<PortTarget> {
+        sb.network.then(|| PortTarget {
+            netns: network::netns_path(&self.config.owner, &sb.name),
+            addr: std::net::SocketAddr::from((network::GATEWAY, super::egress::PROXY_PORT)),
+        })
+    }
+
     fn network(&self, sb: &SandboxContext) -> Option<NetworkInfo> {
         let layout = Layout::new(sb);
         sb.network.then(|| NetworkInfo {

@@ -306,6 +306,11 @@ impl Runtime for NamespaceRuntime {
         })
     }
 
+    /// The sandbox's own loopback.
+    fn egress_listen(&self, sb: &SandboxContext, state: &RuntimeState) -> Option<PortTarget> {
+        self.port_target(sb, state, super::egress::PROXY_PORT)
+    }
+
     fn transport(&self, sb: &SandboxContext, state: &RuntimeState) -> Transport {
         let socket = serde_json::from_value::<NsState>(state.clone())
             .map(|s| s.socket)
