@@ -1086,34 +1086,11 @@ fn vms_create_over_storage_unknown_to_the_database_is_409_and_keeps_it() {
     storage.delete_sandbox(&sb).unwrap();
 }
 
-/// An HTTP server on the host's loopback answering every request with
-/// `body`; returns its port.
-fn host_http_server(body: &'static str) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let reply = format!(
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes());
-        }
-    });
-    port
-}
-
 #[test]
 fn egress_proxy_reaches_allowed_hosts_only() {
     let key = user_key();
     let vm = create_vm(&key, "egress");
-    let port = host_http_server("from-the-host");
+    let port = common::host_http_server("from-the-host");
     let run_env = |command: String| {
         let (status, body) = call(
             "POST",

@@ -7,6 +7,9 @@ use std::fs::File;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
+use rewind::runtime::egress::{self, AllowList};
 use rewind::runtime::network::{self, GATEWAY, TAP};
 
 /// Each test uses its own owner, so tests run in parallel without seeing
@@ -171,16 +174,25 @@ fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
         guest.display()
     );
     let owner = owner("qemu");
-    let host = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: the egress proxy's tasks run on its (host namespace)
+    // workers while this thread waits.
+    let host = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let net = host.block_on(network::ensure(&owner, "vm")).unwrap();
+    let allow = std::sync::Arc::new(AllowList::parse(&["127.0.0.1".to_string()]).unwrap());
+    let proxy_at = std::net::SocketAddr::from((GATEWAY, egress::PROXY_PORT));
+    let proxy = host
+        .block_on(egress::spawn(&net.netns, proxy_at, allow))
+        .unwrap();
+    let web_port = common::host_http_server("from-the-host");
     let console = tempfile::NamedTempFile::new().unwrap();
     let mut qemu = Qemu(spawn_qemu_in(&net.netns, &guest, console.path()));
 
     let ns = File::open(&net.netns).unwrap();
-    let seen = std::thread::spawn(move || talk_to_guest_from_inside(ns))
+    let seen = std::thread::spawn(move || talk_to_guest_from_inside(ns, web_port))
         .join()
         .map_err(|_| console_tail(console.path()));
 
@@ -190,10 +202,16 @@ fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
         std::time::Duration::from_secs(5),
     ));
     let _ = qemu.0.kill();
+    drop(proxy);
     host.block_on(network::remove(&owner, "vm")).unwrap();
     from_host.expect("connect_in reaches the guest agent from a service thread");
-    let (route, received) =
+    let (route, received, via_proxy) =
         seen.unwrap_or_else(|console| panic!("guest test failed; console:\n{console}"));
+    assert!(
+        via_proxy.starts_with("HTTP/1.1 200 Connection established")
+            && via_proxy.ends_with("from-the-host"),
+        "guest egress through the proxy on the gateway: {via_proxy:?}"
+    );
     let default = route
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some("00000000"));
@@ -269,7 +287,7 @@ fn spawn_qemu_in(netns: &Path, guest: &Path, console: &Path) -> std::process::Ch
 /// On a thread inside the namespace: wait for the agent on the guest address,
 /// read the guest's routing table, and have the guest send a line to a
 /// listener on the gateway address. Returns (route table, received line).
-fn talk_to_guest_from_inside(ns: File) -> (String, String) {
+fn talk_to_guest_from_inside(ns: File, web_port: u16) -> (String, String, String) {
     use rewind_agent::client::{AgentClient, ClientTimeouts, Transport};
     use std::io::Read;
 
@@ -280,7 +298,7 @@ fn talk_to_guest_from_inside(ns: File) -> (String, String) {
         .enable_all()
         .build()
         .unwrap();
-    let route = rt.block_on(async {
+    let (route, via_proxy) = rt.block_on(async {
         let timeouts = ClientTimeouts {
             connect: std::time::Duration::from_secs(1),
             ..ClientTimeouts::default()
@@ -301,13 +319,17 @@ fn talk_to_guest_from_inside(ns: File) -> (String, String) {
             format!("bash -c 'echo hello from 10.0.2.15 > /dev/tcp/{GATEWAY}/{port}'"),
         )
         .await;
-        route
+        let egress = format!(
+            r#"bash -c 'exec 3<>/dev/tcp/{GATEWAY}/{}; printf "CONNECT 127.0.0.1:{web_port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n" >&3; cat <&3'"#,
+            egress::PROXY_PORT
+        );
+        (route, guest_sh(&client, egress).await)
     });
     let (mut conn, from) = listener.accept().unwrap();
     assert_eq!(from.ip(), std::net::IpAddr::V4(network::GUEST));
     let mut received = String::new();
     conn.read_to_string(&mut received).unwrap();
-    (route, received)
+    (route, received, via_proxy)
 }
 
 async fn guest_sh(client: &rewind_agent::client::AgentClient, script: String) -> String {
