@@ -1148,3 +1148,29 @@ fn egress_env_yields_to_the_callers_env() {
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["stdout"], "http://mine:1\n");
 }
+
+#[test]
+fn egress_plain_http_sends_one_request_with_the_uri_host_only() {
+    let key = user_key();
+    let vm = create_vm(&key, "egresspipe");
+    let (port, seen) = common::host_http_server_logged("one");
+    let two_requests = format!(
+        "printf 'GET http://127.0.0.1:{port}/a HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\nGET http://127.0.0.1:{port}/b HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n' | nc 127.0.0.1 3128"
+    );
+
+    let out = run(&key, &vm, &two_requests);
+
+    assert!(out["stdout"].as_str().unwrap().ends_with("one"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "exactly one request, nothing after it: {seen:?}"
+    );
+    assert!(
+        seen[0].starts_with("GET /a HTTP/1.1\r\nHost: 127.0.0.1:"),
+        "{seen:?}"
+    );
+    assert!(!seen[0].contains("evil"), "{seen:?}");
+}

@@ -185,7 +185,7 @@ fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
     let allow = std::sync::Arc::new(AllowList::parse(&["127.0.0.1".to_string()]).unwrap());
     let proxy_at = std::net::SocketAddr::from((GATEWAY, egress::PROXY_PORT));
     let proxy = host
-        .block_on(egress::spawn(&net.netns, proxy_at, allow))
+        .block_on(egress::spawn(&target(&net.netns, proxy_at), allow))
         .unwrap();
     let web_port = common::host_http_server("from-the-host");
     let console = tempfile::NamedTempFile::new().unwrap();
@@ -196,9 +196,9 @@ fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
         .join()
         .map_err(|_| console_tail(console.path()));
 
+    let agent_at = std::net::SocketAddr::from((network::GUEST, GUEST_AGENT_PORT));
     let from_host = host.block_on(network::connect_in(
-        &net.netns,
-        std::net::SocketAddr::from((network::GUEST, GUEST_AGENT_PORT)),
+        &target(&net.netns, agent_at),
         std::time::Duration::from_secs(5),
     ));
     let _ = qemu.0.kill();
@@ -348,4 +348,39 @@ fn console_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn target(netns: &Path, addr: std::net::SocketAddr) -> rewind::runtime::PortTarget {
+    rewind::runtime::PortTarget {
+        netns: netns.to_owned(),
+        addr,
+        guard: None,
+    }
+}
+
+#[tokio::test]
+async fn connect_in_refuses_the_service_namespace_and_a_gone_process() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let own = target(Path::new("/proc/self/ns/net"), addr);
+    let pid = std::process::id() as i32;
+    let mut gone = target(Path::new(&format!("/proc/{pid}/ns/net")), addr);
+    gone.guard = Some((pid, u64::MAX));
+
+    let own_err = network::connect_in(&own, std::time::Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    let gone_err = network::listen_in(&gone).await.unwrap_err();
+
+    assert!(
+        own_err
+            .to_string()
+            .contains("service's own network namespace"),
+        "{own_err}"
+    );
+    assert!(
+        gone_err
+            .to_string()
+            .contains(&format!("process {pid} is gone")),
+        "{gone_err}"
+    );
 }

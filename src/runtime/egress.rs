@@ -13,7 +13,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,8 @@ pub const PROXY_PORT: u16 = 3128;
 const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent connections per sandbox proxy (more are closed at once).
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// One `egress_allow` entry: `host`, `*.domain`, or an IP literal, each
 /// optionally with `:port` (any port otherwise).
@@ -120,7 +121,8 @@ fn valid_name(name: &str) -> bool {
         })
 }
 
-/// Whether `ip` is a public unicast address.
+/// Whether `ip` is a public unicast address. IPv6 forms that embed an
+/// IPv4 address (mapped, compatible, NAT64, 6to4) are judged by it.
 fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -134,18 +136,35 @@ fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
                 || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let embedded = |hi: u16, lo: u16| {
+                is_public(IpAddr::V4(std::net::Ipv4Addr::from(
+                    ((hi as u32) << 16) | lo as u32,
+                )))
+            };
+            if let Some(v4) = v6.to_ipv4() {
+                // ::ffff:a.b.c.d and the deprecated ::a.b.c.d
+                return !v6.is_unspecified() && !v6.is_loopback() && is_public(IpAddr::V4(v4));
             }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(s[6], s[7]);
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]);
+            }
+            !(v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0x2001 && s[1] == 0xdb8)
+                || s[..4] == [0x100, 0, 0, 0])
         }
     }
 }
@@ -217,26 +236,14 @@ impl Drop for EgressProxy {
     }
 }
 
-/// Listen on `listen` inside the network namespace `netns` and serve.
-pub async fn spawn(
-    netns: &Path,
-    listen: SocketAddr,
-    allow: Arc<AllowList>,
-) -> io::Result<EgressProxy> {
-    let listener = TcpListener::from_std(super::network::listen_in(netns, listen).await?)?;
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let allow = allow.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve(conn, &allow).await {
-                    tracing::debug!(error = %e, "egress connection ended");
-                }
-            });
-        }
+/// Listen on `at.addr` inside `at`'s network namespace and serve. At
+/// most [`MAX_CONNECTIONS`] at once; dropping the proxy ends them all.
+pub async fn spawn(at: &super::PortTarget, allow: Arc<AllowList>) -> io::Result<EgressProxy> {
+    let listen = at.addr;
+    let listener = TcpListener::from_std(super::network::listen_in(at).await?)?;
+    let task = super::network::serve_connections(listener, MAX_CONNECTIONS, move |conn| {
+        let allow = allow.clone();
+        async move { serve(conn, &allow).await }
     });
     Ok(EgressProxy { task, listen })
 }
@@ -278,15 +285,22 @@ async fn serve(mut conn: TcpStream, allow: &AllowList) -> io::Result<()> {
             .await
         }
     };
-    match &req.forward_head {
-        None => {
-            conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await?
-        }
-        Some(head) => upstream.write_all(head).await?,
-    }
-    upstream.write_all(&rest).await?;
-    tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
+    let Some(head) = &req.forward_head else {
+        conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await?;
+        upstream.write_all(&rest).await?;
+        tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
+        return Ok(());
+    };
+    // Plain HTTP: exactly this one request (head + Content-Length bytes) goes
+    // upstream; later bytes on the connection (pipelined requests, maybe for
+    // other hosts) are never forwarded.
+    upstream.write_all(head).await?;
+    let early = rest.len().min(req.body_len as usize);
+    upstream.write_all(&rest[..early]).await?;
+    let mut body = (&mut conn).take(req.body_len - early as u64);
+    tokio::io::copy(&mut body, &mut upstream).await?;
+    tokio::io::copy(&mut upstream, &mut conn).await?;
     Ok(())
 }
 
@@ -299,7 +313,8 @@ async fn reply(conn: &mut TcpStream, status: &str, message: &str) -> io::Result<
     conn.write_all(text.as_bytes()).await
 }
 
-/// Read until the end of the request head; returns (head, bytes after it).
+/// Read until httparse sees a complete request head (or an invalid one);
+/// returns (head, bytes after it).
 async fn read_head(conn: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
@@ -312,15 +327,15 @@ async fn read_head(conn: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(end + 4);
-            return Ok((buf, rest));
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        match httparse::Request::new(&mut headers).parse(&buf) {
+            Ok(httparse::Status::Complete(end)) => {
+                let rest = buf.split_off(end);
+                return Ok((buf, rest));
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
+            // Invalid or too large: `Request::parse` answers 400.
+            _ => return Ok((buf, Vec::new())),
         }
     }
 }
@@ -330,9 +345,12 @@ async fn read_head(conn: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
 struct Request {
     host: String,
     port: u16,
-    /// For plain HTTP: the head to send upstream (origin-form target,
-    /// `Connection: close`, no proxy headers). `None` for `CONNECT`.
+    /// For plain HTTP: the head to send upstream (origin-form target, `Host`
+    /// from the URI, `Connection: close`, no proxy headers). `None` for
+    /// `CONNECT`.
     forward_head: Option<Vec<u8>>,
+    /// Plain HTTP: the request body's length (`Content-Length`).
+    body_len: u64,
 }
 
 impl Request {
@@ -350,23 +368,48 @@ impl Request {
                 host,
                 port,
                 forward_head: None,
+                body_len: 0,
             });
         }
         let rest = target
-            .strip_prefix("http://")
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+            .map(|_| &target[7..])
             .ok_or("only CONNECT and absolute http:// requests are proxied")?;
-        let (authority, path) = rest
-            .find('/')
-            .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+        let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(cut);
         let (host, port) = split_authority(authority, Some(80)).ok_or("bad host in request URI")?;
-        let mut out = format!("{method} {path} HTTP/1.1\r\n");
+        let mut body_len = 0;
+        let host_header = match port {
+            80 => host.clone(),
+            p => format!("{host}:{p}"),
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else if path.is_empty() {
+            "/".into()
+        } else {
+            path.to_owned()
+        };
+        let mut out = format!("{method} {path} HTTP/1.1\r\nHost: {host_header}\r\n");
         for h in req.headers.iter() {
             let name = h.name.to_ascii_lowercase();
-            if matches!(
-                name.as_str(),
-                "connection" | "proxy-connection" | "keep-alive" | "proxy-authorization"
-            ) {
-                continue;
+            match name.as_str() {
+                "host"
+                | "connection"
+                | "proxy-connection"
+                | "keep-alive"
+                | "proxy-authorization" => continue,
+                "transfer-encoding" => {
+                    return Err("chunked request bodies are not proxied; use https")
+                }
+                "content-length" => {
+                    body_len = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or("bad Content-Length")?;
+                }
+                _ => {}
             }
             out.push_str(&format!(
                 "{}: {}\r\n",
@@ -379,6 +422,7 @@ impl Request {
             host,
             port,
             forward_head: Some(out.into_bytes()),
+            body_len,
         })
     }
 }
@@ -398,7 +442,9 @@ fn split_authority(authority: &str, default: Option<u16>) -> Option<(String, u16
         Some(p) => p.parse().ok().filter(|p| *p != 0)?,
         None => default?,
     };
-    (!host.is_empty()).then_some((host.to_ascii_lowercase(), port))
+    let host = host.to_ascii_lowercase();
+    let valid = host.parse::<IpAddr>().is_ok() || valid_name(host.trim_end_matches('.'));
+    valid.then_some((host, port))
 }
 
 #[cfg(test)]
@@ -502,5 +548,52 @@ mod tests {
         assert!(Request::parse(b"GET / HTTP/1.1\r\n\r\n").is_err());
         assert!(Request::parse(b"CONNECT pypi.org HTTP/1.1\r\n\r\n").is_err());
         assert!(Request::parse(b"CONNECT pypi.org:0 HTTP/1.1\r\n\r\n").is_err());
+        assert!(Request::parse(b"GET http://user@x.pypi.org/ HTTP/1.1\r\n\r\n").is_err());
+        assert!(Request::parse(b"CONNECT a%2eb:443 HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn request_parse_takes_host_from_the_uri_not_the_client() {
+        let get = Request::parse(
+            b"GET HTTP://pypi.org:8080?q=1 HTTP/1.0\r\nHost: other.example\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap();
+
+        let head = String::from_utf8(get.forward_head.unwrap()).unwrap();
+        assert_eq!(
+            head,
+            "GET /?q=1 HTTP/1.1\r\nHost: pypi.org:8080\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!((get.port, get.body_len), (8080, 3));
+    }
+
+    #[test]
+    fn request_parse_refuses_chunked_bodies() {
+        let err =
+            Request::parse(b"POST http://pypi.org/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap_err();
+
+        assert!(err.contains("chunked"), "{err}");
+    }
+
+    #[test]
+    fn is_public_judges_embedded_ipv4_and_special_ranges() {
+        for ip in [
+            "64:ff9b::a00:1",
+            "::10.0.0.1",
+            "2002:a00:1::1",
+            "2001::1",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "64:ff9b:1::1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["64:ff9b::9765:df", "2002:9765:df::1"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -65,6 +65,9 @@ pub struct PortTarget {
     /// A network namespace file (`/proc/<pid>/ns/net`, `/run/netns/...`).
     pub netns: PathBuf,
     pub addr: std::net::SocketAddr,
+    /// For a `/proc/<pid>/ns/net` path: that process's (pid, start time),
+    /// checked after the file is opened so a reused pid is never entered.
+    pub guard: Option<(i32, u64)>,
 }
 
 /// What a runtime remembers about a running sandbox; stored as JSON in the

@@ -26,6 +26,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::statfs::{statfs, FsType};
 use rtnetlink::{Handle, LinkUnspec};
+
+use super::PortTarget;
 use sha2::{Digest, Sha256};
 
 /// Where named network namespaces live (the `ip netns` convention).
@@ -209,44 +211,105 @@ pub async fn remove_orphans(owner: &str, keep: &[String]) -> Vec<String> {
     removed
 }
 
-/// Connect to `addr` from inside the network namespace `netns` (a socket's
-/// namespace is fixed when it is created, so the caller's threads never
-/// switch). The stream is non-blocking, ready for tokio.
+/// Connect to `target.addr` from inside `target`'s network namespace (a
+/// socket's namespace is fixed when it is created, so the caller's threads
+/// never switch). The stream is non-blocking, ready for tokio.
 pub async fn connect_in(
-    netns: &Path,
-    addr: std::net::SocketAddr,
+    target: &PortTarget,
     timeout: std::time::Duration,
 ) -> io::Result<std::net::TcpStream> {
-    let netns = netns.to_owned();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let connected = File::open(&netns)
-            .and_then(|ns| setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
-            .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout))
-            .and_then(|s| s.set_nonblocking(true).map(|()| s));
-        let _ = tx.send(connected);
-    });
-    rx.await
-        .map_err(|_| io::Error::other("connect thread panicked"))?
+    let target = target.clone();
+    in_netns_thread(target.clone(), move || {
+        let s = std::net::TcpStream::connect_timeout(&target.addr, timeout)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })
+    .await
 }
 
-/// A listening TCP socket on `addr` inside the network namespace `netns`
-/// (non-blocking, ready for tokio).
-pub async fn listen_in(
-    netns: &Path,
-    addr: std::net::SocketAddr,
-) -> io::Result<std::net::TcpListener> {
-    let netns = netns.to_owned();
+/// A listening TCP socket on `target.addr` inside `target`'s network
+/// namespace (non-blocking, ready for tokio).
+pub async fn listen_in(target: &PortTarget) -> io::Result<std::net::TcpListener> {
+    let addr = target.addr;
+    in_netns_thread(target.clone(), move || {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .await
+}
+
+/// Run `f` on a fresh thread that has entered `target`'s namespace. Refuses
+/// the service's own namespace, and a `/proc/<pid>` namespace whose process
+/// is no longer the one recorded (pid reuse).
+async fn in_netns_thread<T, F>(target: PortTarget, f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let bound = File::open(&netns)
-            .and_then(|ns| setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from))
-            .and_then(|()| std::net::TcpListener::bind(addr))
-            .and_then(|l| l.set_nonblocking(true).map(|()| l));
-        let _ = tx.send(bound);
+        let entered = enter_checked(&target).and_then(|()| f());
+        let _ = tx.send(entered);
     });
     rx.await
-        .map_err(|_| io::Error::other("listen thread panicked"))?
+        .map_err(|_| io::Error::other("network thread panicked"))?
+}
+
+fn enter_checked(target: &PortTarget) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = File::open(&target.netns)?;
+    if let Some((pid, start)) = target.guard {
+        if crate::runtime::cloud_hypervisor::process::proc_start_time(pid) != Some(start) {
+            return Err(io::Error::other(format!("process {pid} is gone")));
+        }
+    }
+    let host = std::fs::metadata("/proc/self/ns/net")?;
+    let entered = ns.metadata()?;
+    if (entered.dev(), entered.ino()) == (host.dev(), host.ino()) {
+        return Err(io::Error::other(format!(
+            "{} is the service's own network namespace",
+            target.netns.display()
+        )));
+    }
+    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// Accept connections on `listener` and run `handler` on each, at most `max`
+/// at once (more are closed at once). Aborting the returned task ends the
+/// listener and every connection it started.
+pub fn serve_connections<F, Fut>(
+    listener: tokio::net::TcpListener,
+    max: usize,
+    handler: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = io::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((conn, _)) if conns.len() < max => {
+                        let work = handler(conn);
+                        conns.spawn(async move {
+                            if let Err(e) = work.await {
+                                tracing::debug!(error = %e, "connection ended");
+                            }
+                        });
+                    }
+                    Ok((conn, peer)) => {
+                        tracing::warn!(%peer, max, "connection limit reached; closing");
+                        drop(conn);
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    })
 }
 
 /// Whether `path` is a mounted network namespace (not a leftover file).
@@ -265,7 +328,12 @@ where
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.await.expect("network thread panicked")
+    rx.await.unwrap_or_else(|_| {
+        Err(NetError::Enter {
+            path: PathBuf::from(NETNS_DIR),
+            source: io::Error::other("network thread panicked"),
+        })
+    })
 }
 
 /// On the calling (dedicated) thread: a new namespace, bind-mounted at `path`.
@@ -276,7 +344,10 @@ fn create(path: &Path) -> Result<(), NetError> {
     };
     std::fs::create_dir_all(NETNS_DIR).map_err(err)?;
     File::create(path).map_err(err)?;
-    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))?;
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e.into()));
+    }
     let bound = mount(
         Some("/proc/thread-self/ns/net"),
         path,

@@ -30,7 +30,7 @@ impl Sandboxes {
         let Some(at) = self.runtime.egress_listen(ctx, state) else {
             return;
         };
-        match egress::spawn(&at.netns, at.addr, allow).await {
+        match egress::spawn(&at, allow).await {
             Ok(proxy) => {
                 tracing::debug!(sandbox = %ctx.name, listen = %proxy.listen, "egress proxy open");
                 self.proxies().insert(ctx.name.clone(), proxy);

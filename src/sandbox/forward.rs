@@ -23,6 +23,8 @@ use crate::runtime::{network, PortTarget};
 
 /// How long a forwarded connection may take to reach the sandbox.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent connections per forward.
+const MAX_CONNECTIONS: usize = 256;
 
 /// Listener tasks by host port.
 pub(super) type Listeners = Arc<Mutex<HashMap<u16, JoinHandle<()>>>>;
@@ -92,7 +94,18 @@ impl Sandboxes {
             .db
             .call(move |c| Db::insert_forward(c, id, host_port, guest, desc.as_deref()))
             .await?;
-        self.serve_forward(&row.name, guest, listener);
+        self.serve_forward(row.id, guest, listener);
+        // A delete that started meanwhile may have listed the forwards
+        // before this one was recorded: undo it then.
+        let now = self.db.call(move |c| Db::sandbox_by_id(c, id)).await?;
+        if now.is_none_or(|r| r.status == SandboxStatus::Deleting) {
+            self.close_listeners(&[host_port]);
+            let _ = self
+                .db
+                .call(move |c| Db::delete_forward(c, id, host_port))
+                .await;
+            return Err(SandboxError::NotFound(format!("VM \"{name}\" not found")));
+        }
         tracing::info!(sandbox = %row.name, host_port, guest_port = guest, "port forward opened");
         Ok(fwd)
     }
@@ -154,7 +167,7 @@ impl Sandboxes {
             };
             match self.bind_forward(fwd.host_port).await {
                 Ok(listener) => {
-                    self.serve_forward(&sb.name, fwd.guest_port, listener);
+                    self.serve_forward(sb.id, fwd.guest_port, listener);
                     opened += 1;
                 }
                 Err(e) => {
@@ -182,22 +195,14 @@ impl Sandboxes {
         })
     }
 
-    fn serve_forward(&self, sandbox: &str, guest_port: u16, listener: TcpListener) {
+    /// Serve a forward of sandbox `sandbox_id` (looked up by id per
+    /// connection: a later sandbox with the same name is never reached).
+    fn serve_forward(&self, sandbox_id: i64, guest_port: u16, listener: TcpListener) {
         let host_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-        let (this, sandbox) = (self.clone(), sandbox.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (this, sandbox) = (this.clone(), sandbox.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = this.forward_one(&sandbox, guest_port, conn).await {
-                        tracing::debug!(sandbox, guest_port, error = %e, "forwarded connection ended");
-                    }
-                });
-            }
+        let this = self.clone();
+        let task = network::serve_connections(listener, MAX_CONNECTIONS, move |conn| {
+            let this = this.clone();
+            async move { this.forward_one(sandbox_id, guest_port, conn).await }
         });
         let old = self
             .forwards
@@ -220,19 +225,23 @@ impl Sandboxes {
 
     async fn forward_one(
         &self,
-        sandbox: &str,
+        sandbox_id: i64,
         guest_port: u16,
         mut inbound: TcpStream,
     ) -> std::io::Result<()> {
-        let key = sandbox.to_owned();
-        let row = self.db.call(move |c| Db::sandbox_by_name(c, &key)).await;
+        let row = self
+            .db
+            .call(move |c| Db::sandbox_by_id(c, sandbox_id))
+            .await;
         let target = row
             .ok()
             .flatten()
             .filter(|r| r.status == SandboxStatus::Running)
             .and_then(|r| self.target_of(&r, guest_port))
-            .ok_or_else(|| std::io::Error::other(format!("sandbox {sandbox} is not reachable")))?;
-        let out = network::connect_in(&target.netns, target.addr, CONNECT_TIMEOUT).await?;
+            .ok_or_else(|| {
+                std::io::Error::other(format!("sandbox {sandbox_id} is not reachable"))
+            })?;
+        let out = network::connect_in(&target, CONNECT_TIMEOUT).await?;
         let mut out = TcpStream::from_std(out)?;
         tokio::io::copy_bidirectional(&mut inbound, &mut out).await?;
         Ok(())

@@ -114,9 +114,19 @@ pub fn http_get(port: u16) -> std::io::Result<String> {
 /// An HTTP server on the host's loopback answering every request with
 /// `body`; returns its port.
 pub fn host_http_server(body: &'static str) -> u16 {
+    host_http_server_logged(body).0
+}
+
+/// Like [`host_http_server`], also recording every request head it got and
+/// any bytes that followed one on the same connection (within 300 ms).
+pub fn host_http_server_logged(
+    body: &'static str,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let mut head = Vec::new();
@@ -124,12 +134,23 @@ pub fn host_http_server(body: &'static str) -> u16 {
             while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
                 head.push(byte[0]);
             }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
             let reply = format!(
                 "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
             let _ = conn.write_all(reply.as_bytes());
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+            let mut extra = Vec::new();
+            let _ = conn.read_to_end(&mut extra);
+            if !extra.is_empty() {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&extra).into_owned());
+            }
         }
     });
-    port
+    (port, log)
 }

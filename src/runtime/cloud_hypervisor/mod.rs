@@ -290,6 +290,7 @@ impl Runtime for CloudHypervisorRuntime {
         sb.network.then(|| PortTarget {
             netns: network::netns_path(&self.config.owner, &sb.name),
             addr: std::net::SocketAddr::from((network::GUEST, port)),
+            guard: None,
         })
     }
 
@@ -298,6 +299,7 @@ impl Runtime for CloudHypervisorRuntime {
         sb.network.then(|| PortTarget {
             netns: network::netns_path(&self.config.owner, &sb.name),
             addr: std::net::SocketAddr::from((network::GATEWAY, super::egress::PROXY_PORT)),
+            guard: None,
         })
     }
 

@@ -343,12 +343,6 @@ fn command(
         .stdout(out)
         .stderr(err)
         .kill_on_drop(false);
-    let fd = listener.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, fcntl, setsid) on fds it owns.
-    unsafe {
-        cmd.pre_exec(move || hand_over_api_fd(fd));
-    }
     if let Some(path) = &paths.netns {
         let ns = std::fs::File::open(path).map_err(|source| ProcessError::Netns {
             path: path.clone(),
@@ -361,6 +355,14 @@ fn command(
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(Into::into)
             });
         }
+    }
+    let fd = listener.as_raw_fd();
+    // After the namespace switch (registered first): dup2 onto fd 3 must not
+    // clobber the namespace fd.
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe functions (dup2, fcntl, setsid) on fds it owns.
+    unsafe {
+        cmd.pre_exec(move || hand_over_api_fd(fd));
     }
     Ok(cmd)
 }

@@ -111,7 +111,10 @@ pub async fn launch(
     process::remove_if_exists(&layout.api_socket);
     layout.remove_vsock_sockets();
     if layout.network {
-        network::ensure(&cfg.owner, &layout.sandbox).await?;
+        if let Err(e) = network::ensure(&cfg.owner, &layout.sandbox).await {
+            remove_network(cfg, layout).await;
+            return Err(e.into());
+        }
     }
     let p = match ChProcess::spawn(layout.process_paths(cfg)).await {
         Ok(p) => p,

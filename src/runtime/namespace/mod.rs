@@ -303,6 +303,7 @@ impl Runtime for NamespaceRuntime {
         (proc_starttime(s.pid) == Some(s.starttime)).then(|| PortTarget {
             netns: PathBuf::from(format!("/proc/{}/ns/net", s.pid)),
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            guard: Some((s.pid, s.starttime)),
         })
     }
 
