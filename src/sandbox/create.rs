@@ -71,17 +71,23 @@ impl Sandboxes {
                 }
                 other => other.into(),
             })?;
+        // Storage first: a failed create leaves nothing, so the rollback only
+        // removes the row (never storage this request did not make, e.g. a
+        // sandbox startup recovery left in place for lack of a row).
+        if let Err(e) = self.create_storage(&name, from.as_ref()).await {
+            self.rollback_row(&row, &name).await;
+            return Err(match e {
+                SandboxError::Storage(StorageError::AlreadyExists { .. }) => {
+                    SandboxError::Conflict(format!(
+                        "the storage pool already holds a sandbox \"{name}\" that the database does not know; \
+                         delete it from the pool or pick another name"
+                    ))
+                }
+                other => other,
+            });
+        }
         match self.provision(&row, &name, from).await {
             Ok(row) => Ok(row),
-            Err(SandboxError::Storage(StorageError::AlreadyExists { .. })) => {
-                // Storage left by an earlier database (startup recovery left it
-                // in place on purpose): never ours to delete.
-                self.rollback_row(&row, &name).await;
-                Err(SandboxError::Conflict(format!(
-                    "the storage pool already holds a sandbox \"{name}\" that the database does not know; \
-                     delete it from the pool or pick another name"
-                )))
-            }
             Err(e) => {
                 self.rollback_create(&row, &name).await;
                 Err(e)
@@ -89,22 +95,29 @@ impl Sandboxes {
         }
     }
 
+    async fn create_storage(
+        &self,
+        name: &SandboxName,
+        from: Option<&ForkSource>,
+    ) -> Result<(), SandboxError> {
+        let opts = CreateOptions {
+            owner: self.runtime.workspace_owner(),
+            fork_from: from.map(|f| (f.sandbox.clone(), f.snapshot.clone())),
+            ..Default::default()
+        };
+        let n = name.clone();
+        self.blocking(move |s| s.create_workspace(&n, &opts))
+            .await
+            .map(drop)
+    }
+
+    /// Start the runtime on the created storage and record the sandbox.
     async fn provision(
         &self,
         row: &SandboxRow,
         name: &SandboxName,
         from: Option<ForkSource>,
     ) -> Result<SandboxRow, SandboxError> {
-        let opts = CreateOptions {
-            owner: self.runtime.workspace_owner(),
-            fork_from: from
-                .as_ref()
-                .map(|f| (f.sandbox.clone(), f.snapshot.clone())),
-            ..Default::default()
-        };
-        let n = name.clone();
-        self.blocking(move |s| s.create_workspace(&n, &opts))
-            .await?;
         let ctx = self.context(name);
         let state = match &from {
             Some(f) if f.with_memory => self.start_forked_vm(&ctx, f).await?,
