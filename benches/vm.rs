@@ -67,18 +67,8 @@ async fn timed<F: std::future::Future>(samples: &mut Vec<f64>, f: F) -> F::Outpu
 }
 
 async fn delete(client: &Client, path: &str) {
-    let resp = client
-        .http
-        .delete(format!("{}{path}", client.base))
-        .header("x-api-key", &client.key)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "DELETE {path}: {}",
-        resp.status()
-    );
+    let status = client.delete(path).await;
+    assert!(status.is_success(), "DELETE {path}: {status}");
 }
 
 async fn bench_create(client: &Client, n: usize) -> Vec<String> {

@@ -126,11 +126,16 @@ fn create_vm(key: &str, prefix: &str) -> String {
 }
 
 fn run(key: &str, vm: &str, command: &str) -> Value {
+    run_with_env(key, vm, command, json!({}))
+}
+
+/// `run` with the `env` extension.
+fn run_with_env(key: &str, vm: &str, command: &str, env: Value) -> Value {
     let (status, body) = call(
         "POST",
         &format!("/vms/{vm}/run"),
         Some(key),
-        Some(json!({"command": command})),
+        Some(json!({"command": command, "env": env})),
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     body
@@ -1091,16 +1096,7 @@ fn egress_proxy_reaches_allowed_hosts_only() {
     let key = user_key();
     let vm = create_vm(&key, "egress");
     let port = common::host_http_server("from-the-host");
-    let run_env = |command: String| {
-        let (status, body) = call(
-            "POST",
-            &format!("/vms/{vm}/run"),
-            Some(&key),
-            Some(json!({"command": command, "env": {"no_proxy": ""}})),
-        );
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    };
+    let run_env = |command: String| run_with_env(&key, &vm, &command, json!({"no_proxy": ""}));
 
     let proxy = run_env("echo $http_proxy $HTTPS_PROXY".into());
     let plain = run_env(format!("wget -q -O- http://127.0.0.1:{port}/"));
@@ -1139,13 +1135,12 @@ fn egress_proxy_reaches_allowed_hosts_only() {
 fn egress_env_yields_to_the_callers_env() {
     let key = user_key();
     let vm = create_vm(&key, "egressenv");
-    let (status, out) = call(
-        "POST",
-        &format!("/vms/{vm}/run"),
-        Some(&key),
-        Some(json!({"command": "echo $https_proxy", "env": {"https_proxy": "http://mine:1"}})),
+    let out = run_with_env(
+        &key,
+        &vm,
+        "echo $https_proxy",
+        json!({"https_proxy": "http://mine:1"}),
     );
-    assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["stdout"], "http://mine:1\n");
 }
 

@@ -61,22 +61,22 @@ async fn ensure_creates_tap_with_gateway_inside_a_named_namespace_only() {
     let net = network::ensure(&owner, "box").await.unwrap();
 
     assert!(
-        network::is_netns(&net.netns),
+        network::is_netns(&net),
         "{} is not an nsfs mount",
-        net.netns.display()
+        net.display()
     );
-    let link = ip_netns(&net.netns, &["-o", "link", "show", TAP]);
+    let link = ip_netns(&net, &["-o", "link", "show", TAP]);
     assert!(link.contains("tap0") && link.contains(",UP"), "{link}");
-    let addr = ip_netns(&net.netns, &["-o", "-4", "addr", "show", TAP]);
+    let addr = ip_netns(&net, &["-o", "-4", "addr", "show", TAP]);
     assert!(addr.contains(&format!("inet {GATEWAY}/24")), "{addr}");
-    let lo = ip_netns(&net.netns, &["-o", "link", "show", "lo"]);
+    let lo = ip_netns(&net, &["-o", "link", "show", "lo"]);
     assert!(lo.contains(",UP"), "{lo}");
     assert_eq!(
         host_links(),
         before,
         "nothing may appear in the host namespace"
     );
-    let tun_flags = ip_netns(&net.netns, &["-d", "link", "show", TAP]);
+    let tun_flags = ip_netns(&net, &["-d", "link", "show", TAP]);
     assert!(
         tun_flags.contains("tap") && tun_flags.contains("vnet_hdr"),
         "{tun_flags}"
@@ -89,15 +89,15 @@ async fn ensure_creates_tap_with_gateway_inside_a_named_namespace_only() {
 async fn ensure_twice_reuses_the_namespace_and_keeps_one_address() {
     let owner = owner("twice");
     let first = network::ensure(&owner, "box").await.unwrap();
-    let held = File::open(&first.netns).unwrap();
+    let held = File::open(&first).unwrap();
 
     let second = network::ensure(&owner, "box").await.unwrap();
 
     assert_eq!(first, second);
-    let same = File::open(&second.netns).unwrap();
+    let same = File::open(&second).unwrap();
     let ino = |f: &File| std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
     assert_eq!(ino(&held), ino(&same), "the namespace was replaced");
-    let addr = ip_netns(&second.netns, &["-o", "-4", "addr", "show", TAP]);
+    let addr = ip_netns(&second, &["-o", "-4", "addr", "show", TAP]);
     assert_eq!(addr.matches("inet ").count(), 1, "{addr}");
     network::remove(&owner, "box").await.unwrap();
 }
@@ -106,13 +106,13 @@ async fn ensure_twice_reuses_the_namespace_and_keeps_one_address() {
 async fn remove_deletes_the_tap_and_the_namespace_file() {
     let owner = owner("remove");
     let net = network::ensure(&owner, "box").await.unwrap();
-    let held = File::open(&net.netns).unwrap();
+    let held = File::open(&net).unwrap();
     let held_again = held.try_clone().unwrap();
     assert!(links_in(held).contains("tap0:"));
 
     network::remove(&owner, "box").await.unwrap();
 
-    assert!(!net.netns.exists());
+    assert!(!net.exists());
     assert!(
         !links_in(held_again).contains("tap0:"),
         "tap0 outlived its sandbox"
@@ -130,7 +130,7 @@ async fn ensure_replaces_a_leftover_plain_file() {
 
     let net = network::ensure(&owner, "box").await.unwrap();
 
-    assert!(network::is_netns(&net.netns));
+    assert!(network::is_netns(&net));
     network::remove(&owner, "box").await.unwrap();
 }
 
@@ -185,20 +185,20 @@ fn guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway() {
     let allow = std::sync::Arc::new(AllowList::parse(&["127.0.0.1".to_string()]).unwrap());
     let proxy_at = std::net::SocketAddr::from((GATEWAY, egress::PROXY_PORT));
     let proxy = host
-        .block_on(egress::spawn(&target(&net.netns, proxy_at), allow))
+        .block_on(egress::spawn(&target(&net, proxy_at), allow))
         .unwrap();
     let web_port = common::host_http_server("from-the-host");
     let console = tempfile::NamedTempFile::new().unwrap();
-    let mut qemu = Qemu(spawn_qemu_in(&net.netns, &guest, console.path()));
+    let mut qemu = Qemu(spawn_qemu_in(&net, &guest, console.path()));
 
-    let ns = File::open(&net.netns).unwrap();
+    let ns = File::open(&net).unwrap();
     let seen = std::thread::spawn(move || talk_to_guest_from_inside(ns, web_port))
         .join()
         .map_err(|_| console_tail(console.path()));
 
     let agent_at = std::net::SocketAddr::from((network::GUEST, GUEST_AGENT_PORT));
     let from_host = host.block_on(network::connect_in(
-        &target(&net.netns, agent_at),
+        &target(&net, agent_at),
         std::time::Duration::from_secs(5),
     ));
     let _ = qemu.0.kill();

@@ -29,6 +29,25 @@ impl Client {
         assert!(status.is_success(), "{path}: {status} {value}");
         value
     }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = self.request(reqwest::Method::GET, path).await;
+        resp.json().await.expect("json")
+    }
+
+    /// `DELETE path`; the status (callers decide whether failure matters).
+    pub async fn delete(&self, path: &str) -> reqwest::StatusCode {
+        self.request(reqwest::Method::DELETE, path).await.status()
+    }
+
+    async fn request(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .expect("request")
+    }
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -80,23 +99,9 @@ pub fn data_dir(name: &str) -> PathBuf {
 }
 
 pub async fn delete_all_vms(client: &Client) {
-    let vms: Value = client
-        .http
-        .get(format!("{}/vms", client.base))
-        .header("x-api-key", &client.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let vms = client.get("/vms").await;
     for vm in vms["vms"].as_array().unwrap() {
         let name = vm["name"].as_str().unwrap();
-        let _ = client
-            .http
-            .delete(format!("{}/vms/{name}", client.base))
-            .header("x-api-key", &client.key)
-            .send()
-            .await;
+        let _ = client.delete(&format!("/vms/{name}")).await;
     }
 }

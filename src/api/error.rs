@@ -65,23 +65,25 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+/// Log a server-side error with the request's id; returns the id.
+fn logged_request_id(error: &str, what: &str) -> String {
+    let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
+    tracing::error!(request_id = %request_id, error = %error, "{what}");
+    request_id
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let body = match &self {
-            ApiError::Internal { detail } => {
-                let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
-                tracing::error!(request_id = %request_id, error = %detail, "internal error");
-                json!({
-                    "error": "Internal server error",
-                    "request_id": request_id,
-                })
-            }
-            ApiError::Runtime(message) => {
-                let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
-                tracing::error!(request_id = %request_id, error = %message, "runtime error");
-                json!({ "error": message, "request_id": request_id })
-            }
+            ApiError::Internal { detail } => json!({
+                "error": "Internal server error",
+                "request_id": logged_request_id(detail, "internal error"),
+            }),
+            ApiError::Runtime(message) => json!({
+                "error": message,
+                "request_id": logged_request_id(message, "runtime error"),
+            }),
             other => json!({ "error": other.to_string() }),
         };
         (status, Json(body)).into_response()

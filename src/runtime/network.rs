@@ -79,17 +79,6 @@ pub enum NetError {
     },
 }
 
-/// One sandbox's network as the hypervisor and guest see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxNet {
-    /// The namespace file to `setns` into.
-    pub netns: PathBuf,
-    pub tap: String,
-    pub guest: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub prefix: u8,
-}
-
 /// A sandbox's network as the API shows it (`network_config` of
 /// `GET /vms/:name`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -123,12 +112,13 @@ pub fn netns_path(owner: &str, sandbox: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(format!("{}{sandbox}", owner_prefix(owner)))
 }
 
-/// Create (or complete) the sandbox's namespace and TAP. Idempotent: an
-/// existing namespace is reused and its TAP and addresses re-checked.
-pub async fn ensure(owner: &str, sandbox: &str) -> Result<SandboxNet, NetError> {
+/// Create (or complete) the sandbox's namespace and TAP; returns the
+/// namespace file. Idempotent: an existing namespace is reused and its TAP
+/// and addresses re-checked.
+pub async fn ensure(owner: &str, sandbox: &str) -> Result<PathBuf, NetError> {
     let path = netns_path(owner, sandbox);
     let p = path.clone();
-    on_thread(move || {
+    on_ns_thread(move || {
         if is_netns(&p) {
             enter(&p)?;
         } else {
@@ -138,13 +128,7 @@ pub async fn ensure(owner: &str, sandbox: &str) -> Result<SandboxNet, NetError> 
         configure(&p)
     })
     .await?;
-    Ok(SandboxNet {
-        netns: path,
-        tap: TAP.into(),
-        guest: GUEST,
-        gateway: GATEWAY,
-        prefix: PREFIX,
-    })
+    Ok(path)
 }
 
 /// Delete the TAP and the namespace. Idempotent. A process still inside the
@@ -158,7 +142,7 @@ async fn remove_path(path: PathBuf) -> Result<(), NetError> {
         return Ok(());
     }
     let p = path.clone();
-    on_thread(move || {
+    on_ns_thread(move || {
         if is_netns(&p) {
             enter(&p)?;
             delete_tap(&p)?;
@@ -218,9 +202,9 @@ pub async fn connect_in(
     target: &PortTarget,
     timeout: std::time::Duration,
 ) -> io::Result<std::net::TcpStream> {
-    let target = target.clone();
+    let addr = target.addr;
     in_netns_thread(target.clone(), move || {
-        let s = std::net::TcpStream::connect_timeout(&target.addr, timeout)?;
+        let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         s.set_nonblocking(true)?;
         Ok(s)
     })
@@ -247,13 +231,9 @@ where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let entered = enter_checked(&target).and_then(|()| f());
-        let _ = tx.send(entered);
-    });
-    rx.await
-        .map_err(|_| io::Error::other("network thread panicked"))?
+    on_thread(move || enter_checked(&target).and_then(|()| f()))
+        .await
+        .unwrap_or_else(|| Err(io::Error::other("network thread panicked")))
 }
 
 fn enter_checked(target: &PortTarget) -> io::Result<()> {
@@ -318,17 +298,26 @@ pub fn is_netns(path: &Path) -> bool {
 }
 
 /// Run `f` on a fresh thread (which may change its network namespace freely)
-/// and await its result.
-async fn on_thread<T, F>(f: F) -> Result<T, NetError>
+/// and await its result; `None` if the thread panicked.
+async fn on_thread<T, F>(f: F) -> Option<T>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, NetError> + Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.await.unwrap_or_else(|_| {
+    rx.await.ok()
+}
+
+/// [`on_thread`] for the namespace operations.
+async fn on_ns_thread<T, F>(f: F) -> Result<T, NetError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetError> + Send + 'static,
+{
+    on_thread(f).await.unwrap_or_else(|| {
         Err(NetError::Enter {
             path: PathBuf::from(NETNS_DIR),
             source: io::Error::other("network thread panicked"),

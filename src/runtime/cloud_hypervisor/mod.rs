@@ -172,6 +172,19 @@ impl CloudHypervisorRuntime {
         self.process(name).map(|p| (p.id, p.ready_after))
     }
 
+    /// `addr` in the sandbox's network namespace; `None` without networking.
+    fn in_sandbox_netns(
+        &self,
+        sb: &SandboxContext,
+        addr: impl Into<std::net::SocketAddr>,
+    ) -> Option<PortTarget> {
+        sb.network.then(|| PortTarget {
+            netns: network::netns_path(&self.config.owner, &sb.name),
+            addr: addr.into(),
+            guard: None,
+        })
+    }
+
     fn process(&self, name: &str) -> Option<Arc<ChProcess>> {
         self.live.lock().expect("live map").get(name).cloned()
     }
@@ -287,20 +300,12 @@ impl Runtime for CloudHypervisorRuntime {
         _state: &RuntimeState,
         port: u16,
     ) -> Option<PortTarget> {
-        sb.network.then(|| PortTarget {
-            netns: network::netns_path(&self.config.owner, &sb.name),
-            addr: std::net::SocketAddr::from((network::GUEST, port)),
-            guard: None,
-        })
+        self.in_sandbox_netns(sb, (network::GUEST, port))
     }
 
     /// The gateway address in the sandbox's namespace (the TAP's side).
     fn egress_listen(&self, sb: &SandboxContext, _state: &RuntimeState) -> Option<PortTarget> {
-        sb.network.then(|| PortTarget {
-            netns: network::netns_path(&self.config.owner, &sb.name),
-            addr: std::net::SocketAddr::from((network::GATEWAY, super::egress::PROXY_PORT)),
-            guard: None,
-        })
+        self.in_sandbox_netns(sb, (network::GATEWAY, super::egress::PROXY_PORT))
     }
 
     fn network(&self, sb: &SandboxContext) -> Option<NetworkInfo> {
