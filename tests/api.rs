@@ -801,6 +801,27 @@ fn sandboxes_are_isolated_from_each_other() {
 }
 
 #[test]
+fn reading_a_file_in_the_sandbox_does_not_change_it() {
+    let key = user_key();
+    let vm = create_vm(&key, "noatime");
+    // An access time older than the modification time: a `relatime` mount
+    // would update it on the next read (and copy the inode into the next
+    // snapshot).
+    run(&key, &vm, "echo x > f && touch -a -d @1000 f");
+
+    let out = run(
+        &key,
+        &vm,
+        "stat -c %X f; cat f >/dev/null; stat -c %X f; grep ' /workspace ' /proc/self/mountinfo",
+    );
+
+    let stdout = out["stdout"].as_str().unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["1000", "1000"], "{out}");
+    assert!(lines[2].contains("noatime"), "{out}");
+}
+
+#[test]
 fn snapshot_after_run_holds_exactly_what_the_command_wrote() {
     let key = user_key();
     let vm = create_vm(&key, "exact");

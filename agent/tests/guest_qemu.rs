@@ -245,6 +245,7 @@ async fn guest_boots_under_qemu_and_agent_serves_workspace() -> Result<()> {
     assert!(uname.starts_with("Linux rewind "), "uname: {uname:?}");
     let mounts = sh(&client, "grep ' /workspace ' /proc/mounts").await?;
     assert!(mounts.contains(" ext4 "), "workspace mount: {mounts:?}");
+    assert!(mounts.contains("noatime"), "workspace mount: {mounts:?}");
     assert_eq!(
         sh(&client, "echo hi > /workspace/f && cat /workspace/f").await?,
         "hi\n"

@@ -18,7 +18,11 @@
 //! `<data>/pool`. A pool that is already mounted there is reused, so
 //! opening twice or after a service restart never double-mounts; after a
 //! reboot it is mounted again. Pool setup is serialized across processes by
-//! `flock(<data>/.pool.lock)`.
+//! `flock(<data>/.pool.lock)`. The pool is mounted `noatime` (a reused
+//! mount without it is bind-remounted `noatime`), so reading a file never
+//! dirties its inode and a read-only command leaves nothing for the next
+//! snapshot to copy; a data dir that is already on Btrfs keeps its owner's
+//! mount options (a warning is logged when it updates access times).
 //!
 //! # On-disk layout (inside the pool)
 //!

@@ -1,6 +1,13 @@
 //! Finding or making the Btrfs pool: the data dir itself when it is on
 //! Btrfs, else a sparse image file, formatted once and loop-mounted
 //! (again after every reboot) at `<data>/pool`.
+//!
+//! The pool is mounted `noatime`: with access times, reading a file changes
+//! its inode, so a read-only command (`grep -r`) would copy the metadata of
+//! every file it read into the next snapshot — measured on a 20k-file
+//! workspace, the snapshot after reading every file took 177 ms instead of
+//! 7 ms. Sandboxes see their workspace through bind mounts of the pool,
+//! which inherit the flag.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
@@ -10,6 +17,7 @@ use std::process::Command;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
+use nix::sys::statvfs::{statvfs, FsFlags};
 
 use crate::btrfs;
 use crate::error::StorageError;
@@ -43,6 +51,13 @@ pub(crate) fn ensure(cfg: &PoolConfig) -> Result<Pool, StorageError> {
     }
     fs::create_dir_all(data_dir).map_err(|e| StorageError::io("create", data_dir, e))?;
     if on_btrfs(data_dir) {
+        if !is_noatime(data_dir) {
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "the data dir's Btrfs mount updates access times: every file a command reads \
+                 is copied into the next snapshot's metadata; mount it with noatime"
+            );
+        }
         let quotas = qgroup::quotas_on(data_dir);
         return Ok(Pool {
             path: data_dir.to_owned(),
@@ -56,6 +71,7 @@ pub(crate) fn ensure(cfg: &PoolConfig) -> Result<Pool, StorageError> {
         let image = ensure_image(cfg)?;
         mount_image(&image, &pool)?;
     }
+    ensure_noatime(&pool)?;
     Ok(Pool {
         path: pool.clone(),
         quotas: qgroup::quotas_on(&pool),
@@ -140,7 +156,7 @@ fn mount_image(image: &Path, target: &Path) -> Result<(), StorageError> {
         Some(&dev.path),
         target,
         Some("btrfs"),
-        MsFlags::empty(),
+        MsFlags::MS_NOATIME,
         None::<&str>,
     );
     match result {
@@ -151,6 +167,39 @@ fn mount_image(image: &Path, target: &Path) -> Result<(), StorageError> {
         Err(nix::errno::Errno::ENODEV) if !btrfs_supported() => Err(StorageError::BtrfsUnsupported),
         Err(e) => Err(mount_err(e.into())),
     }
+}
+
+fn is_noatime(path: &Path) -> bool {
+    statvfs(path).is_ok_and(|s| s.flags().contains(FsFlags::ST_NOATIME))
+}
+
+/// Makes our pool mount `noatime` if it is not (a pool mounted by an older
+/// rewind): a bind remount changes only this mount's flags, keeping the
+/// others it has.
+fn ensure_noatime(pool: &Path) -> Result<(), StorageError> {
+    let flags = statvfs(pool)
+        .map_err(|e| StorageError::io("statvfs", pool, e.into()))?
+        .flags();
+    if flags.contains(FsFlags::ST_NOATIME) {
+        return Ok(());
+    }
+    let keep = [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+    ];
+    let mut ms = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOATIME;
+    for (st, m) in keep {
+        if flags.contains(st) {
+            ms |= m;
+        }
+    }
+    mount(None::<&str>, pool, None::<&str>, ms, None::<&str>)
+        .map_err(|e| StorageError::io("remount noatime", pool, e.into()))?;
+    tracing::info!(pool = %pool.display(), "remounted the pool noatime");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
+
+use nix::mount::MsFlags;
 
 use common::{config, manifest, mutate, populate, sandbox, snap, Manifest};
 use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
@@ -496,6 +499,59 @@ fn open_remounts_after_unmount() {
         fs::read(s.workspace_path(&sb).join("kept")).unwrap(),
         b"survives"
     );
+    s.delete_sandbox(&sb).unwrap();
+    s.flush_background();
+}
+
+/// Access time of `path` in nanoseconds.
+fn atime(path: &Path) -> i128 {
+    let m = fs::metadata(path).unwrap();
+    i128::from(m.atime()) * 1_000_000_000 + i128::from(m.atime_nsec())
+}
+
+fn is_noatime(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .unwrap()
+        .flags()
+        .contains(nix::sys::statvfs::FsFlags::ST_NOATIME)
+}
+
+#[test]
+fn reads_leave_files_unchanged_and_an_old_relatime_pool_is_remounted_noatime() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = open();
+    let pool = s.pool_path().to_owned();
+    let sb = sandbox("noatime");
+    let live = s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    let file = live.join("read-me");
+    fs::write(&file, b"content").unwrap();
+    // An access time older than the modification time: under `relatime`
+    // the next read would update it.
+    let past = nix::sys::time::TimeSpec::new(1_000, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &file,
+        &past,
+        &nix::sys::time::TimeSpec::UTIME_OMIT,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )
+    .unwrap();
+    let before = atime(&file);
+
+    assert!(is_noatime(&pool), "the pool is mounted noatime");
+    assert_eq!(fs::read(&file).unwrap(), b"content");
+    assert_eq!(atime(&file), before, "a read changed the file's atime");
+
+    // A pool mounted by an older rewind (relatime) is fixed by the next open.
+    let relatime = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RELATIME;
+    nix::mount::mount(None::<&str>, &pool, None::<&str>, relatime, None::<&str>).unwrap();
+    assert!(!is_noatime(&pool));
+    drop(s);
+    let s = open();
+    assert!(is_noatime(&pool), "open remounts the pool noatime");
+    assert_eq!(common::mount_count(&pool), 1);
+    assert_eq!(fs::read(&file).unwrap(), b"content");
+    assert_eq!(atime(&file), before);
     s.delete_sandbox(&sb).unwrap();
     s.flush_background();
 }

@@ -83,7 +83,10 @@ fn mount_blocking(workspace: &Path, device: Option<&Path>) -> Result<(), OpError
         Some(device),
         workspace,
         Some("ext4"),
-        MsFlags::empty(),
+        // Reads must not dirty inodes: the host snapshots this disk after
+        // every command, and an access-time update would make each read
+        // a write to copy.
+        MsFlags::MS_NOATIME,
         None::<&str>,
     )
     .map_err(|e| OpError::io("mount ext4 from", device)(e.into()))
