@@ -807,18 +807,33 @@ fn reading_a_file_in_the_sandbox_does_not_change_it() {
     // An access time older than the modification time: a `relatime` mount
     // would update it on the next read (and copy the inode into the next
     // snapshot).
-    run(&key, &vm, "echo x > f && touch -a -d @1000 f");
+    let written = run(&key, &vm, "echo x > f && touch -a -d @1000 f")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let check =
+        "stat -c %X f; cat f >/dev/null; stat -c %X f; grep ' /workspace ' /proc/self/mountinfo";
 
-    let out = run(
-        &key,
-        &vm,
-        "stat -c %X f; cat f >/dev/null; stat -c %X f; grep ' /workspace ' /proc/self/mountinfo",
-    );
+    let out = run(&key, &vm, check);
 
     let stdout = out["stdout"].as_str().unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[..2], ["1000", "1000"], "{out}");
     assert!(lines[2].contains("noatime"), "{out}");
+
+    // Restoring mounts a new workspace into the running sandbox: same rule.
+    let (status, _) = call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{written}/restore"),
+        Some(&key),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK);
+    let out = run(&key, &vm, check);
+    let stdout = out["stdout"].as_str().unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["1000", "1000"], "after restore: {out}");
+    assert!(lines[2].contains("noatime"), "after restore: {out}");
 }
 
 #[test]
