@@ -151,7 +151,14 @@ fn run(s: &Storage, w: &Workload) -> String {
     let mut snaps = Vec::new();
     let mut unchanged = Vec::new();
     for i in 0..w.iterations {
-        fs::write(live.join("iteration"), i.to_string()).unwrap();
+        if std::env::var("REWIND_BENCH_WRITE").as_deref() == Ok("spread") && w.files > 0 {
+            let k = (i * 7919 + 4567) % w.files;
+            let path = live.join(format!("d{:04}/f{k}", k / 1000));
+            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(i.to_string().as_bytes()).unwrap();
+        } else {
+            fs::write(live.join("iteration"), i.to_string()).unwrap();
+        }
         let snap: SnapshotName = name(&format!("s{i}"));
         let started = Instant::now();
         s.snapshot(&sb, &snap, SnapshotKind::Auto).unwrap();
