@@ -2,14 +2,18 @@
 # Service-level per-command snapshot latency as a sandbox's history grows:
 # a workspace of DIRS directories of 1000 files (default 20: 20k files), then
 # N runs that each append to one file, printing the p50/p90 of `snapshotMs`
-# per block of 100 runs. Root; needs a release build and the base image.
-# Usage: [DIRS=20] docs/scripts/history-probe.sh [N=600]
+# per block of 100 runs. MAX sets storage.max_auto_snapshots (default: the
+# service default, 1000) to see the steady state where every run also
+# prunes the oldest snapshot. Root; needs a release build and the base image.
+# Usage: [DIRS=20] [MAX=100] docs/scripts/history-probe.sh [N=600]
 set -u
 N=${1:-600}; DIRS=${DIRS:-20}; D=/var/tmp/history-probe; PORT=$((4600 + RANDOM % 300))
 BIN=${REWIND_BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 BASE=${REWIND_BASE_IMAGE:-/var/lib/rewind/images/base/rootfs}
 umount $D/pool 2>/dev/null; rm -rf $D; mkdir -p $D
-REWIND_BASE_IMAGE=$BASE REWIND_DATA_DIR=$D PORT=$PORT REWIND_RUNTIME=namespace REWIND_AGENT_BINARY=$BIN/rewind-agent \
+CONF=
+if [ -n "${MAX:-}" ]; then CONF=$D/rewind.toml; printf '[storage]\nmax_auto_snapshots = %d\n' "$MAX" >$CONF; fi
+env ${CONF:+REWIND_CONFIG=$CONF} REWIND_BASE_IMAGE=$BASE REWIND_DATA_DIR=$D PORT=$PORT REWIND_RUNTIME=namespace REWIND_AGENT_BINARY=$BIN/rewind-agent \
   "$BIN/rewind" serve 2>$D/log &
 SRV=$!
 for i in $(seq 600); do curl -sf localhost:$PORT/health >/dev/null && break; sleep 0.5; done

@@ -113,7 +113,11 @@
 //! sandboxes run in parallel. A background thread empties the trash and
 //! prunes the oldest `Auto` snapshots beyond
 //! [`PoolConfig::max_auto_snapshots`]; `Kept` snapshots are never pruned.
-//! [`Storage::flush_background`] waits for it.
+//! When its queue runs empty after deleting, it commits with
+//! `BTRFS_IOC_SYNC`, which wakes the kernel's cleaner so deleted subvolumes
+//! are dropped now instead of at the next 30 s tick (until then they keep
+//! their back references and slow every snapshot down).
+//! [`Storage::flush_background`] waits for it, that commit included.
 //!
 //! Sizes come from each snapshot's level-0 quota group as of the last
 //! committed transaction ([`Storage::sync`] commits); they are `None` when

@@ -503,6 +503,58 @@ fn open_remounts_after_unmount() {
     s.flush_background();
 }
 
+/// Subvolumes deleted but not yet dropped by the kernel's cleaner.
+fn deleted_not_cleaned(pool: &Path) -> usize {
+    let out = Command::new("btrfs")
+        .args(["subvolume", "list", "-d"])
+        .arg(pool)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn pruned_snapshots_are_dropped_by_the_kernel_promptly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cfg = config(DATA_DIR);
+    cfg.max_auto_snapshots = 2;
+    let s = Storage::open(cfg).unwrap();
+    let pool = s.pool_path().to_owned();
+    s.flush_background();
+    // Let earlier tests' deletions (some by killed children) be dropped
+    // first: a sync wakes the cleaner, which then runs until none is left.
+    s.sync().unwrap();
+    let settled = std::time::Instant::now();
+    while deleted_not_cleaned(&pool) > 0 && settled.elapsed().as_secs() < 40 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let sb = sandbox("cleaner");
+    let live = s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    for i in 0..12 {
+        fs::write(live.join("f"), i.to_string()).unwrap();
+        s.snapshot(&sb, &snap(&format!("p{i}")), SnapshotKind::Auto)
+            .unwrap();
+    }
+
+    s.flush_background();
+
+    assert_eq!(s.list_snapshots(&sb).unwrap().len(), 2);
+    // The kernel wakes its cleaner only every 30 s by itself; the worker's
+    // commit after deleting wakes it at once.
+    let started = std::time::Instant::now();
+    while deleted_not_cleaned(&pool) > 0 {
+        assert!(
+            started.elapsed().as_secs() < 3,
+            "{} pruned snapshots still not dropped after 3 s",
+            deleted_not_cleaned(&pool)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    s.delete_sandbox(&sb).unwrap();
+    s.flush_background();
+}
+
 /// Access time of `path` in nanoseconds.
 fn atime(path: &Path) -> i128 {
     let m = fs::metadata(path).unwrap();
