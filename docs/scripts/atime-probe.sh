@@ -7,16 +7,9 @@
 # them twice; prints `snapshotMs` of each run. Root; needs a release build
 # and the base image. Usage: [DIRS=20] docs/scripts/atime-probe.sh
 set -u
-DIRS=${DIRS:-20}; D=/var/tmp/atime-probe; PORT=$((4600 + RANDOM % 300))
-BIN=${REWIND_BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
-BASE=${REWIND_BASE_IMAGE:-/var/lib/rewind/images/base/rootfs}
-umount $D/pool 2>/dev/null; rm -rf $D; mkdir -p $D
-REWIND_BASE_IMAGE=$BASE REWIND_DATA_DIR=$D PORT=$PORT REWIND_RUNTIME=namespace REWIND_AGENT_BINARY=$BIN/rewind-agent \
-  "$BIN/rewind" serve 2>$D/log &
-SRV=$!
-for i in $(seq 600); do curl -sf localhost:$PORT/health >/dev/null && break; sleep 0.5; done
-K=$(curl -s -XPOST localhost:$PORT/api-keys | jq -r .key); [ -n "$K" ] && [ "$K" != null ] || { echo "server did not start"; tail -5 $D/log; exit 1; }
-H="x-api-key: $K"; J="content-type: application/json"
+DIRS=${DIRS:-20}
+. "$(dirname "$0")/serve.sh"
+serve_fresh /var/tmp/atime-probe
 runms() {
   jq -n --arg c "$2" '{command: $c, timeout: 300}' |
     curl -s -XPOST -H "$H" -H "$J" localhost:$PORT/vms/$1/run -d @- | jq -r '"\(.snapshotMs) (exec \(.execMs))"'
@@ -33,5 +26,4 @@ for mode in relatime noatime; do
   echo "| $mode | $p | $g1 | $g2 | $e |"
   curl -s -XDELETE -H "$H" localhost:$PORT/vms/$mode >/dev/null
 done
-kill $SRV; wait $SRV 2>/dev/null
-umount $D/pool 2>/dev/null
+stop_server

@@ -3,17 +3,10 @@
 # 20 runs; prints the latencies in order. Root; needs a release build and the
 # base image. Usage: docs/scripts/quota-probe.sh <true|false>
 set -u
-Q=$1; D=/var/tmp/quota-probe-$Q; PORT=$((4100 + RANDOM % 500))
-BIN=${REWIND_BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
-BASE=${REWIND_BASE_IMAGE:-/var/lib/rewind/images/base/rootfs}
-umount $D/pool 2>/dev/null; rm -rf $D; mkdir -p $D
-printf "[storage]\nquotas = %s\n" "$Q" > $D/c.toml
-REWIND_BASE_IMAGE=$BASE REWIND_DATA_DIR=$D PORT=$PORT REWIND_RUNTIME=namespace REWIND_AGENT_BINARY=$BIN/rewind-agent \
-  "$BIN/rewind" --config $D/c.toml serve 2>$D/log &
-SRV=$!
-for i in $(seq 600); do curl -sf localhost:$PORT/health >/dev/null && break; sleep 0.5; done
-K=$(curl -s -XPOST localhost:$PORT/api-keys | jq -r .key); [ -n "$K" ] && [ "$K" != null ] || { echo "server did not start"; tail -5 $D/log; exit 1; }
-H="x-api-key: $K"; J="content-type: application/json"
+Q=$1
+. "$(dirname "$0")/serve.sh"
+printf "[storage]\nquotas = %s\n" "$Q" > /tmp/quota-probe-$Q.toml
+serve_fresh /var/tmp/quota-probe-$Q /tmp/quota-probe-$Q.toml
 curl -s -XPOST -H "$H" -H "$J" localhost:$PORT/vms -d '{"name":"q"}' >/dev/null
 A=$(curl -s -XPOST -H "$H" -H "$J" localhost:$PORT/vms/q/run -d '{"command":"mkdir -p t && cd t && for d in $(seq 20); do mkdir $d; (cd $d && seq 1000 | xargs touch); done; find . | wc -l","timeout":300}' | jq -r .snapshot)
 B=$(curl -s -XPOST -H "$H" -H "$J" localhost:$PORT/vms/q/run -d '{"command":"echo x > t/1/1"}' | jq -r .snapshot)
@@ -29,5 +22,4 @@ echo "quotas=$Q restore ms: ${T[*]}"
 echo "quotas=$Q run-snapshot ms after restores: ${R[*]}"
 curl -s -H "$H" localhost:$PORT/vms/q/snapshots | jq -c '[.snapshots[] | [.snapshot_name, .exclusive_bytes, .referenced_bytes]] | .[0:3]'
 curl -s -XDELETE -H "$H" localhost:$PORT/vms/q >/dev/null
-kill $SRV; wait $SRV 2>/dev/null
-umount $D/pool 2>/dev/null
+stop_server
