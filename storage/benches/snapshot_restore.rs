@@ -148,10 +148,11 @@ fn run(s: &Storage, w: &Workload) -> String {
     let live = s.create_workspace(&sb, &CreateOptions::default()).unwrap();
     populate(&live, w);
     settle(s);
+    let spread = std::env::var("REWIND_BENCH_WRITE").as_deref() == Ok("spread") && w.files > 0;
     let mut snaps = Vec::new();
     let mut unchanged = Vec::new();
     for i in 0..w.iterations {
-        if std::env::var("REWIND_BENCH_WRITE").as_deref() == Ok("spread") && w.files > 0 {
+        if spread {
             let k = (i * 7919 + 4567) % w.files;
             let path = live.join(format!("d{:04}/f{k}", k / 1000));
             let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
@@ -184,7 +185,6 @@ fn run(s: &Storage, w: &Workload) -> String {
         settle(s);
     }
     let tag = w.label.replace(' ', "");
-    settle(s);
     let cp = time_copy(
         s,
         &live,
