@@ -4,11 +4,9 @@ use rusqlite::{params, Connection, Row};
 
 use super::{now, query_err, Db, DbError};
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ForwardRow {
-    #[serde(skip)]
     pub id: i64,
-    #[serde(skip)]
     pub sandbox_id: i64,
     pub host_port: u16,
     pub guest_port: u16,

@@ -26,7 +26,7 @@ impl Sandboxes {
     pub(super) async fn finish_delete(&self, row: &SandboxRow) -> Result<(), SandboxError> {
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context(&sandbox);
-        self.close_forwards_of(row.id).await?;
+        self.close_forwards_of(row.id);
         self.close_egress(&row.name);
         self.runtime.stop(&ctx, &row.runtime_state).await?;
         let n = sandbox.clone();

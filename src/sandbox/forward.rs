@@ -26,8 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent connections per forward.
 const MAX_CONNECTIONS: usize = 256;
 
-/// Listener tasks by host port.
-pub(super) type Listeners = Arc<Mutex<HashMap<u16, JoinHandle<()>>>>;
+/// Listener tasks by host port, with the id of the sandbox they lead to.
+pub(super) type Listeners = Arc<Mutex<HashMap<u16, (i64, JoinHandle<()>)>>>;
 
 /// A forward to create.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -87,14 +87,17 @@ impl Sandboxes {
         let listener = self.bind_forward(req.host_port.unwrap_or(0)).await?;
         let host_port = listener
             .local_addr()
-            .map_err(io_err("read listener address"))?
+            .map_err(|source| SandboxError::Io {
+                op: "read listener address",
+                source,
+            })?
             .port();
         let (id, guest, desc) = (row.id, req.guest_port, req.description.clone());
         let fwd = self
             .db
             .call(move |c| Db::insert_forward(c, id, host_port, guest, desc.as_deref()))
             .await?;
-        self.serve_forward(row.id, guest, listener);
+        self.serve_forward(row.id, host_port, guest, listener);
         // A delete that started meanwhile may have listed the forwards
         // before this one was recorded: undo it then.
         let now = self.db.call(move |c| Db::sandbox_by_id(c, id)).await?;
@@ -144,14 +147,14 @@ impl Sandboxes {
     }
 
     /// Close the listeners of a sandbox being deleted (its rows go with it).
-    pub(super) async fn close_forwards_of(&self, sandbox_id: i64) -> Result<(), SandboxError> {
-        let rows = self
-            .db
-            .call(move |c| Db::list_forwards(c, Some(sandbox_id)))
-            .await?;
-        let ports: Vec<u16> = rows.iter().map(|f| f.host_port).collect();
-        self.close_listeners(&ports);
-        Ok(())
+    pub(super) fn close_forwards_of(&self, sandbox_id: i64) {
+        let mut map = self.forwards.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (id, task)| {
+            if *id == sandbox_id {
+                task.abort();
+            }
+            *id != sandbox_id
+        });
     }
 
     /// At startup: open every recorded forward again. A port that cannot be
@@ -159,19 +162,15 @@ impl Sandboxes {
     /// restart).
     pub async fn open_recorded_forwards(&self) -> Result<usize, SandboxError> {
         let rows = self.db.call(|c| Db::list_forwards(c, None)).await?;
-        let sandboxes = self.db.call(|c| Db::list_sandboxes(c, None)).await?;
         let mut opened = 0;
         for fwd in rows {
-            let Some(sb) = sandboxes.iter().find(|s| s.id == fwd.sandbox_id) else {
-                continue;
-            };
             match self.bind_forward(fwd.host_port).await {
                 Ok(listener) => {
-                    self.serve_forward(sb.id, fwd.guest_port, listener);
+                    self.serve_forward(fwd.sandbox_id, fwd.host_port, fwd.guest_port, listener);
                     opened += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(sandbox = %sb.name, host_port = fwd.host_port, error = %e, "cannot reopen port forward")
+                    tracing::warn!(sandbox_id = fwd.sandbox_id, host_port = fwd.host_port, error = %e, "cannot reopen port forward")
                 }
             }
         }
@@ -197,27 +196,28 @@ impl Sandboxes {
 
     /// Serve a forward of sandbox `sandbox_id` (looked up by id per
     /// connection: a later sandbox with the same name is never reached).
-    fn serve_forward(&self, sandbox_id: i64, guest_port: u16, listener: TcpListener) {
-        let host_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    fn serve_forward(
+        &self,
+        sandbox_id: i64,
+        host_port: u16,
+        guest_port: u16,
+        listener: TcpListener,
+    ) {
         let this = self.clone();
         let task = network::serve_connections(listener, MAX_CONNECTIONS, move |conn| {
             let this = this.clone();
             async move { this.forward_one(sandbox_id, guest_port, conn).await }
         });
-        let old = self
-            .forwards
+        self.forwards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(host_port, task);
-        if let Some(old) = old {
-            old.abort();
-        }
+            .insert(host_port, (sandbox_id, task));
     }
 
     fn close_listeners(&self, ports: &[u16]) {
         let mut map = self.forwards.lock().unwrap_or_else(|p| p.into_inner());
         for port in ports {
-            if let Some(task) = map.remove(port) {
+            if let Some((_, task)) = map.remove(port) {
                 task.abort();
             }
         }
@@ -252,10 +252,6 @@ impl Sandboxes {
         self.runtime
             .port_target(&self.context(&name), &row.runtime_state, port)
     }
-}
-
-fn io_err(op: &'static str) -> impl FnOnce(std::io::Error) -> SandboxError {
-    move |source| SandboxError::Io { op, source }
 }
 
 #[cfg(test)]

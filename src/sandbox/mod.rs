@@ -241,13 +241,13 @@ impl Sandboxes {
         Ok(self.db.call(move |c| Db::list_sandboxes(c, owner)).await?)
     }
 
-    /// Whether the sandbox's agent answers a ping right now.
     /// The sandbox's network (guest address, MAC, namespace), if it has one.
     pub fn network(&self, name: &str) -> Option<crate::runtime::network::NetworkInfo> {
         let name: SandboxName = name.parse().ok()?;
         self.runtime.network(&self.context(&name))
     }
 
+    /// Whether the sandbox's agent answers a ping right now.
     pub async fn agent_healthy(&self, name: &str) -> bool {
         let Some(entry) = self.entry(name) else {
             return false;
