@@ -36,6 +36,10 @@ pub enum SavedError {
     },
     #[error("saved VM config {path} has no {field}")]
     MissingField { path: PathBuf, field: &'static str },
+    #[error(
+        "the saved state has a network device but networking is off ([network] enabled = false)"
+    )]
+    NetworkOff,
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SavedError {
@@ -78,6 +82,9 @@ pub fn save_state_disk(layout: &Layout, dir: &Path) -> Result<(), SavedError> {
 /// symlinked (CH only reads them; `vm.restore` copies memory in), `config.json` rewritten to this sandbox's
 /// disk, vsock and serial paths; the state disk put back in place.
 pub fn prepare_restore(layout: &Layout, saved: &Path) -> Result<PathBuf, SavedError> {
+    // First the config: it may refuse the restore, before anything changes.
+    let config = read_config(&saved.join(CONFIG_FILE))?;
+    let config = rewrite_config(config, layout, &saved.join(CONFIG_FILE))?;
     let target = &layout.restore_dir;
     discard(target);
     std::fs::create_dir_all(target).map_err(io("cannot create", target))?;
@@ -92,8 +99,6 @@ pub fn prepare_restore(layout: &Layout, saved: &Path) -> Result<PathBuf, SavedEr
         std::os::unix::fs::symlink(entry.path(), &to)
             .map_err(io("cannot link saved state to", &to))?;
     }
-    let config = read_config(&saved.join(CONFIG_FILE))?;
-    let config = rewrite_config(config, layout, &saved.join(CONFIG_FILE))?;
     let out = target.join(CONFIG_FILE);
     let text = serde_json::to_vec_pretty(&config).expect("a JSON value serializes");
     std::fs::write(&out, text).map_err(io("cannot write", &out))?;
@@ -101,12 +106,6 @@ pub fn prepare_restore(layout: &Layout, saved: &Path) -> Result<PathBuf, SavedEr
     std::fs::copy(&disk, &layout.state_disk)
         .map_err(io("cannot restore state disk from", &disk))?;
     Ok(target.clone())
-}
-
-/// Whether the (prepared) saved state at `dir` has a network device.
-pub fn has_network_device(dir: &Path) -> bool {
-    read_config(&dir.join(CONFIG_FILE))
-        .is_ok_and(|cfg| cfg["net"].as_array().is_some_and(|n| !n.is_empty()))
 }
 
 fn read_config(path: &Path) -> Result<Value, SavedError> {
@@ -119,8 +118,13 @@ fn read_config(path: &Path) -> Result<Value, SavedError> {
 
 /// Point the saved config at this sandbox's files. Network devices get this
 /// sandbox's MAC (a fork gets its own, a restore keeps its own); their TAP
-/// name stays (every sandbox namespace has the same).
+/// name stays (every sandbox namespace has the same). A config with a
+/// network device is refused while networking is off: CH would create its
+/// TAP in the service's own namespace.
 fn rewrite_config(mut cfg: Value, layout: &Layout, path: &Path) -> Result<Value, SavedError> {
+    if !layout.network && cfg["net"].as_array().is_some_and(|n| !n.is_empty()) {
+        return Err(SavedError::NetworkOff);
+    }
     let missing = |field| SavedError::MissingField {
         path: path.to_path_buf(),
         field,
@@ -169,7 +173,9 @@ mod tests {
                 pids: 64,
                 vcpus: 1,
             },
-            network: false,
+            // The saved configs below have a NIC, which only restores with
+            // networking on.
+            network: true,
         })
     }
 
@@ -215,14 +221,16 @@ mod tests {
     }
 
     #[test]
-    fn has_network_device_reads_the_saved_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join(CONFIG_FILE);
-        std::fs::write(&cfg, r#"{"net": [{"tap": "tap0"}]}"#).unwrap();
-        assert!(has_network_device(dir.path()));
-        std::fs::write(&cfg, r#"{"net": null}"#).unwrap();
+    fn rewrite_config_refuses_a_network_device_while_networking_is_off() {
+        let mut l = layout(Path::new("/new"));
+        l.network = false;
+        let with_nic = serde_json::json!({"disks": [], "vsock": {}, "net": [{"tap": "tap0"}]});
+        let without = serde_json::json!({"disks": [], "vsock": {}, "net": null});
 
-        assert!(!has_network_device(dir.path()));
+        let err = rewrite_config(with_nic, &l, Path::new("c.json")).unwrap_err();
+
+        assert!(matches!(err, SavedError::NetworkOff));
+        assert!(rewrite_config(without, &l, Path::new("c.json")).is_ok());
     }
 
     #[test]

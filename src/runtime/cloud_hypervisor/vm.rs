@@ -45,10 +45,6 @@ pub enum VmError {
     },
     #[error(transparent)]
     Network(#[from] NetError),
-    #[error(
-        "the saved state has a network device but networking is off ([network] enabled = false)"
-    )]
-    NetworkOff,
     #[error("disk {id} was not {what} within {after:?} (the guest must acknowledge hot-plug)")]
     Hotplug {
         id: String,
@@ -159,9 +155,6 @@ async fn bring_up(
         }
         Launch::Restore(dir) => {
             let prepared = saved::prepare_restore(layout, dir)?;
-            if saved::has_network_device(&prepared) && !layout.network {
-                return Err(VmError::NetworkOff);
-            }
             let restore = RestoreConfig {
                 source_url: super::api::file_url(&prepared),
                 prefault: None,
