@@ -212,9 +212,7 @@ impl Layout {
             ..VmConfig::default()
         }
     }
-}
 
-impl Layout {
     fn cmdline(&self, guest: &GuestImage) -> String {
         match self.network {
             true => format!("{} {}", guest.cmdline, network::guest_cmdline()),
@@ -231,9 +229,7 @@ impl Layout {
             extra: Default::default(),
         }
     }
-}
 
-impl Layout {
     /// The guest MAC: derived from the sandbox name, so it survives reboots
     /// and restores, and a fork (another name) gets its own.
     pub fn mac(&self) -> String {

@@ -31,7 +31,7 @@ use self::client::ChClient;
 use self::layout::{GuestImage, Layout};
 use self::process::{ChProcess, ProcessId};
 use self::vm::{ChState, Launch, VmError};
-pub use super::chain;
+use super::chain;
 use super::network::{self, NetworkInfo};
 use super::{
     Attached, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
@@ -309,12 +309,11 @@ impl Runtime for CloudHypervisorRuntime {
     }
 
     fn network(&self, sb: &SandboxContext) -> Option<NetworkInfo> {
-        let layout = Layout::new(sb);
         sb.network.then(|| NetworkInfo {
             ip: network::GUEST,
             prefix: network::PREFIX,
             gateway: network::GATEWAY,
-            mac_address: layout.mac(),
+            mac_address: Layout::new(sb).mac(),
             network_interface: network::TAP.into(),
             netns: network::netns_path(&self.config.owner, &sb.name),
         })

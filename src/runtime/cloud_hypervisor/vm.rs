@@ -106,17 +106,17 @@ pub async fn launch(
     layout::ensure_ext4_image(&layout.state_disk, cfg.state_disk_size, "rewind-state")?;
     process::remove_if_exists(&layout.api_socket);
     layout.remove_vsock_sockets();
-    if layout.network {
-        if let Err(e) = network::ensure(&cfg.owner, &layout.sandbox).await {
-            remove_network(cfg, layout).await;
-            return Err(e.into());
+    let spawned = async {
+        if layout.network {
+            network::ensure(&cfg.owner, &layout.sandbox).await?;
         }
-    }
-    let p = match ChProcess::spawn(layout.process_paths(cfg)).await {
+        Ok::<_, VmError>(ChProcess::spawn(layout.process_paths(cfg)).await?)
+    };
+    let p = match spawned.await {
         Ok(p) => p,
         Err(e) => {
             remove_network(cfg, layout).await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     let result = bring_up(cfg, guest, sb, layout, how, &p).await;
