@@ -20,9 +20,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{row, Client};
+use common::{row, timed, Client};
 use rewind::config::{Config, Overrides};
 use serde_json::json;
 
@@ -68,11 +68,11 @@ async fn start() -> (Client, tokio::task::JoinHandle<()>) {
 async fn run_samples(client: &Client, vm: &str, iters: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut total, mut exec, mut snap) = (vec![], vec![], vec![]);
     for _ in 0..iters {
-        let t = Instant::now();
-        let out = client
-            .post(&format!("/vms/{vm}/run"), json!({"command": "true"}))
-            .await;
-        total.push(t.elapsed().as_secs_f64() * 1000.0);
+        let out = timed(
+            &mut total,
+            client.post(&format!("/vms/{vm}/run"), json!({"command": "true"})),
+        )
+        .await;
         exec.push(out["execMs"].as_f64().unwrap());
         snap.push(out["snapshotMs"].as_f64().unwrap());
     }
@@ -118,21 +118,22 @@ async fn bench_lifecycle(client: &Client, iters: usize) -> Vec<String> {
     let mut create = vec![];
     for i in 0..iters {
         let name = format!("bench-life-{i}");
-        let t = Instant::now();
-        client.post("/vms", json!({"name": name})).await;
-        client
-            .post(&format!("/vms/{name}/run"), json!({"command": "true"}))
-            .await;
-        create.push(t.elapsed().as_secs_f64() * 1000.0);
+        timed(&mut create, async {
+            client.post("/vms", json!({"name": name})).await;
+            client
+                .post(&format!("/vms/{name}/run"), json!({"command": "true"}))
+                .await;
+        })
+        .await;
     }
     client.post("/vms/bench-life-0/run", json!({"command": "cd /tmp && (sleep 600 >/dev/null 2>&1 &); seq 1 1000 | xargs -n 100 touch"})).await;
     let mut restore = vec![];
     for _ in 0..iters * 2 {
-        let t = Instant::now();
-        client
-            .post("/vms/bench-life-0/snapshots/initial/restore", json!({}))
-            .await;
-        restore.push(t.elapsed().as_secs_f64() * 1000.0);
+        timed(
+            &mut restore,
+            client.post("/vms/bench-life-0/snapshots/initial/restore", json!({})),
+        )
+        .await;
     }
     vec![
         row("create sandbox → first command finished", create),
@@ -153,10 +154,7 @@ fn main() {
         let (client, server) = start().await;
         let client = std::sync::Arc::new(client);
         common::delete_all_vms(&client).await;
-        let mut lines = vec![
-            "| measurement | n | p50 ms | p99 ms |".to_string(),
-            "|---|---|---|---|".to_string(),
-        ];
+        let mut lines = common::header();
         lines.extend(bench_runs(&client, iters).await);
         lines.extend(bench_lifecycle(&client, (iters / 10).max(5)).await);
         common::delete_all_vms(&client).await;

@@ -26,9 +26,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use common::{row, Client};
+use common::{row, timed, Client};
 use rewind::config::{Config, Overrides};
 use rewind::runtime::cloud_hypervisor::CloudHypervisorRuntime;
 use serde_json::json;
@@ -57,13 +56,6 @@ fn config() -> Config {
     config.limits.memory_mb = 512;
     config.limits.vcpus = 1;
     config
-}
-
-async fn timed<F: std::future::Future>(samples: &mut Vec<f64>, f: F) -> F::Output {
-    let t = Instant::now();
-    let out = f.await;
-    samples.push(t.elapsed().as_secs_f64() * 1000.0);
-    out
 }
 
 async fn delete(client: &Client, path: &str) {
@@ -167,10 +159,7 @@ fn main() {
     rt.block_on(async {
         let (client, server) = common::start(config).await;
         common::delete_all_vms(&client).await;
-        let mut lines = vec![
-            "| measurement | n | p50 ms | p99 ms |".to_string(),
-            "|---|---|---|---|".to_string(),
-        ];
+        let mut lines = common::header();
         lines.extend(bench_create(&client, n.div_ceil(4).max(3)).await);
         client.post("/vms", json!({ "name": VM })).await;
         lines.extend(bench_runs(&client, n * 5).await);

@@ -9,9 +9,9 @@ use rewind::config::Config;
 use serde_json::{json, Value};
 
 pub struct Client {
-    pub http: reqwest::Client,
-    pub base: String,
-    pub key: String,
+    http: reqwest::Client,
+    base: String,
+    key: String,
 }
 
 impl Client {
@@ -48,6 +48,22 @@ impl Client {
             .await
             .expect("request")
     }
+}
+
+/// Awaits `f`, adding its wall time in ms to `samples`.
+pub async fn timed<F: std::future::Future>(samples: &mut Vec<f64>, f: F) -> F::Output {
+    let t = std::time::Instant::now();
+    let out = f.await;
+    samples.push(t.elapsed().as_secs_f64() * 1000.0);
+    out
+}
+
+/// The table's header lines, for [`row`].
+pub fn header() -> Vec<String> {
+    vec![
+        "| measurement | n | p50 ms | p99 ms |".to_string(),
+        "|---|---|---|---|".to_string(),
+    ]
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
