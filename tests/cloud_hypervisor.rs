@@ -97,6 +97,9 @@ impl Drop for Fixture {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        if !self.sandbox.network {
+            return;
+        }
         let (owner, name) = (self.config().owner, self.sandbox.name.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

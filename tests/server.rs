@@ -325,17 +325,15 @@ fn restart_keeps_sandboxes_snapshots_and_processes() {
     assert_eq!(status, 201, "{fwd}");
     let host_port = fwd["host_port"].as_u64().unwrap() as u16;
     let page = get_until_ok(host_port);
-    let (_, diag) = server.req(
-        "POST",
-        "/vms/keep/run",
-        Some(&key),
-        Some(json!({"command": "ps -ef; cat /tmp/web.log"})),
-    );
-    assert!(
-        page.contains(" 200 ") && page.ends_with("page\n"),
-        "forward: {page}\n{}",
-        diag["stdout"]
-    );
+    if !(page.contains(" 200 ") && page.ends_with("page\n")) {
+        let (_, diag) = server.req(
+            "POST",
+            "/vms/keep/run",
+            Some(&key),
+            Some(json!({"command": "ps -ef; cat /tmp/web.log"})),
+        );
+        panic!("forward: {page}\n{}", diag["stdout"]);
+    }
     assert!(server.stop(nix::sys::signal::Signal::SIGTERM).success());
 
     let server = Server::start(&dir);
