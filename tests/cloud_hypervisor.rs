@@ -12,9 +12,12 @@
 //! (agent over vsock, snapshots, restore, fork) is `e2e_real_kvm`, ignored
 //! here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{host_links, ip_netns};
 use rewind::runtime::cloud_hypervisor::api::{ConsoleMode, VmState};
 use rewind::runtime::cloud_hypervisor::client::{ChClient, ClientError};
 use rewind::runtime::cloud_hypervisor::layout::{ensure_ext4_image, Layout};
@@ -403,12 +406,7 @@ async fn restoring_a_saved_nic_with_networking_off_is_refused() {
     });
     std::fs::write(saved.join("config.json"), config.to_string()).unwrap();
     std::fs::write(saved.join("state.ext4"), b"").unwrap();
-    let host_taps = || {
-        std::fs::read_to_string("/proc/self/net/dev")
-            .unwrap()
-            .matches("tap")
-            .count()
-    };
+    let host_taps = || host_links().iter().filter(|l| l.contains("tap")).count();
     let taps_before = host_taps();
     let rt = fx.runtime();
 
@@ -519,22 +517,13 @@ fn ns_inode(path: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }
 
-fn ip_link_in(netns: &Path, dev: &str) -> String {
-    let name = netns.file_name().unwrap().to_str().unwrap();
-    let out = std::process::Command::new("ip")
-        .args(["-netns", name, "-o", "link", "show", dev])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
 #[tokio::test]
 async fn network_vm_runs_in_its_own_namespace_on_its_tap() {
     let Some(mut fx) = Fixture::new("network_vm_runs_in_its_own_namespace_on_its_tap") else {
         return;
     };
     fx.sandbox.network = true;
-    let host_before = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let host_before = host_links();
     let rt = fx.runtime();
     let netns = network::netns_path(&fx.config().owner, &fx.sandbox.name);
 
@@ -570,17 +559,11 @@ async fn network_vm_runs_in_its_own_namespace_on_its_tap() {
     );
     assert_ne!(ns_inode(&ch_ns), ns_inode(Path::new("/proc/self/ns/net")));
     // A TAP has carrier only while a process holds it open: CH opened this one.
-    let tap = ip_link_in(&netns, "tap0");
+    let tap = ip_netns(&netns, &["-o", "link", "show", "tap0"]);
     assert!(tap.contains("LOWER_UP"), "{tap}");
-    let host_after = std::fs::read_to_string("/proc/self/net/dev").unwrap();
-    let names = |dev: &str| -> Vec<String> {
-        dev.lines()
-            .filter_map(|l| Some(l.split_once(':')?.0.trim().to_string()))
-            .collect()
-    };
     assert_eq!(
-        names(&host_after),
-        names(&host_before),
+        host_links(),
+        host_before,
         "a device appeared in the host namespace"
     );
 

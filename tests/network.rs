@@ -9,6 +9,7 @@ use std::process::Command;
 
 mod common;
 
+use common::{host_links, ip_netns};
 use rewind::runtime::egress::{self, AllowList};
 use rewind::runtime::network::{self, GATEWAY, TAP};
 
@@ -16,31 +17,6 @@ use rewind::runtime::network::{self, GATEWAY, TAP};
 /// each other's namespaces.
 fn owner(test: &str) -> String {
     format!("/tests/network/{test}/{}", std::process::id())
-}
-
-fn ip_netns(ns: &Path, args: &[&str]) -> String {
-    let name = ns.file_name().unwrap().to_str().unwrap();
-    let out = Command::new("ip")
-        .args(["-netns", name])
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn host_links() -> Vec<String> {
-    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
-    let mut links: Vec<String> = dev
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_string()))
-        .collect();
-    links.sort();
-    links
 }
 
 /// Device names in the namespace behind `ns` (an open namespace file).

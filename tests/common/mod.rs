@@ -154,3 +154,30 @@ pub fn host_http_server_logged(
     });
     (port, log)
 }
+
+/// `ip -netns <name of ns> args…`, which must succeed; its stdout.
+pub fn ip_netns(ns: &Path, args: &[&str]) -> String {
+    let name = ns.file_name().unwrap().to_str().unwrap();
+    let out = Command::new("ip")
+        .args(["-netns", name])
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Network devices of the host namespace, sorted.
+pub fn host_links() -> Vec<String> {
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let mut links: Vec<String> = dev
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_string()))
+        .collect();
+    links.sort();
+    links
+}
