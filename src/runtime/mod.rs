@@ -171,9 +171,10 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// Where the sandbox's egress proxy listens ([`egress`]): a network
-    /// namespace and an address in it; `None` when it has no network.
-    fn egress_listen(&self, _sb: &SandboxContext, _state: &RuntimeState) -> Option<PortTarget> {
-        None
+    /// namespace and an address in it; `None` when it has no network. By
+    /// default the proxy port as [`Runtime::port_target`] reaches it.
+    fn egress_listen(&self, sb: &SandboxContext, state: &RuntimeState) -> Option<PortTarget> {
+        self.port_target(sb, state, egress::PROXY_PORT)
     }
 
     /// The sandbox's network beyond loopback, if it has one.

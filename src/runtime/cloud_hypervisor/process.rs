@@ -442,7 +442,7 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     // "pid (comm) state ppid ..." — comm may contain spaces and ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split_whitespace();
-    if fields.next()? == "Z" {
+    if matches!(fields.next()?, "Z" | "X") {
         return None;
     }
     // `rest` starts at field 3 (state); field 22 is 19 further.

@@ -307,11 +307,6 @@ impl Runtime for NamespaceRuntime {
         })
     }
 
-    /// The sandbox's own loopback.
-    fn egress_listen(&self, sb: &SandboxContext, state: &RuntimeState) -> Option<PortTarget> {
-        self.port_target(sb, state, super::egress::PROXY_PORT)
-    }
-
     fn transport(&self, sb: &SandboxContext, state: &RuntimeState) -> Transport {
         let socket = serde_json::from_value::<NsState>(state.clone())
             .map(|s| s.socket)
@@ -415,15 +410,9 @@ fn log_tail(path: &Path, max: usize) -> String {
 }
 
 /// Start time of a live (non-zombie) process, or `None`.
+/// The pid's start time, `None` once it is gone or a zombie.
 fn proc_starttime(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; fields after it are space-separated.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    crate::runtime::cloud_hypervisor::process::proc_start_time(pid)
 }
 
 fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
