@@ -281,10 +281,7 @@ impl Config {
             return invalid("storage.max_auto_snapshots", "must be at least 1");
         }
         if let Err(message) = crate::runtime::egress::AllowList::parse(&self.network.egress_allow) {
-            return Err(ConfigError::Invalid {
-                key: "network.egress_allow",
-                message,
-            });
+            return invalid("network.egress_allow", &message);
         }
         self.validate_exec()?;
         self.validate_limits()

@@ -41,8 +41,6 @@ pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const PREFIX: u8 = 24;
 /// `statfs` magic of an nsfs bind mount.
 const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
-/// Linux `EEXIST`, as netlink reports it (negated).
-const EEXIST: i32 = 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -244,15 +242,26 @@ fn enter_checked(target: &PortTarget) -> io::Result<()> {
             return Err(io::Error::other(format!("process {pid} is gone")));
         }
     }
-    let host = std::fs::metadata("/proc/self/ns/net")?;
     let entered = ns.metadata()?;
-    if (entered.dev(), entered.ino()) == (host.dev(), host.ino()) {
+    if (entered.dev(), entered.ino()) == service_netns()? {
         return Err(io::Error::other(format!(
             "{} is the service's own network namespace",
             target.netns.display()
         )));
     }
     setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// The service's own network namespace (device, inode); it never changes,
+/// since service threads never switch namespace.
+fn service_netns() -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    static OWN: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    if let Some(own) = OWN.get() {
+        return Ok(*own);
+    }
+    let m = std::fs::metadata("/proc/self/ns/net")?;
+    Ok(*OWN.get_or_init(|| (m.dev(), m.ino())))
 }
 
 /// Accept connections on `listener` and run `handler` on each, at most `max`
@@ -352,7 +361,7 @@ fn create(path: &Path) -> Result<(), NetError> {
 }
 
 /// On the calling (dedicated) thread: join the namespace at `path`.
-pub fn enter(path: &Path) -> Result<(), NetError> {
+fn enter(path: &Path) -> Result<(), NetError> {
     let err = |source: io::Error| NetError::Enter {
         path: path.to_owned(),
         source,
@@ -425,7 +434,7 @@ fn configure(path: &Path) -> Result<(), NetError> {
             .execute()
             .await;
         match added {
-            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -EEXIST => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
             other => other.map_err(op("add gateway address")),
         }
     })
