@@ -45,13 +45,13 @@ pub(crate) struct Background {
 impl Background {
     /// Starts the worker thread; it exits once `Inner` (and with it the
     /// sender) is dropped and the queue is drained.
-    pub fn start(owner: Weak<Inner>) -> Background {
+    pub fn start(owner: Weak<Inner>, pool: PathBuf) -> Background {
         let (tx, rx) = channel();
         let pending = Arc::new(Pending::default());
         let worker_pending = Arc::clone(&pending);
         std::thread::Builder::new()
             .name("rewind-storage-bg".into())
-            .spawn(move || run(rx, owner, worker_pending))
+            .spawn(move || run(rx, owner, pool, worker_pending))
             .expect("spawn storage background thread");
         Background {
             tx: Mutex::new(tx),
@@ -87,7 +87,7 @@ impl Pending {
     }
 }
 
-fn run(rx: Receiver<Job>, owner: Weak<Inner>, pending: Arc<Pending>) {
+fn run(rx: Receiver<Job>, owner: Weak<Inner>, pool: PathBuf, pending: Arc<Pending>) {
     // Jobs done but not yet reported to `flush`: reported after the commit
     // that follows them, so a flush also waits for the cleaner's wake-up.
     let mut done = 0;
@@ -101,7 +101,7 @@ fn run(rx: Receiver<Job>, owner: Weak<Inner>, pending: Arc<Pending>) {
             Ok(job) => job,
             Err(empty_or_closed) => {
                 if done > 0 {
-                    wake_cleaner(&owner);
+                    wake_cleaner(&pool);
                     for _ in 0..done {
                         pending.finish_one();
                     }
@@ -131,12 +131,12 @@ fn run(rx: Receiver<Job>, owner: Weak<Inner>, pending: Arc<Pending>) {
     }
 }
 
-/// Commits, which makes the kernel drop deleted subvolumes now.
-fn wake_cleaner(owner: &Weak<Inner>) {
-    if let Some(inner) = owner.upgrade() {
-        if let Err(e) = btrfs::sync(&inner.layout.root) {
-            tracing::debug!(error = %e, "commit to wake the btrfs cleaner failed");
-        }
+/// Commits, which makes the kernel drop deleted subvolumes now. Takes the
+/// pool's path rather than the `Storage`, so the commit never keeps a
+/// dropped `Storage` (and its hold on the pool) alive.
+fn wake_cleaner(pool: &Path) {
+    if let Err(e) = btrfs::sync(pool) {
+        tracing::debug!(error = %e, "commit to wake the btrfs cleaner failed");
     }
 }
 

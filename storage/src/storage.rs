@@ -92,6 +92,7 @@ impl Storage {
             fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
         }
         let recovered = recovery::lock_and_recover(&layout)?;
+        let root = layout.root.clone();
         let inner = Arc::new_cyclic(|weak| Inner {
             layout,
             cfg,
@@ -99,7 +100,7 @@ impl Storage {
             report: recovered.report,
             busy: Mutex::new(HashSet::new()),
             released: Condvar::new(),
-            bg: Background::start(weak.clone()),
+            bg: Background::start(weak.clone(), root),
             _pool_lock: recovered.lock,
         });
         for path in recovered.trash {
