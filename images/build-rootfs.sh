@@ -21,7 +21,7 @@
 #
 # Package set: debootstrap --variant=minbase plus the list in PACKAGES below,
 # then `apt-get upgrade` from bookworm-updates + bookworm-security
-# (bash, coreutils, git, curl, python3, ca-certificates, a C toolchain via
+# (bash, coreutils, git, curl, python3, nodejs (REPLs and microsandbox-style images), ca-certificates, a C toolchain via
 # build-essential, and procps/iproute2/util-linux for debugging). Not installed on
 # purpose: a kernel, systemd, init scripts, man pages and docs (removed after install
 # except copyright files) — the sandbox's PID 1 is rewind-agent.
@@ -34,7 +34,7 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 UPGRADE=yes
 VARIANT=minbase
-PACKAGES="bash coreutils git curl python3 ca-certificates build-essential procps iproute2 util-linux less xz-utils"
+PACKAGES="bash coreutils git curl python3 nodejs ca-certificates build-essential procps iproute2 util-linux less xz-utils"
 # Bump when the post-install steps below change.
 POST_VERSION=2
 out="$REWIND_DATA_DIR/images/base/rootfs"

@@ -1,5 +1,5 @@
 //! Storage operations against a real loop-mounted Btrfs pool shared by all
-//! tests in this binary (`/var/tmp/rewind-test-storage`, reused across runs).
+//! tests in this binary (`$REWIND_TEST_ROOT/storage`, default `/var/tmp/rewind-test-storage`, reused across runs).
 
 mod common;
 
@@ -7,14 +7,13 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::OnceLock;
 
-use common::{config, manifest, mutate, populate, sandbox, snap};
+use common::{config, test_dir, manifest, mutate, populate, sandbox, snap};
 use rewind_storage::{CreateOptions, SnapshotKind, Storage, StorageError};
 
-const DATA_DIR: &str = "/var/tmp/rewind-test-storage";
 
 fn storage() -> &'static Storage {
     static S: OnceLock<Storage> = OnceLock::new();
-    S.get_or_init(|| Storage::open(config(DATA_DIR)).expect("open test pool"))
+    S.get_or_init(|| Storage::open(config(&test_dir("storage"))).expect("open test pool"))
 }
 
 fn names(list: &[rewind_storage::SnapshotInfo]) -> Vec<String> {

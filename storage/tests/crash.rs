@@ -17,15 +17,18 @@ use std::sync::Mutex;
 
 use nix::mount::MsFlags;
 
-use common::{config, manifest, mutate, populate, sandbox, snap, Manifest};
+use common::{config, test_dir, manifest, mutate, populate, sandbox, snap, Manifest};
 use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
 use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage};
 
-const DATA_DIR: &str = "/var/tmp/rewind-test-storage-crash";
 static SERIAL: Mutex<()> = Mutex::new(());
 
+fn data_dir() -> String {
+    test_dir("storage-crash")
+}
+
 fn open() -> Storage {
-    let s = Storage::open(config(DATA_DIR)).expect("open crash pool");
+    let s = Storage::open(config(&data_dir())).expect("open crash pool");
     s.flush_background();
     s
 }
@@ -56,7 +59,7 @@ fn crash_in_child(op: &str, sb: &SandboxName, failpoint: &str) {
 #[test]
 #[ignore = "helper: run as a child process by the crash tests, not a test itself"]
 fn crash_child() {
-    let s = Storage::open(config(DATA_DIR)).unwrap();
+    let s = Storage::open(config(&data_dir())).unwrap();
     let sb: SandboxName = std::env::var("REWIND_CRASH_SANDBOX")
         .unwrap()
         .parse()
@@ -382,7 +385,7 @@ fn open_twice_does_not_double_mount() {
 #[test]
 fn retention_prunes_oldest_auto_and_never_kept() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = config(DATA_DIR);
+    let mut cfg = config(&data_dir());
     cfg.max_auto_snapshots = 3;
     let s = Storage::open(cfg).unwrap();
     let sb = sandbox("retention");
@@ -463,7 +466,7 @@ fn open_as_non_root_is_not_root() {
 #[test]
 fn sizes_are_none_without_quotas() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = config("/var/tmp/rewind-test-storage-noquota");
+    let mut cfg = config(&test_dir("storage-noquota"));
     cfg.quotas = false;
     let s = Storage::open(cfg).unwrap();
     let sb = sandbox("noquota");
@@ -517,7 +520,7 @@ fn deleted_not_cleaned(pool: &Path) -> usize {
 #[test]
 fn pruned_snapshots_are_dropped_by_the_kernel_promptly() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = config(DATA_DIR);
+    let mut cfg = config(&data_dir());
     cfg.max_auto_snapshots = 2;
     let s = Storage::open(cfg).unwrap();
     let pool = s.pool_path().to_owned();
@@ -623,7 +626,7 @@ fn open_while_open_skips_recovery() {
         .join("live.new");
     fs::create_dir(&in_flight).unwrap();
 
-    let second = Storage::open(config(DATA_DIR)).unwrap();
+    let second = Storage::open(config(&data_dir())).unwrap();
 
     assert!(
         in_flight.exists(),

@@ -25,9 +25,17 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
+/// Where the tests keep their data dirs: `$REWIND_TEST_ROOT`, default
+/// `/var/tmp/rewind-test` (separate roots let two checkouts test at once).
+pub fn test_root() -> PathBuf {
+    std::env::var_os("REWIND_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/rewind-test"))
+}
+
 /// A minimal root filesystem made of busybox-static, built once.
 pub fn busybox_rootfs() -> PathBuf {
-    let root = PathBuf::from("/var/tmp/rewind-test/busybox-rootfs");
+    let root = test_root().join("busybox-rootfs");
     if root.join(".complete").exists() {
         return root;
     }
@@ -71,7 +79,7 @@ pub fn busybox_rootfs() -> PathBuf {
 /// A data directory for one test binary, emptied of everything but a mounted
 /// pool from an earlier run (which storage re-uses).
 pub fn data_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from("/var/tmp/rewind-test").join(name);
+    let dir = test_root().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let p = entry.path();

@@ -19,6 +19,15 @@ use rewind_storage::{PoolConfig, SandboxName, SnapshotName};
 /// 8 GiB sparse image: room for the large/sparse-file tests.
 pub const TEST_IMAGE_SIZE: u64 = 8 << 30;
 
+/// A data dir for one test binary: `$REWIND_TEST_ROOT/<name>`, by default
+/// `/var/tmp/rewind-test-<name>` (separate roots let two checkouts test at once).
+pub fn test_dir(name: &str) -> String {
+    match std::env::var("REWIND_TEST_ROOT") {
+        Ok(root) => format!("{root}/{name}"),
+        Err(_) => format!("/var/tmp/rewind-test-{name}"),
+    }
+}
+
 pub fn config(dir: &str) -> PoolConfig {
     let mut cfg = PoolConfig::new(dir);
     cfg.image_size_bytes = TEST_IMAGE_SIZE;
