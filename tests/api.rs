@@ -11,95 +11,24 @@ use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use rewind::api::{app, AppState};
-use rewind::config::{Config, Overrides};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-struct Env {
-    rt: tokio::runtime::Runtime,
-    state: AppState,
-    admin: String,
-}
+use common::service::{call_app, raw, Service};
 
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
+fn env() -> &'static Service {
+    static ENV: OnceLock<Service> = OnceLock::new();
     ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let data_dir = common::data_dir("api");
-        let overrides = Overrides {
-            data_dir: Some(data_dir),
-            runtime: Some("namespace".into()),
-            base_image: Some(common::busybox_rootfs()),
-            agent_binary: Some(common::agent_binary()),
-            ..Default::default()
-        };
-        let mut config = Config::load(None, &overrides).unwrap();
-        config.storage.pool_size_gb = 4;
-        config.exec.max_output_bytes = 64 * 1024;
-        config.exec.max_timeout_secs = 60;
-        // Egress through the proxy, to the host's loopback only (test servers).
-        config.network.egress_allow = vec!["127.0.0.1".into()];
-        let sandboxes = rt.block_on(rewind::server::build(config)).unwrap();
-        let state = AppState::new(sandboxes);
-        let admin = rt.block_on(async {
-            let (status, body) = call_app(
-                &state,
-                "POST",
-                "/api-keys",
-                None,
-                Some(json!({"name": "admin"})),
-            )
-            .await;
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            body["key"].as_str().unwrap().to_owned()
-        });
-        Env { rt, state, admin }
+        Service::start("api", common::busybox_rootfs(), |config| {
+            config.exec.max_output_bytes = 64 * 1024;
+            config.exec.max_timeout_secs = 60;
+            // Egress through the proxy, to the host's loopback only (test servers).
+            config.network.egress_allow = vec!["127.0.0.1".into()];
+        })
     })
 }
 
-async fn call_app(
-    state: &AppState,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(k) = key {
-        req = req.header("x-api-key", k);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    raw(state, req).await
-}
-
-async fn raw(state: &AppState, req: Request<Body>) -> (StatusCode, Value) {
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
-        .await
-        .unwrap();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    (status, value)
-}
-
 fn call(method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-    let e = env();
-    e.rt.block_on(call_app(&e.state, method, path, key, body))
+    env().call(method, path, key, body)
 }
 
 fn admin() -> &'static str {
@@ -108,59 +37,28 @@ fn admin() -> &'static str {
 
 /// A new non-admin key.
 fn user_key() -> String {
-    let (status, body) = call(
-        "POST",
-        "/api-keys",
-        Some(admin()),
-        Some(json!({"name": "user"})),
-    );
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["key"].as_str().unwrap().to_owned()
+    env().user_key()
 }
 
 fn create_vm(key: &str, prefix: &str) -> String {
-    let name = common::unique(prefix);
-    let (status, body) = call("POST", "/vms", Some(key), Some(json!({"name": name})));
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    name
+    env().create_vm(key, prefix)
 }
 
 fn run(key: &str, vm: &str, command: &str) -> Value {
-    run_with_env(key, vm, command, json!({}))
+    env().run(key, vm, command)
 }
 
 /// `run` with the `env` extension.
-fn run_with_env(key: &str, vm: &str, command: &str, env: Value) -> Value {
-    let (status, body) = call(
-        "POST",
-        &format!("/vms/{vm}/run"),
-        Some(key),
-        Some(json!({"command": command, "env": env})),
-    );
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+fn run_with_env(key: &str, vm: &str, command: &str, env_vars: Value) -> Value {
+    env().run_with_env(key, vm, command, env_vars)
 }
 
 fn snapshot_names(key: &str, vm: &str) -> Vec<String> {
-    let (status, body) = call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["snapshot_name"].as_str().unwrap().to_owned())
-        .collect()
+    env().snapshot_names(key, vm)
 }
 
 fn vm_names(key: &str) -> Vec<String> {
-    let (status, body) = call("GET", "/vms", Some(key), None);
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect()
+    env().vm_names(key)
 }
 
 #[test]

@@ -7,9 +7,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::OnceLock;
 
-use common::{config, test_dir, manifest, mutate, populate, sandbox, snap};
+use common::{config, manifest, mutate, populate, sandbox, snap, test_dir};
 use rewind_storage::{CreateOptions, SnapshotKind, Storage, StorageError};
-
 
 fn storage() -> &'static Storage {
     static S: OnceLock<Storage> = OnceLock::new();

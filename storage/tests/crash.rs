@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use nix::mount::MsFlags;
 
-use common::{config, test_dir, manifest, mutate, populate, sandbox, snap, Manifest};
+use common::{config, manifest, mutate, populate, sandbox, snap, test_dir, Manifest};
 use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
 use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage};
 

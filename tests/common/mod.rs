@@ -3,6 +3,8 @@
 //! to the built binaries, and a fresh data directory per test binary.
 #![allow(dead_code)]
 
+pub mod service;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

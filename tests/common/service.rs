@@ -1,0 +1,169 @@
+//! One real service per test binary, driven through the router without a
+//! socket (`app(state).oneshot(req)`): real storage on a loop-mounted Btrfs
+//! pool, the real namespace runtime and agent, a real SQLite file. Needs root.
+//!
+//! A test binary keeps one [`Service`] in a `static OnceLock` (as a real
+//! deployment shares one service), and its tests keep apart by sandbox names
+//! and API keys.
+
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use rewind::api::{app, AppState};
+use rewind::config::{Config, Overrides};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+pub struct Service {
+    pub rt: tokio::runtime::Runtime,
+    pub state: AppState,
+    /// The first (admin) API key.
+    pub admin: String,
+}
+
+impl Service {
+    /// Start a service on data dir `name` (under the test root) with root
+    /// filesystem `base_image`; `configure` adjusts the config first.
+    pub fn start(name: &str, base_image: PathBuf, configure: impl FnOnce(&mut Config)) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let overrides = Overrides {
+            data_dir: Some(super::data_dir(name)),
+            runtime: Some("namespace".into()),
+            base_image: Some(base_image),
+            agent_binary: Some(super::agent_binary()),
+            ..Default::default()
+        };
+        let mut config = Config::load(None, &overrides).unwrap();
+        config.storage.pool_size_gb = 4;
+        configure(&mut config);
+        let sandboxes = rt.block_on(rewind::server::build(config)).unwrap();
+        let state = AppState::new(sandboxes);
+        let (status, body) = rt.block_on(call_app(
+            &state,
+            "POST",
+            "/api-keys",
+            None,
+            Some(json!({"name": "admin"})),
+        ));
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let admin = body["key"].as_str().unwrap().to_owned();
+        Service { rt, state, admin }
+    }
+
+    /// One JSON request; the status and the body (JSON, or a JSON string of
+    /// a non-JSON body, or null when empty).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.rt
+            .block_on(call_app(&self.state, method, path, key, body))
+    }
+
+    /// Any request, answered as [`Service::call`] does.
+    pub fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
+        self.rt.block_on(raw(&self.state, req))
+    }
+
+    /// A new non-admin key.
+    pub fn user_key(&self) -> String {
+        let (status, body) = self.call(
+            "POST",
+            "/api-keys",
+            Some(&self.admin),
+            Some(json!({"name": "user"})),
+        );
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["key"].as_str().unwrap().to_owned()
+    }
+
+    /// A new sandbox owned by `key`, named `<prefix>-<unique>`.
+    pub fn create_vm(&self, key: &str, prefix: &str) -> String {
+        let name = super::unique(prefix);
+        let (status, body) = self.call("POST", "/vms", Some(key), Some(json!({"name": name})));
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        name
+    }
+
+    /// `POST /vms/:vm/run` with `env`; asserts 200.
+    pub fn run_with_env(&self, key: &str, vm: &str, command: &str, env: Value) -> Value {
+        let (status, body) = self.call(
+            "POST",
+            &format!("/vms/{vm}/run"),
+            Some(key),
+            Some(json!({"command": command, "env": env})),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    pub fn run(&self, key: &str, vm: &str, command: &str) -> Value {
+        self.run_with_env(key, vm, command, json!({}))
+    }
+
+    pub fn snapshot_names(&self, key: &str, vm: &str) -> Vec<String> {
+        let (status, body) = self.call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["snapshot_name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn vm_names(&self, key: &str) -> Vec<String> {
+        let (status, body) = self.call("GET", "/vms", Some(key), None);
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// One JSON request against `state`'s router.
+pub async fn call_app(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    raw(state, req).await
+}
+
+pub async fn raw(state: &AppState, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, value)
+}
