@@ -34,12 +34,22 @@ if [ -z "${REWIND_CH_BINARY:-}" ] && command -v cloud-hypervisor >/dev/null 2>&1
 fi
 
 OUT=$(mktemp /tmp/rewind-test-output.XXXXXX)
+# Every test binary runs (--no-fail-fast) and every step runs, so one failure
+# never hides the rest; the script fails at the end if any step failed.
+FAILED=()
+run_tests() {
+  local name=$1
+  shift
+  if ! "$@" 2>&1 | tee -a "$OUT"; then
+    FAILED+=("$name")
+  fi
+}
 step "tests"
-cargo test --workspace --locked 2>&1 | tee "$OUT"
+run_tests "workspace tests" cargo test --workspace --locked --no-fail-fast
 
 step "guest image under QEMU software emulation"
-cargo test -p rewind-agent --test guest_qemu --locked -- --ignored 2>&1 | tee -a "$OUT"
-cargo test -p rewind --test network --locked -- --ignored 2>&1 | tee -a "$OUT"
+run_tests "guest_qemu (ignored)" cargo test -p rewind-agent --test guest_qemu --locked --no-fail-fast -- --ignored
+run_tests "network (ignored)" cargo test -p rewind --test network --locked --no-fail-fast -- --ignored
 
 step "skipped on this host (by name, with the reason)"
 grep -oE "SKIPPED [^:]+: .*|test [a-z0-9_:]+ \.\.\. ignored, .*" "$OUT" | sort -u | sed 's/^/  /' || echo "  (none)"
@@ -47,3 +57,11 @@ grep -q "guest_boots_under_qemu_and_agent_serves_workspace ... ok" "$OUT" \
   && echo "  (guest_qemu tests listed as ignored above ran in the second step)" || true
 grep -q "guest_on_sandbox_tap_takes_its_address_and_reaches_the_gateway ... ok" "$OUT" \
   && echo "  (so did the network test of the guest on a sandbox TAP)" || true
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+  step "FAILED"
+  grep -E "^test .* FAILED$|^    [a-z0-9_:]+$" "$OUT" | sort -u | sed 's/^/  /' || true
+  printf '  step failed: %s\n' "${FAILED[@]}"
+  exit 1
+fi
+step "all tests passed"

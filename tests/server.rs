@@ -680,17 +680,30 @@ fn restart_reconciles_database_with_btrfs() {
 #[test]
 fn auto_runtime_falls_back_to_namespace_and_says_why() {
     let _s = serial();
-    // No guest images in this data dir, so cloud-hypervisor is ruled out on any host.
-    let server = Server::start_with(&test_data_dir("server-auto"), &[("REWIND_RUNTIME", "auto")]);
-    let (_, health) = server.req("GET", "/health", None, None);
-    assert_eq!(health["runtime"], "namespace");
-    let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("runtime auto: using namespace"))
-        .unwrap_or_default();
-    assert!(
-        line.contains("guest image"),
-        "the choice is logged with its reason: {log}"
-    );
+    // Both situations built explicitly, whatever is installed on this host:
+    // no cloud-hypervisor binary (checked first), then a binary but no guest
+    // image in this data dir (or no /dev/kvm, checked before the image).
+    let no_kvm = !Path::new("/dev/kvm").exists();
+    let cases = [
+        ("/nonexistent/cloud-hypervisor", "not found"),
+        ("/bin/true", if no_kvm { "/dev/kvm" } else { "guest image" }),
+    ];
+    for (binary, reason) in cases {
+        let server = Server::start_with(
+            &test_data_dir("server-auto"),
+            &[("REWIND_RUNTIME", "auto"), ("REWIND_CH_BINARY", binary)],
+        );
+        let (_, health) = server.req("GET", "/health", None, None);
+        assert_eq!(health["runtime"], "namespace");
+        let log = server.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("runtime auto: using namespace"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(reason),
+            "with binary {binary} the choice is logged with the reason {reason:?}: {log}"
+        );
+    }
 }

@@ -93,6 +93,12 @@ pub enum RuntimeError {
     Start { sandbox: String, message: String },
     #[error("failed to stop sandbox {sandbox}: {message}")]
     Stop { sandbox: String, message: String },
+    #[error("cannot remove the cgroups of sandbox {sandbox}")]
+    Cgroup {
+        sandbox: String,
+        #[source]
+        source: namespace::CgroupError,
+    },
     #[error("failed to put the workspace back for sandbox {sandbox}: {message}")]
     Remount { sandbox: String, message: String },
     #[error("operation not supported by the {runtime} runtime: {what}")]

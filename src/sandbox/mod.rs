@@ -247,18 +247,22 @@ impl Sandboxes {
         self.runtime.network(&self.context(&name))
     }
 
-    /// Whether the sandbox's agent answers a ping right now.
+    /// Whether the sandbox's agent answers a ping right now. Never holds the
+    /// sandbox's lock across the ping (a restore polled by its own client
+    /// would see a false "busy"): the transport is copied out, then the
+    /// ping goes over a connection of its own.
     pub async fn agent_healthy(&self, name: &str) -> bool {
         let Some(entry) = self.entry(name) else {
             return false;
         };
-        // Don't wait behind a long command: a held lock means the agent is busy, i.e. alive.
-        let Ok(live) = entry.try_lock() else {
-            return true;
+        // A held lock means a command or restore is running: busy, i.e. alive.
+        let transport = match entry.try_lock() {
+            Ok(live) => live.agent.transport().clone(),
+            Err(_) => return true,
         };
-        let ping = live.agent.ping();
+        let agent = AgentClient::new(transport);
         matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
+            tokio::time::timeout(std::time::Duration::from_secs(2), agent.ping()).await,
             Ok(Ok(_))
         )
     }

@@ -4,11 +4,16 @@
 //! mounts it. Later snapshots stay listed. Refused with 409 while a command
 //! runs.
 
+use std::time::Duration;
+
 use rewind_storage::SandboxName;
 
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::Db;
+
+/// How long a restore waits for the sandbox's lock before answering 409.
+const LOCK_GRACE: Duration = Duration::from_millis(200);
 
 impl Sandboxes {
     pub async fn restore(
@@ -19,7 +24,10 @@ impl Sandboxes {
     ) -> Result<(), SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
         let (row, entry) = self.find_live(caller, name).await?;
-        let Ok(mut live) = entry.try_lock() else {
+        // A brief wait lets a short holder that is not a command (a snapshot
+        // listing, a health check's transport copy) finish first.
+        let locked = tokio::time::timeout(LOCK_GRACE, entry.lock()).await;
+        let Ok(mut live) = locked else {
             return Err(SandboxError::Conflict(format!(
                 "VM \"{}\" is busy: a command is running; restore after it finishes",
                 row.name

@@ -22,6 +22,8 @@ pub enum VmError {
     AlreadyRunning { pid: i32 },
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    #[error("the disk preparation task failed")]
+    Join(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error("{op} failed")]
@@ -101,9 +103,7 @@ pub async fn launch(
     layout: &Layout,
     how: Launch<'_>,
 ) -> Result<ChProcess, VmError> {
-    layout.prepare()?;
-    layout::ensure_ext4_image(&layout.workspace_disk, cfg.workspace_size, "rewind-ws")?;
-    layout::ensure_ext4_image(&layout.state_disk, cfg.state_disk_size, "rewind-state")?;
+    prepare_disks(cfg, layout).await?;
     process::remove_if_exists(&layout.api_socket);
     layout.remove_vsock_sockets();
     let spawned = async {
@@ -130,6 +130,20 @@ pub async fn launch(
             Err(e)
         }
     }
+}
+
+/// The layout's directories and the sparse ext4 images (`mkfs.ext4`), on a
+/// blocking thread: a slow mkfs must not stall an async worker.
+async fn prepare_disks(cfg: &CloudHypervisorConfig, layout: &Layout) -> Result<(), VmError> {
+    let (layout, ws_size, state_size) = (layout.clone(), cfg.workspace_size, cfg.state_disk_size);
+    tokio::task::spawn_blocking(move || {
+        layout.prepare()?;
+        layout::ensure_ext4_image(&layout.workspace_disk, ws_size, "rewind-ws")?;
+        layout::ensure_ext4_image(&layout.state_disk, state_size, "rewind-state")
+    })
+    .await
+    .map_err(VmError::Join)?
+    .map_err(VmError::from)
 }
 
 /// Remove the sandbox's network namespace (if any); CH must be gone.

@@ -32,7 +32,7 @@ use super::{
     Attached, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
 };
 use crate::config::Config;
-pub use cgroup::Cgroups;
+pub use cgroup::{CgroupError, Cgroups};
 
 /// Host uid/gid that root inside a sandbox maps to.
 pub const UID_BASE: u32 = 100_000;
@@ -41,6 +41,9 @@ pub const UID_COUNT: u32 = 65_536;
 
 /// How long `rewind-agent launch` may take to set a sandbox up.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a killed sandbox's PID 1 may take to exit.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a freshly launched agent has to answer its first ping.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -215,22 +218,59 @@ impl NamespaceRuntime {
         })
     }
 
-    /// Kill PID 1 (which takes the whole PID namespace with it), then clear
-    /// the cgroups and the socket.
-    fn teardown(&self, name: &str, state: Option<&NsState>) -> Result<(), RuntimeError> {
-        if let Some(s) = state.filter(|s| proc_starttime(s.pid) == Some(s.starttime)) {
-            let pid = nix::unistd::Pid::from_raw(s.pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            wait_gone(s.pid, s.starttime, Duration::from_secs(10));
-            // Reap it if we adopted it (see `new`); harmless otherwise.
-            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    /// Kill PID 1 (which takes the whole PID namespace with it), reap it,
+    /// then clear the cgroups and the socket. Every wait happens on a
+    /// blocking thread, never on an async worker.
+    async fn teardown(&self, name: &str, state: Option<&NsState>) -> Result<(), RuntimeError> {
+        let cgroups = self.cgroups.clone();
+        let socket = self.socket_path(name);
+        let (name, state) = (name.to_owned(), state.cloned());
+        tokio::task::spawn_blocking(move || {
+            if let Some(s) = state.filter(|s| proc_starttime(s.pid) == Some(s.starttime)) {
+                kill_and_reap(s.pid, s.starttime);
+            }
+            cgroups.remove(&name).map_err(|source| RuntimeError::Cgroup {
+                sandbox: name.clone(),
+                source,
+            })?;
+            let _ = std::fs::remove_file(socket);
+            Ok(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Io {
+            op: "join the teardown task".into(),
+            source: e.into(),
+        })?
+    }
+}
+
+/// SIGKILL a sandbox's PID 1 and wait until it is gone. When it is our child
+/// (we are a subreaper and the launcher's double fork orphaned it to us),
+/// wait for exactly that pid until it is reaped — a PID-namespace init
+/// becomes waitable only after every process of its namespace died, so one
+/// `WNOHANG` right after the kill often comes too early and leaks a zombie.
+/// Only this pid is waited for, so no `tokio::process` child is ever stolen.
+/// After a service restart it is not our child (ECHILD): then wait until it
+/// is gone and let its new parent reap it.
+fn kill_and_reap(pid: i32, starttime: u64) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let target = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    let flags = WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
+    loop {
+        match waitpid(target, Some(flags)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(WaitStatus::StillAlive) => {
+                tracing::warn!(pid, "sandbox PID 1 not reaped after SIGKILL");
+                return;
+            }
+            Ok(_) => return,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return wait_gone(pid, starttime, REAP_TIMEOUT),
         }
-        self.cgroups.remove(name).map_err(|e| RuntimeError::Stop {
-            sandbox: name.to_owned(),
-            message: e.to_string(),
-        })?;
-        let _ = std::fs::remove_file(self.socket_path(name));
-        Ok(())
     }
 }
 
@@ -259,7 +299,7 @@ impl Runtime for NamespaceRuntime {
     async fn start(&self, sb: &SandboxContext) -> Result<RuntimeState, RuntimeError> {
         let state = self.launch(sb).await?;
         if let Err(e) = wait_ready(Transport::Unix(state.socket.clone())).await {
-            let _ = self.teardown(&sb.name, Some(&state));
+            let _ = self.teardown(&sb.name, Some(&state)).await;
             return Err(e);
         }
         tracing::info!(sandbox = %sb.name, pid = state.pid, "namespace sandbox started");
@@ -287,7 +327,7 @@ impl Runtime for NamespaceRuntime {
                 return Ok(Attached::Reattached(state.clone()));
             }
         }
-        self.teardown(&sb.name, known.as_ref())?;
+        self.teardown(&sb.name, known.as_ref()).await?;
         Ok(Attached::Restarted(self.start(sb).await?))
     }
 
@@ -346,14 +386,14 @@ impl Runtime for NamespaceRuntime {
 
     async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
         let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
-        self.teardown(&sb.name, known.as_ref())
+        self.teardown(&sb.name, known.as_ref()).await
     }
 
     async fn cleanup_orphans(&self, known: &[String]) -> Vec<String> {
         let mut cleaned = Vec::new();
         for name in self.cgroups.list() {
             if !known.contains(&name) {
-                match self.teardown(&name, None) {
+                match self.teardown(&name, None).await {
                     Ok(()) => cleaned.push(format!(
                         "removed cgroups and processes of unknown sandbox {name}"
                     )),
