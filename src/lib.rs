@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod failpoint;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

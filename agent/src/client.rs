@@ -67,6 +67,24 @@ pub struct PongInfo {
     pub uptime_ms: u64,
 }
 
+/// The agent's answer to a workspace-id request: `st_dev` of the mount at
+/// the workspace path now, whether it is a mount point, and the `st_dev`
+/// the agent was given (`None` after an unmount until the next mount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceInfo {
+    pub mounted: bool,
+    pub dev: u64,
+    pub given: Option<u64>,
+}
+
+impl WorkspaceInfo {
+    /// Whether the workspace path holds the mount with device `dev` and the
+    /// agent runs commands against it.
+    pub fn is(&self, dev: u64) -> bool {
+        self.mounted && self.dev == dev && self.given == Some(dev)
+    }
+}
+
 /// Why a call to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -91,6 +91,9 @@ pub enum Request {
     /// mounts its configured device; for a directory workspace the host has
     /// already placed the mount and the agent only checks it is there.
     MountWorkspace,
+    /// Which mount is at the workspace path, and which one the agent was
+    /// given (answered with [`Response::WorkspaceId`]).
+    WorkspaceId,
     /// Reseed the kernel RNG with host-provided entropy (after a VM fork).
     Reseed {
         #[serde(with = "b64")]
@@ -184,6 +187,16 @@ pub enum Response {
         /// PIDs (as seen by the agent) that were killed because they held the workspace.
         killed: Vec<i32>,
     },
+    /// Answer to [`Request::WorkspaceId`]. `dev` is `st_dev` of the
+    /// workspace path now (a Btrfs subvolume has its own); `given` is the
+    /// `st_dev` recorded when the workspace was last mounted (at start or by
+    /// [`Request::MountWorkspace`]), `None` after [`Request::UnmountWorkspace`]
+    /// until the next mount. Execs run only while `given == Some(dev)`.
+    WorkspaceId {
+        mounted: bool,
+        dev: u64,
+        given: Option<u64>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -246,6 +259,9 @@ pub enum ErrorCode {
     Busy,
     Io,
     Internal,
+    /// The workspace is not the mount the agent was given (a restore did
+    /// not finish): execs are refused until it is put back.
+    WorkspaceUnavailable,
     #[serde(other)]
     Unknown,
 }

@@ -152,6 +152,13 @@ impl From<SandboxError> for ApiError {
                 ApiError::Conflict(storage_message(&e))
             }
             SandboxError::Storage(S::InvalidName(_)) => ApiError::BadRequest(storage_message(&e)),
+            SandboxError::WorkspaceMismatch { .. } => ApiError::Unavailable(e.to_string()),
+            SandboxError::Agent(ref a)
+                if a.remote_code()
+                    == Some(rewind_agent::protocol::ErrorCode::WorkspaceUnavailable) =>
+            {
+                ApiError::Unavailable(a.to_string())
+            }
             SandboxError::Agent(ref a) => {
                 ApiError::Unavailable(format!("the sandbox did not answer: {a}"))
             }

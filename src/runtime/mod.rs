@@ -144,6 +144,14 @@ pub trait Runtime: Send + Sync + 'static {
         state: &RuntimeState,
     ) -> Result<RuntimeState, RuntimeError>;
 
+    /// `st_dev` of the live workspace subvolume as the sandbox must see it at
+    /// `/workspace`, for runtimes that bind-mount it there; the service
+    /// compares it with what the agent reports (after a restart, after a
+    /// restore). `None` = the runtime cannot tell (a VM's block device).
+    fn workspace_dev(&self, _sb: &SandboxContext) -> Option<u64> {
+        None
+    }
+
     /// Owner (uid, gid) the workspace root must have so that root inside the
     /// sandbox can write to it; `None` = leave it root-owned.
     fn workspace_owner(&self) -> Option<(u32, u32)> {

@@ -16,6 +16,7 @@ mod restore;
 mod run;
 mod snapshots;
 mod wipe;
+mod workspace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,16 @@ pub enum SandboxError {
     },
     #[error("background task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error(
+        "/workspace of sandbox {sandbox} is not its live workspace (live st_dev {expected}, found {found:?})"
+    )]
+    WorkspaceMismatch {
+        sandbox: String,
+        expected: u64,
+        found: rewind_agent::client::WorkspaceInfo,
+    },
+    #[error("injected failure")]
+    Failpoint(#[from] crate::failpoint::Injected),
 }
 
 /// In-memory state of one sandbox, behind its lock.

@@ -156,6 +156,22 @@ impl Sandboxes {
             .await?;
         let mut live = self.new_live(row, &name, state);
         live.last_cmd_ms = last;
+        match self.put_workspace_back(&mut live).await {
+            Ok(false) => {}
+            Ok(true) => report.actions.push(format!(
+                "{}: /workspace was not the live workspace (a restore was cut off); put it back",
+                row.name
+            )),
+            Err(e) => {
+                let reason = format!(
+                    "/workspace could not be put back after restart: {}",
+                    crate::runtime::chain(&e)
+                );
+                report.actions.push(format!("{}: {reason}", row.name));
+                self.mark_failed(id, reason).await;
+                return Ok(());
+            }
+        }
         self.open_egress(&live.ctx, &live.state).await;
         self.insert_entry(&row.name, live);
         Ok(())

@@ -11,6 +11,7 @@ use rewind_storage::SandboxName;
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::Db;
+use crate::failpoint;
 
 /// How long a restore waits for the sandbox's lock before answering 409.
 const LOCK_GRACE: Duration = Duration::from_millis(200);
@@ -91,8 +92,12 @@ impl Sandboxes {
     }
 
     /// The unmount → swap → replace → mount sequence shared by restore and
-    /// wipe. If the swap fails, the old workspace is mounted back so the
-    /// sandbox stays usable.
+    /// wipe. Whatever fails after the unmount starts, the live workspace —
+    /// the old one when the swap failed, the new one when it committed — is
+    /// put back ([`Sandboxes::put_workspace_back`], which also checks it is
+    /// the live subvolume); if even that fails, the sandbox is marked failed
+    /// with the reason, never left running without its workspace. A crash
+    /// in between is repaired at startup the same way (`recover.rs`).
     pub(super) async fn swap_workspace<F>(
         &self,
         live: &mut Live,
@@ -107,15 +112,28 @@ impl Sandboxes {
             + Send
             + 'static,
     {
-        live.agent.unmount_workspace(true).await?;
         let n = sandbox.clone();
-        let swapped = self.blocking(move |s| swap(s, &n)).await;
-        let state = self
-            .runtime
-            .replace_workspace(&live.ctx, &live.state)
-            .await?;
-        live.state = state;
-        live.agent.mount_workspace().await?;
+        let swapped = async {
+            live.agent.unmount_workspace(true).await?;
+            failpoint::hit("restore:after_unmount")?;
+            self.blocking(move |s| swap(s, &n)).await?;
+            failpoint::hit("restore:after_swap")?;
+            Ok::<(), SandboxError>(())
+        }
+        .await;
+        let mut put_back = self.put_workspace_back(live).await;
+        if let Err(e) = &put_back {
+            tracing::warn!(sandbox = %sandbox, error = %crate::runtime::chain(e), "putting the workspace back failed; retrying once");
+            put_back = self.put_workspace_back(live).await;
+        }
+        if let Err(e) = put_back {
+            let reason = format!(
+                "the workspace could not be put back after a restore: {}",
+                crate::runtime::chain(&e)
+            );
+            self.mark_failed(live.id, reason).await;
+            return Err(e);
+        }
         swapped
     }
 }

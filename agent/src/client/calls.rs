@@ -284,6 +284,23 @@ impl AgentClient {
     }
 
     /// Mixes host entropy into the guest kernel RNG.
+    /// Which mount is at the workspace path now and which one the agent
+    /// was given ([`crate::protocol::Request::WorkspaceId`]).
+    pub async fn workspace_id(&self) -> Result<WorkspaceInfo, AgentError> {
+        match self.call("workspace_id", &Request::WorkspaceId).await? {
+            Response::WorkspaceId {
+                mounted,
+                dev,
+                given,
+            } => Ok(WorkspaceInfo {
+                mounted,
+                dev,
+                given,
+            }),
+            other => Err(unexpected("workspace_id", other)),
+        }
+    }
+
     pub async fn reseed(&self, entropy: Vec<u8>) -> Result<(), AgentError> {
         self.call_ok("reseed", Request::Reseed { entropy }).await
     }

@@ -105,6 +105,7 @@ async fn dispatch(agent: &Arc<Agent>, request: Request) -> Result<Option<Respons
             workspace::unmount(agent, kill_holders).await?
         }
         Request::MountWorkspace => workspace::mount(agent).await?,
+        Request::WorkspaceId => workspace::id(agent)?,
         Request::Reseed { entropy } => entropy::reseed(entropy).await?,
         Request::Hello { .. } => return Err(OpError::BadRequest("hello sent twice".into())),
         Request::Unknown => return Err(OpError::BadRequest("unknown op".into())),

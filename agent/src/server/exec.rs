@@ -42,6 +42,9 @@ pub async fn run(
     requests: &mut Requests,
 ) -> Result<Result<Option<Response>, OpError>, FrameError> {
     let started = Instant::now();
+    if let Err(err) = agent.workspace_given.check(&agent.config.workspace) {
+        return Ok(Err(err));
+    }
     let mut cmd = match build_command(agent, &req) {
         Ok(cmd) => cmd,
         Err(err) => return Ok(Err(err)),

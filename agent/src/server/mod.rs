@@ -75,6 +75,8 @@ pub enum OpError {
     NotFound(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    WorkspaceUnavailable(String),
 }
 
 impl OpError {
@@ -90,6 +92,7 @@ impl OpError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Busy(_) => ErrorCode::Busy,
+            Self::WorkspaceUnavailable(_) => ErrorCode::WorkspaceUnavailable,
         }
     }
 
@@ -121,6 +124,8 @@ pub struct Agent {
     pub(crate) next_exec_id: AtomicU64,
     pub(crate) quiesce: quiesce::QuiesceState,
     pub(crate) seccomp: Option<Arc<BpfProgram>>,
+    /// `st_dev` of the workspace the agent was given ([`workspace::Given`]).
+    pub(crate) workspace_given: workspace::Given,
 }
 
 /// Runs the agent until the listener fails. Needs a tokio runtime.
@@ -131,12 +136,13 @@ pub async fn serve(config: ServerConfig, spec: &ListenSpec) -> Result<(), Server
         false => None,
     };
     let agent = Arc::new(Agent {
-        config,
         started: Instant::now(),
         reaper: Reaper::start().map_err(ServerError::Reaper)?,
         execs: Mutex::default(),
         next_exec_id: AtomicU64::new(1),
         quiesce: quiesce::QuiesceState::default(),
+        workspace_given: workspace::Given::at_start(&config.workspace),
+        config,
         seccomp,
     });
     let listener = Listener::bind(spec).await?;

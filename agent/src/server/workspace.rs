@@ -4,8 +4,9 @@
 //! (directory workspace).
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::mount::{umount2, MntFlags, MsFlags};
@@ -21,6 +22,8 @@ const UMOUNT_ATTEMPTS: u32 = 20;
 /// Kills the holders (when asked) and unmounts the workspace. Unmounting a
 /// workspace that is not mounted succeeds with nobody killed.
 pub async fn unmount(agent: &Arc<Agent>, kill_holders: bool) -> Result<Response, OpError> {
+    // From here until the next successful mount, execs are refused.
+    agent.workspace_given.set(None);
     if agent.config.workspace_device.is_some() {
         quiesce::thaw_now(agent).await?;
     }
@@ -65,7 +68,63 @@ pub async fn mount(agent: &Arc<Agent>) -> Result<Response, OpError> {
     tokio::task::spawn_blocking(move || mount_blocking(&workspace, device.as_deref()))
         .await
         .map_err(|e| OpError::BadRequest(format!("mount task failed: {e}")))??;
+    let dev = device_of(&agent.config.workspace)?;
+    agent.workspace_given.set(Some(dev));
+    tracing::info!(dev, "workspace mounted");
     Ok(Response::Ok)
+}
+
+/// `WorkspaceId`: the mount at the workspace path now, and the one given.
+pub fn id(agent: &Arc<Agent>) -> Result<Response, OpError> {
+    let workspace = &agent.config.workspace;
+    Ok(Response::WorkspaceId {
+        mounted: is_mountpoint(workspace)?,
+        dev: device_of(workspace)?,
+        given: agent.workspace_given.get(),
+    })
+}
+
+fn device_of(path: &Path) -> Result<u64, OpError> {
+    fs::metadata(path)
+        .map(|m| m.dev())
+        .map_err(OpError::io("stat", path))
+}
+
+/// The `st_dev` of the workspace the agent was given: recorded at start and
+/// by every successful mount, cleared by an unmount. A Btrfs subvolume has
+/// a device number of its own, so this tells one workspace subvolume from
+/// another and from the overlay directory under it.
+#[derive(Debug, Default)]
+pub struct Given(Mutex<Option<u64>>);
+
+impl Given {
+    pub fn at_start(workspace: &Path) -> Self {
+        Given(Mutex::new(fs::metadata(workspace).ok().map(|m| m.dev())))
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, dev: Option<u64>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = dev;
+    }
+
+    /// Ok when the workspace path holds the given mount; else why not.
+    pub fn check(&self, workspace: &Path) -> Result<(), OpError> {
+        let now = fs::metadata(workspace).ok().map(|m| m.dev());
+        match self.get() {
+            None => Err(OpError::WorkspaceUnavailable(format!(
+                "{} is not mounted (a restore did not finish); commands are refused until the host puts it back",
+                workspace.display()
+            ))),
+            Some(given) if now != Some(given) => Err(OpError::WorkspaceUnavailable(format!(
+                "{} is not the workspace mount the agent was given; commands are refused",
+                workspace.display()
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 fn mount_blocking(workspace: &Path, device: Option<&Path>) -> Result<(), OpError> {

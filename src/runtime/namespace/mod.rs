@@ -229,10 +229,12 @@ impl NamespaceRuntime {
             if let Some(s) = state.filter(|s| proc_starttime(s.pid) == Some(s.starttime)) {
                 kill_and_reap(s.pid, s.starttime);
             }
-            cgroups.remove(&name).map_err(|source| RuntimeError::Cgroup {
-                sandbox: name.clone(),
-                source,
-            })?;
+            cgroups
+                .remove(&name)
+                .map_err(|source| RuntimeError::Cgroup {
+                    sandbox: name.clone(),
+                    source,
+                })?;
             let _ = std::fs::remove_file(socket);
             Ok(())
         })
@@ -294,6 +296,11 @@ impl Runtime for NamespaceRuntime {
 
     fn workspace_owner(&self) -> Option<(u32, u32)> {
         Some((UID_BASE, UID_BASE))
+    }
+
+    fn workspace_dev(&self, sb: &SandboxContext) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&sb.workspace).ok().map(|m| m.dev())
     }
 
     async fn start(&self, sb: &SandboxContext) -> Result<RuntimeState, RuntimeError> {
