@@ -56,6 +56,9 @@ pub struct LimitsConfig {
     pub cpu_millis: u64,
     pub pids: u64,
     pub vcpus: u8,
+    /// Let sandbox commands create user namespaces (`unshare -U`); a
+    /// seccomp rule denies it by default, as Docker's default profile does.
+    pub allow_nested_userns: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +138,7 @@ impl Default for LimitsConfig {
             cpu_millis: 2000,
             pids: 2048,
             vcpus: 2,
+            allow_nested_userns: false,
         }
     }
 }

@@ -87,6 +87,7 @@ fn spec_in(dir: &Path, cgroups: Vec<PathBuf>) -> LaunchSpec {
         workspace.display()
     ));
     LaunchSpec {
+        allow_nested_userns: false,
         name: "sbx-test".into(),
         rootfs_lower: rootfs,
         upper_dir: dir.join("upper"),

@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
                 workspace,
                 workspace_device,
                 seccomp,
+                allow_nested_userns: false,
             };
             run_server(config, &listen)
         }

@@ -27,7 +27,7 @@ pub fn run(spec: &LaunchSpec, listener: RawFd, mut status: File) -> i32 {
     }
     super::report(&mut status, "ok");
     drop(status);
-    serve(listener)
+    serve(listener, spec.allow_nested_userns)
 }
 
 /// Closes every fd above stderr except `keep`: PID 1 must not hold the
@@ -49,9 +49,10 @@ fn close_other_fds(keep: &[RawFd]) {
     }
 }
 
-fn serve(listener: RawFd) -> i32 {
+fn serve(listener: RawFd, allow_nested_userns: bool) -> i32 {
     let config = ServerConfig {
         seccomp: true,
+        allow_nested_userns,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

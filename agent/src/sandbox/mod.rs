@@ -44,6 +44,10 @@ pub struct LaunchSpec {
     pub cgroups: Vec<PathBuf>,
     /// File the agent's stderr (its log) is appended to.
     pub log: PathBuf,
+    /// Let sandbox commands create user namespaces (seccomp denies it
+    /// otherwise; `limits.allow_nested_userns`).
+    #[serde(default)]
+    pub allow_nested_userns: bool,
 }
 
 fn default_uid_base() -> u32 {

@@ -143,7 +143,7 @@ fn build_command(agent: &Agent, req: &ExecRequest) -> Result<Command, OpError> {
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid()?;
-            if let Some(filter) = &seccomp {
+            for filter in seccomp.iter().flat_map(|f| f.iter()) {
                 seccompiler::apply_filter(filter)
                     .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
             }

@@ -18,8 +18,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use seccompiler::BpfProgram;
-
 use crate::protocol::ErrorCode;
 pub use listen::{ListenError, ListenSpec, Listener};
 use reaper::Reaper;
@@ -34,6 +32,9 @@ pub struct ServerConfig {
     pub workspace_device: Option<PathBuf>,
     /// Apply no_new_privs + the sandbox seccomp filter to every exec.
     pub seccomp: bool,
+    /// With `seccomp`: let sandbox commands create user namespaces
+    /// (`unshare -U`, `clone(CLONE_NEWUSER)`, `clone3`); denied by default.
+    pub allow_nested_userns: bool,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +43,7 @@ impl Default for ServerConfig {
             workspace: PathBuf::from(crate::protocol::WORKSPACE_DIR),
             workspace_device: None,
             seccomp: false,
+            allow_nested_userns: false,
         }
     }
 }
@@ -123,7 +125,7 @@ pub struct Agent {
     pub(crate) execs: Mutex<HashMap<u64, i32>>,
     pub(crate) next_exec_id: AtomicU64,
     pub(crate) quiesce: quiesce::QuiesceState,
-    pub(crate) seccomp: Option<Arc<BpfProgram>>,
+    pub(crate) seccomp: Option<Arc<seccomp::SandboxFilters>>,
     /// `st_dev` of the workspace the agent was given ([`workspace::Given`]).
     pub(crate) workspace_given: workspace::Given,
 }
@@ -132,7 +134,9 @@ pub struct Agent {
 pub async fn serve(config: ServerConfig, spec: &ListenSpec) -> Result<(), ServerError> {
     become_subreaper();
     let seccomp = match config.seccomp {
-        true => Some(Arc::new(seccomp::sandbox_filter()?)),
+        true => Some(Arc::new(seccomp::sandbox_filter(
+            config.allow_nested_userns,
+        )?)),
         false => None,
     };
     let agent = Arc::new(Agent {

@@ -1,10 +1,20 @@
-//! The seccomp filter applied (with no_new_privs) to every process a sandbox
-//! runs: a deny-list of syscalls a sandbox never needs, answered with EPERM.
+//! The seccomp filters applied (with no_new_privs) to every process a
+//! sandbox runs: a deny-list of syscalls a sandbox never needs, answered with
+//! EPERM, and — unless nested user namespaces are allowed — `unshare` and
+//! `clone` with `CLONE_NEWUSER` (EPERM) and `clone3` (ENOSYS: its flags sit
+//! in memory a filter cannot read, and on ENOSYS libc falls back to `clone`,
+//! so threads and fork keep working), as Docker's default profile does.
 //! The agent itself stays unfiltered (it mounts and unmounts the workspace).
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The compiled filters, applied in order in every exec'd child.
+pub type SandboxFilters = Vec<BpfProgram>;
 
 /// Why the filter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +24,8 @@ pub enum SeccompError {
     #[error("cannot compile the seccomp filter")]
     Compile(#[from] seccompiler::BackendError),
 }
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 /// x32 syscalls share the x86_64 audit arch with this bit set; deny those too.
 #[cfg(target_arch = "x86_64")]
@@ -68,17 +80,43 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
     }
 }
 
-/// Compiles the sandbox filter. Build it before forking; apply it in the
-/// child with [`seccompiler::apply_filter`] (which also sets no_new_privs).
-pub fn sandbox_filter() -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied_syscalls()
+/// Compiles the sandbox filters. Build them before forking; apply each in
+/// the child with [`seccompiler::apply_filter`] (which also sets
+/// no_new_privs).
+pub fn sandbox_filter(allow_nested_userns: bool) -> Result<SandboxFilters, SeccompError> {
+    let mut rules: Rules = denied_syscalls()
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
+    if allow_nested_userns {
+        return Ok(vec![compile(rules, libc::EPERM)?]);
+    }
+    let newuser = || {
+        let flag = libc::CLONE_NEWUSER as u64;
+        let cond = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )?;
+        SeccompRule::new(vec![cond])
+    };
+    rules.insert(libc::SYS_unshare, vec![newuser()?]);
+    rules.insert(libc::SYS_clone, vec![newuser()?]);
+    let clone3: Rules = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
+    Ok(vec![
+        compile(rules, libc::EPERM)?,
+        compile(clone3, libc::ENOSYS)?,
+    ])
+}
+
+/// One filter: the listed syscalls (when their rules match) fail with
+/// `errno`, everything else is allowed.
+fn compile(rules: Rules, errno: i32) -> Result<BpfProgram, SeccompError> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Errno(errno as u32),
         target_arch()?,
     )?;
     Ok(filter.try_into()?)
@@ -90,6 +128,12 @@ mod tests {
 
     #[test]
     fn sandbox_filter_compiles_nonempty() {
-        assert!(!sandbox_filter().unwrap().is_empty());
+        assert!(sandbox_filter(true).unwrap().iter().all(|p| !p.is_empty()));
+    }
+
+    #[test]
+    fn sandbox_filter_denying_userns_adds_the_clone3_filter() {
+        assert_eq!(sandbox_filter(false).unwrap().len(), 2);
+        assert_eq!(sandbox_filter(true).unwrap().len(), 1);
     }
 }

@@ -53,6 +53,7 @@ pub struct NamespaceRuntime {
     lower: PathBuf,
     sock_dir: PathBuf,
     cgroups: Cgroups,
+    allow_nested_userns: bool,
 }
 
 /// What we remember about a running sandbox (stored in the database).
@@ -116,6 +117,7 @@ impl NamespaceRuntime {
             lower,
             sock_dir,
             cgroups,
+            allow_nested_userns: config.limits.allow_nested_userns,
         })
     }
 
@@ -157,6 +159,7 @@ impl NamespaceRuntime {
             uid_count: UID_COUNT,
             cgroups,
             log: ns.join("agent.log"),
+            allow_nested_userns: self.allow_nested_userns,
         })
     }
 
