@@ -379,9 +379,10 @@ async fn start_fails_cleanly_when_the_agent_never_answers() {
 
     let err = rt.start(&fx.sandbox).await.unwrap_err();
 
-    let RuntimeError::Start { message, .. } = &err else {
+    let RuntimeError::Start { .. } = &err else {
         panic!("expected a start error, got {err:?}");
     };
+    let message = rewind::runtime::chain(&err);
     assert!(
         message.contains("did not accept vsock port 1024"),
         "{message}"
@@ -413,9 +414,10 @@ async fn restoring_a_saved_nic_with_networking_off_is_refused() {
     let err = rt.start_from_state(&fx.sandbox, &saved).await.unwrap_err();
 
     assert!(err.to_string().contains("failed to start"), "{err}");
-    let RuntimeError::Start { message, .. } = &err else {
+    let RuntimeError::Start { .. } = &err else {
         panic!("expected a start error, got {err:?}");
     };
+    let message = rewind::runtime::chain(&err);
     assert!(message.contains("networking is off"), "{message}");
     assert!(find_tagged().iter().all(|t| t.sandbox != fx.sandbox.name));
     assert_eq!(
@@ -503,7 +505,8 @@ async fn replace_workspace_waits_for_the_guest_to_eject_the_old_disk() {
     let info = fx.client().info().await.unwrap();
     assert!(info.has_device("ws"));
     match result {
-        Err(RuntimeError::Remount { message, .. }) => {
+        Err(e @ RuntimeError::Remount { .. }) => {
+            let message = rewind::runtime::chain(&e);
             eprintln!("hot-swap timed out as expected on this host: {message}");
             assert!(message.contains("disk ws was not removed"), "{message}");
         }

@@ -89,18 +89,24 @@ pub enum Attached {
 pub enum RuntimeError {
     #[error("runtime is not available on this host: {reason}")]
     Unavailable { reason: String },
-    #[error("failed to start sandbox {sandbox}: {message}")]
-    Start { sandbox: String, message: String },
-    #[error("failed to stop sandbox {sandbox}: {message}")]
-    Stop { sandbox: String, message: String },
-    #[error("cannot remove the cgroups of sandbox {sandbox}")]
-    Cgroup {
+    #[error("failed to start sandbox {sandbox}")]
+    Start {
         sandbox: String,
         #[source]
-        source: namespace::CgroupError,
+        source: Cause,
     },
-    #[error("failed to put the workspace back for sandbox {sandbox}: {message}")]
-    Remount { sandbox: String, message: String },
+    #[error("failed to stop sandbox {sandbox}")]
+    Stop {
+        sandbox: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("failed to put the workspace back for sandbox {sandbox}")]
+    Remount {
+        sandbox: String,
+        #[source]
+        source: Cause,
+    },
     #[error("operation not supported by the {runtime} runtime: {what}")]
     Unsupported { runtime: &'static str, what: String },
     #[error("hypervisor error during {op}: {message}")]
@@ -113,6 +119,26 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What failed under a start, stop or workspace replacement.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// Boxed: a `VmError` is large, and every `RuntimeError` would carry it.
+    #[error(transparent)]
+    Vm(Box<cloud_hypervisor::vm::VmError>),
+    #[error(transparent)]
+    Launch(#[from] namespace::LaunchError),
+    #[error("cgroups")]
+    Cgroup(#[from] namespace::CgroupError),
+    #[error("runtime state (JSON)")]
+    State(#[from] serde_json::Error),
+}
+
+impl From<cloud_hypervisor::vm::VmError> for Cause {
+    fn from(e: cloud_hypervisor::vm::VmError) -> Self {
+        Cause::Vm(Box::new(e))
+    }
 }
 
 #[async_trait]

@@ -51,7 +51,10 @@ impl Sandboxes {
 
     /// Restore a full (memory) snapshot: stop the VM → restore workspace and
     /// state subvolumes → start it from the saved VM state → new agent
-    /// connection. If the start fails the sandbox is marked failed.
+    /// connection. When the storage step fails (the old workspace is intact:
+    /// storage restores atomically) the sandbox is started again as it was
+    /// and the storage error is returned as such (a vanished snapshot is a
+    /// 404, not a 500). If a start fails the sandbox is marked failed.
     async fn restore_full(
         &self,
         live: &mut Live,
@@ -66,18 +69,15 @@ impl Sandboxes {
             .storage
             .snapshot_aux_path(sandbox, snap)
             .join(super::snapshots::VM_STATE_DIR);
-        let started = match restored {
+        let started = match &restored {
             Ok(()) => self.runtime.start_from_state(&live.ctx, &dir).await,
-            Err(e) => Err(crate::runtime::RuntimeError::Start {
-                sandbox: sandbox.to_string(),
-                message: format!("storage restore failed: {e}"),
-            }),
+            Err(_) => self.runtime.start(&live.ctx).await,
         };
         let state = match started {
             Ok(state) => state,
             Err(e) => {
-                self.mark_failed(live.id, format!("restore of {snap} failed: {e}"))
-                    .await;
+                let reason = format!("restore of {snap} failed: {}", crate::runtime::chain(&e));
+                self.mark_failed(live.id, reason).await;
                 return Err(e.into());
             }
         };
@@ -88,7 +88,7 @@ impl Sandboxes {
         self.db
             .call(move |c| Db::set_runtime_state(c, id, &state))
             .await?;
-        Ok(())
+        restored
     }
 
     /// The unmount → swap → replace → mount sequence shared by restore and

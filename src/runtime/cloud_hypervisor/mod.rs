@@ -269,7 +269,7 @@ impl Runtime for CloudHypervisorRuntime {
             .await
             .map_err(|e| RuntimeError::Remount {
                 sandbox: sb.name.clone(),
-                message: chain(&e),
+                source: e.into(),
             })?;
         Ok(state.clone())
     }
@@ -363,7 +363,7 @@ impl Runtime for CloudHypervisorRuntime {
             .await
             .map_err(|e| RuntimeError::Stop {
                 sandbox: sb.name.clone(),
-                message: chain(&e),
+                source: e.into(),
             })
     }
 }
@@ -371,7 +371,7 @@ impl Runtime for CloudHypervisorRuntime {
 fn start_error(sb: &SandboxContext, e: VmError) -> RuntimeError {
     RuntimeError::Start {
         sandbox: sb.name.clone(),
-        message: chain(&e),
+        source: e.into(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! range ([`rootfs`]).
 
 mod cgroup;
+mod error;
 mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -29,10 +30,11 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 use super::{
-    Attached, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
+    Attached, Cause, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
 };
 use crate::config::Config;
 pub use cgroup::{CgroupError, Cgroups};
+pub use error::LaunchError;
 
 /// Host uid/gid that root inside a sandbox maps to.
 pub const UID_BASE: u32 = 100_000;
@@ -164,61 +166,65 @@ impl NamespaceRuntime {
     }
 
     async fn launch(&self, sb: &SandboxContext) -> Result<NsState, RuntimeError> {
-        let start_err = |message: String| RuntimeError::Start {
+        let start_err = |cause: Cause| RuntimeError::Start {
             sandbox: sb.name.clone(),
-            message,
+            source: cause,
         };
         let cgroups = self
             .cgroups
             .create(&sb.name, &sb.limits)
-            .map_err(|e| start_err(format!("cgroups: {e}")))?;
+            .map_err(|e| start_err(e.into()))?;
         let spec = self.launch_spec(sb, cgroups)?;
         let spec_path = sb.state_dir.join("ns/launch.json");
-        let text = serde_json::to_vec_pretty(&spec).map_err(|e| start_err(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&spec).map_err(|e| start_err(e.into()))?;
         std::fs::write(&spec_path, text).map_err(|source| RuntimeError::Io {
             op: format!("write {}", spec_path.display()),
             source,
         })?;
-        let launch = Command::new(&self.agent_bin)
-            .arg("launch")
-            .arg("--spec")
-            .arg(&spec_path)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(LAUNCH_TIMEOUT, launch)
+        let out = self
+            .launcher(&spec_path)
             .await
-            .map_err(|_| {
-                start_err(format!(
-                    "launcher did not finish within {}s",
-                    LAUNCH_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(|e| start_err(format!("cannot run {}: {e}", self.agent_bin.display())))?;
+            .map_err(|e| start_err(e.into()))?;
         if !out.status.success() {
             let _ = self.cgroups.remove(&sb.name);
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            return Err(start_err(format!(
-                "{stderr}; agent log: {}",
-                log_tail(&spec.log, 2048)
-            )));
+            return Err(start_err(Cause::Launch(LaunchError::Launcher {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                log: log_tail(&spec.log, 2048),
+            })));
         }
         #[derive(Deserialize)]
         struct Launched {
             pid: i32,
         }
         let launched: Launched = serde_json::from_slice(&out.stdout)
-            .map_err(|e| start_err(format!("unexpected launcher output: {e}")))?;
-        let starttime = proc_starttime(launched.pid).ok_or_else(|| {
-            start_err(format!(
-                "sandbox PID {} exited right after launch",
-                launched.pid
-            ))
-        })?;
+            .map_err(|e| start_err(LaunchError::Output(e).into()))?;
+        let pid = launched.pid;
+        let starttime =
+            proc_starttime(pid).ok_or_else(|| start_err(LaunchError::Exited { pid }.into()))?;
         Ok(NsState {
-            pid: launched.pid,
+            pid,
             starttime,
             socket: spec.socket,
         })
+    }
+
+    /// Run `rewind-agent launch --spec <spec>` to completion (or timeout).
+    async fn launcher(&self, spec: &Path) -> Result<std::process::Output, LaunchError> {
+        let launch = Command::new(&self.agent_bin)
+            .arg("launch")
+            .arg("--spec")
+            .arg(spec)
+            .kill_on_drop(true)
+            .output();
+        let bin = || self.agent_bin.clone();
+        tokio::time::timeout(LAUNCH_TIMEOUT, launch)
+            .await
+            .map_err(|_| LaunchError::Timeout {
+                bin: bin(),
+                what: "launch",
+                after: LAUNCH_TIMEOUT,
+            })?
+            .map_err(|source| LaunchError::Spawn { bin: bin(), source })
     }
 
     /// Kill PID 1 (which takes the whole PID namespace with it), reap it,
@@ -232,12 +238,10 @@ impl NamespaceRuntime {
             if let Some(s) = state.filter(|s| proc_starttime(s.pid) == Some(s.starttime)) {
                 kill_and_reap(s.pid, s.starttime);
             }
-            cgroups
-                .remove(&name)
-                .map_err(|source| RuntimeError::Cgroup {
-                    sandbox: name.clone(),
-                    source,
-                })?;
+            cgroups.remove(&name).map_err(|e| RuntimeError::Stop {
+                sandbox: name.clone(),
+                source: e.into(),
+            })?;
             let _ = std::fs::remove_file(socket);
             Ok(())
         })
@@ -315,7 +319,7 @@ impl Runtime for NamespaceRuntime {
         tracing::info!(sandbox = %sb.name, pid = state.pid, "namespace sandbox started");
         serde_json::to_value(&state).map_err(|e| RuntimeError::Start {
             sandbox: sb.name.clone(),
-            message: e.to_string(),
+            source: e.into(),
         })
     }
 
@@ -369,12 +373,12 @@ impl Runtime for NamespaceRuntime {
         sb: &SandboxContext,
         state: &RuntimeState,
     ) -> Result<RuntimeState, RuntimeError> {
-        let remount_err = |message: String| RuntimeError::Remount {
+        let remount_err = |cause: Cause| RuntimeError::Remount {
             sandbox: sb.name.clone(),
-            message,
+            source: cause,
         };
         let s: NsState =
-            serde_json::from_value(state.clone()).map_err(|e| remount_err(e.to_string()))?;
+            serde_json::from_value(state.clone()).map_err(|e| remount_err(e.into()))?;
         let out = Command::new(&self.agent_bin)
             .arg("mount-into")
             .arg("--pid")
@@ -385,11 +389,18 @@ impl Runtime for NamespaceRuntime {
             .arg(rewind_agent::protocol::WORKSPACE_DIR)
             .output()
             .await
-            .map_err(|e| remount_err(e.to_string()))?;
+            .map_err(|source| {
+                remount_err(
+                    LaunchError::Spawn {
+                        bin: self.agent_bin.clone(),
+                        source,
+                    }
+                    .into(),
+                )
+            })?;
         if !out.status.success() {
-            return Err(remount_err(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            return Err(remount_err(LaunchError::MountInto { stderr }.into()));
         }
         Ok(state.clone())
     }
