@@ -156,7 +156,15 @@ impl Sandboxes {
             .await?;
         let mut live = self.new_live(row, &name, state);
         live.last_cmd_ms = last;
-        match self.put_workspace_back(&mut live).await {
+        // Only where the runtime can tell which mount is in place (a VM's
+        // disk is re-attached with the VM; hot-swapping it at every restart
+        // would be pointless).
+        let checkable = self.runtime.workspace_dev(&live.ctx).is_some();
+        let put_back = match checkable {
+            true => self.put_workspace_back(&mut live).await,
+            false => Ok(false),
+        };
+        match put_back {
             Ok(false) => {}
             Ok(true) => report.actions.push(format!(
                 "{}: /workspace was not the live workspace (a restore was cut off); put it back",
