@@ -206,4 +206,33 @@ mod tests {
             "{message}"
         );
     }
+
+    #[test]
+    fn from_sandbox_error_workspace_unavailable_is_503_with_the_reason() {
+        let e = SandboxError::Agent(rewind_agent::client::AgentError::Remote {
+            op: "exec",
+            code: rewind_agent::protocol::ErrorCode::WorkspaceUnavailable,
+            message: "/workspace is not mounted (a restore did not finish)".into(),
+        });
+
+        let api = ApiError::from(e);
+
+        assert_eq!(
+            api.status_code(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(api.to_string().contains("is not mounted"), "{api}");
+    }
+
+    #[test]
+    fn from_sandbox_error_storage_not_found_is_404() {
+        let e = SandboxError::Storage(rewind_storage::StorageError::NotFound {
+            what: "snapshot",
+            name: "gone".into(),
+        });
+
+        let api = ApiError::from(e);
+
+        assert_eq!(api.status_code(), axum::http::StatusCode::NOT_FOUND);
+    }
 }
