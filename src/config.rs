@@ -59,6 +59,8 @@ pub struct LimitsConfig {
     /// Let sandbox commands create user namespaces (`unshare -U`); a
     /// seccomp rule denies it by default, as Docker's default profile does.
     pub allow_nested_userns: bool,
+    /// Default and maximum disk limit per sandbox (MiB); 0 = no limits.
+    pub disk_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +141,7 @@ impl Default for LimitsConfig {
             pids: 2048,
             vcpus: 2,
             allow_nested_userns: false,
+            disk_mb: 10240,
         }
     }
 }

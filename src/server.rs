@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rewind_storage::{PoolConfig, Storage};
+use rewind_storage::{PoolConfig, QuotaMode, Storage};
 
 use crate::api::{app, AppState};
 use crate::config::{Config, RuntimeChoice};
@@ -39,10 +39,17 @@ async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     pool.image_size_bytes = config.storage.pool_size_gb * 1024 * 1024 * 1024;
     pool.max_auto_snapshots = config.storage.max_auto_snapshots;
     pool.quotas = config.storage.quotas;
+    pool.disk_limits = config.limits.disk_mb > 0;
     let storage = tokio::task::spawn_blocking(move || Storage::open(pool))
         .await?
         .context("opening the storage pool")?;
-    tracing::info!(pool = %storage.pool_path().display(), quotas = storage.quotas_enabled(), "storage ready");
+    let quota = storage.quota_mode();
+    tracing::info!(pool = %storage.pool_path().display(), quotas = storage.quotas_enabled(), ?quota, "storage ready");
+    if config.limits.disk_mb > 0 && quota == QuotaMode::Off {
+        tracing::warn!(
+            "limits.disk_mb is set but the pool has no quotas: sandboxes have NO disk limit"
+        );
+    }
     Ok(storage)
 }
 

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The sandbox cannot do this in its current state (e.g. failed).
     #[error("{0}")]
     Unavailable(String),
+    /// The storage pool is full (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The sandbox's runtime (hypervisor, namespaces) failed: the message
     /// carries its error chain (e.g. Cloud Hypervisor's), so the client sees
     /// why, and the log has it with the request id.
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

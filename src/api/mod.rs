@@ -159,6 +159,11 @@ impl From<SandboxError> for ApiError {
             {
                 ApiError::Unavailable(a.to_string())
             }
+            SandboxError::Storage(ref s) if s.is_no_space() => ApiError::InsufficientStorage(
+                "the storage pool is full: nothing was changed; delete sandboxes or snapshots, \
+                 or grow storage.pool_size_gb"
+                    .into(),
+            ),
             SandboxError::Agent(ref a) => {
                 ApiError::Unavailable(format!("the sandbox did not answer: {a}"))
             }

@@ -15,6 +15,8 @@ use crate::db::SandboxRow;
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     name: String,
+    /// Disk limit in MiB (default and maximum: `limits.disk_mb`).
+    disk_mb: Option<i64>,
 }
 
 /// What the reference calls `base_vm`: the image sandboxes start from.
@@ -49,7 +51,10 @@ pub async fn create(
     caller: Auth,
     Body(body): Body<CreateVm>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    let row = state.sandboxes.create(&caller, &body.name).await?;
+    let row = state
+        .sandboxes
+        .create_with_disk(&caller, &body.name, body.disk_mb)
+        .await?;
     Ok((StatusCode::CREATED, Json(vm_json(&row))))
 }
 
@@ -63,6 +68,11 @@ pub async fn get(
     let mut vm = vm_json(&row);
     vm["agentHealthy"] = json!(healthy);
     vm["network_config"] = json!(state.sandboxes.network(&row.name));
+    let disk = state.sandboxes.disk(&row.name).await.unwrap_or_else(|e| {
+        tracing::warn!(sandbox = %row.name, error = %crate::runtime::chain(&e), "reading disk usage");
+        None
+    });
+    vm["disk"] = json!(disk);
     Ok(Json(vm))
 }
 

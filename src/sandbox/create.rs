@@ -26,7 +26,19 @@ pub struct ForkSource {
 
 impl Sandboxes {
     pub async fn create(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
-        self.create_from(caller, name, None).await
+        self.create_with_disk(caller, name, None).await
+    }
+
+    /// Create with a disk limit of `disk_mb` MiB (default and maximum:
+    /// `limits.disk_mb`).
+    pub async fn create_with_disk(
+        &self,
+        caller: &Caller,
+        name: &str,
+        disk_mb: Option<i64>,
+    ) -> Result<SandboxRow, SandboxError> {
+        let disk = self.disk_limit_bytes(disk_mb)?;
+        self.create_from(caller, name, None, disk).await
     }
 
     /// Fork: a new sandbox `new_name` (owned by the caller) starting from
@@ -46,7 +58,8 @@ impl Sandboxes {
             snapshot: snap,
             with_memory: row.include_memory && self.runtime.supports_memory_snapshots(),
         };
-        self.create_from(caller, new_name, Some(from)).await
+        let disk = self.disk_limit_bytes(None)?;
+        self.create_from(caller, new_name, Some(from), disk).await
     }
 
     async fn create_from(
@@ -54,6 +67,7 @@ impl Sandboxes {
         caller: &Caller,
         name: &str,
         from: Option<ForkSource>,
+        disk_limit_bytes: Option<u64>,
     ) -> Result<SandboxRow, SandboxError> {
         let name = parse_sandbox_name(name)?;
         let (key, owner, runtime) = (
@@ -74,7 +88,10 @@ impl Sandboxes {
         // Storage first: a failed create leaves nothing, so the rollback only
         // removes the row (never storage this request did not make, e.g. a
         // sandbox startup recovery left in place for lack of a row).
-        if let Err(e) = self.create_storage(&name, from.as_ref()).await {
+        if let Err(e) = self
+            .create_storage(&name, from.as_ref(), disk_limit_bytes)
+            .await
+        {
             self.rollback_row(&row, &name).await;
             return Err(match e {
                 SandboxError::Storage(StorageError::AlreadyExists { .. }) => {
@@ -99,10 +116,12 @@ impl Sandboxes {
         &self,
         name: &SandboxName,
         from: Option<&ForkSource>,
+        disk_limit_bytes: Option<u64>,
     ) -> Result<(), SandboxError> {
         let opts = CreateOptions {
             owner: self.runtime.workspace_owner(),
             fork_from: from.map(|f| (f.sandbox.clone(), f.snapshot.clone())),
+            disk_limit_bytes,
             ..Default::default()
         };
         let n = name.clone();

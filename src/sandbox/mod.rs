@@ -9,6 +9,7 @@
 
 mod create;
 mod delete;
+mod disk;
 mod egress;
 mod forward;
 mod recover;
@@ -30,6 +31,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
 use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
 
+pub use disk::DiskView;
 pub use forward::NewForward;
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};

@@ -7,7 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-use libbtrfsutil::{CreateSnapshotOptions, DeleteSubvolumeOptions};
+use libbtrfsutil::{
+    CreateSnapshotOptions, CreateSubvolumeOptions, DeleteSubvolumeOptions, QgroupInherit,
+};
 
 use crate::error::StorageError;
 
@@ -19,15 +21,36 @@ pub(crate) struct SubvolMeta {
     pub created: SystemTime,
 }
 
-pub(crate) fn create_subvolume(path: &Path) -> Result<(), StorageError> {
-    libbtrfsutil::create_subvolume(path)
+/// The qgroup a new subvolume joins at creation (`None`: none).
+fn inherit(group: Option<u64>, path: &Path) -> Result<Option<QgroupInherit>, StorageError> {
+    let Some(group) = group else {
+        return Ok(None);
+    };
+    let err = |e| StorageError::btrfs("qgroup inherit", path, e);
+    let mut inherit = QgroupInherit::new().map_err(err)?;
+    inherit.add_group(group).map_err(err)?;
+    Ok(Some(inherit))
+}
+
+/// A new empty subvolume, member of qgroup `group` when given.
+pub(crate) fn create_subvolume(path: &Path, group: Option<u64>) -> Result<(), StorageError> {
+    CreateSubvolumeOptions::new()
+        .qgroup(inherit(group, path)?)
+        .create(path)
         .map_err(|e| StorageError::btrfs("create subvolume", path, e))
 }
 
-/// O(1) snapshot of `src` at `dst`; read-only when `read_only`.
-pub(crate) fn snapshot(src: &Path, dst: &Path, read_only: bool) -> Result<(), StorageError> {
+/// O(1) snapshot of `src` at `dst`; read-only when `read_only`; the new
+/// subvolume joins qgroup `group` when given.
+pub(crate) fn snapshot(
+    src: &Path,
+    dst: &Path,
+    read_only: bool,
+    group: Option<u64>,
+) -> Result<(), StorageError> {
     CreateSnapshotOptions::new()
         .readonly(read_only)
+        .qgroup(inherit(group, dst)?)
         .create(src, dst)
         .map_err(|e| StorageError::btrfs("snapshot", dst, e))
 }

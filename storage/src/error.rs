@@ -61,11 +61,31 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    #[error("could not {op} on {path}")]
+    Quota {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path} is not a Btrfs pool: {reason}")]
     NotAPool { path: PathBuf, reason: &'static str },
 }
 
 impl StorageError {
+    /// Whether the pool (or the sandbox's disk limit) ran out of space:
+    /// `ENOSPC` or `EDQUOT` from the failed call.
+    pub fn is_no_space(&self) -> bool {
+        let errno = match self {
+            StorageError::Io { source, .. }
+            | StorageError::Rename { source, .. }
+            | StorageError::Quota { source, .. } => source.raw_os_error(),
+            StorageError::Btrfs { source, .. } => Some(source.errno()),
+            _ => None,
+        };
+        matches!(errno, Some(libc::ENOSPC | libc::EDQUOT))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         StorageError::Io {
             op,

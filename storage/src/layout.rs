@@ -17,6 +17,8 @@ pub(crate) const STATE_NEW: &str = "state.new";
 pub(crate) const INTENT: &str = "exchange.intent";
 pub(crate) const INTENT_TMP: &str = "exchange.intent.tmp";
 pub(crate) const TEMPLATE_FILE: &str = "template";
+/// File holding the id of the sandbox's level-1 qgroup (disk limit).
+pub(crate) const QGROUP_FILE: &str = "qgroup";
 pub(crate) const SNAPS: &str = "snaps";
 pub(crate) const SNAPSTATE: &str = "snapstate";
 pub(crate) const KEPT: &str = "kept";

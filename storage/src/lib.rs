@@ -140,6 +140,7 @@ mod names;
 mod ops;
 mod pool;
 mod qgroup;
+mod quota;
 mod recovery;
 mod storage;
 
@@ -147,4 +148,5 @@ pub use error::StorageError;
 pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
 pub use ops::{CreateOptions, SnapshotInfo, SnapshotKind};
 pub use qgroup::Sizes;
+pub use quota::{DiskUsage, QuotaMode};
 pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};

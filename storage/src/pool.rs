@@ -22,13 +22,13 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use crate::btrfs;
 use crate::error::StorageError;
 use crate::loopdev;
-use crate::qgroup;
+use crate::quota::{self, QuotaMode};
 use crate::storage::PoolConfig;
 
 /// A ready pool.
 pub(crate) struct Pool {
     pub path: PathBuf,
-    pub quotas: bool,
+    pub quota: QuotaMode,
 }
 
 fn on_btrfs(path: &Path) -> bool {
@@ -58,10 +58,9 @@ pub(crate) fn ensure(cfg: &PoolConfig) -> Result<Pool, StorageError> {
                  is copied into the next snapshot's metadata; mount it with noatime"
             );
         }
-        let quotas = qgroup::quotas_on(data_dir);
         return Ok(Pool {
             path: data_dir.to_owned(),
-            quotas,
+            quota: quota::setup(data_dir, cfg.disk_limits),
         });
     }
     let _lock = lock(data_dir)?;
@@ -73,8 +72,8 @@ pub(crate) fn ensure(cfg: &PoolConfig) -> Result<Pool, StorageError> {
     }
     ensure_noatime(&pool)?;
     Ok(Pool {
-        path: pool.clone(),
-        quotas: qgroup::quotas_on(&pool),
+        quota: quota::setup(&pool, cfg.disk_limits),
+        path: pool,
     })
 }
 

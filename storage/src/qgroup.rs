@@ -12,9 +12,12 @@ use crate::error::StorageError;
 const QUOTA_TREE_OBJECTID: u64 = 8;
 const QGROUP_STATUS_KEY: u32 = 240;
 const QGROUP_INFO_KEY: u32 = 242;
-const STATUS_FLAG_ON: u64 = 1 << 0;
+const QGROUP_LIMIT_KEY: u32 = 244;
+pub(crate) const STATUS_FLAG_ON: u64 = 1 << 0;
 const STATUS_FLAG_RESCAN: u64 = 1 << 1;
 const STATUS_FLAG_INCONSISTENT: u64 = 1 << 2;
+/// `BTRFS_QGROUP_STATUS_FLAG_SIMPLE_MODE`: simple quotas.
+pub(crate) const STATUS_FLAG_SIMPLE: u64 = 1 << 3;
 const SEARCH_BUF_SIZE: usize = 4096 - std::mem::size_of::<SearchKey>();
 const HEADER_LEN: usize = 32;
 
@@ -131,19 +134,29 @@ fn usable(status_flags: Option<u64>) -> bool {
     })
 }
 
-/// Whether the quota tree exists and says quotas are on.
-pub(crate) fn quotas_on(pool: &Path) -> bool {
-    let Ok(dir) = File::open(pool) else {
-        return false;
-    };
-    match search(&dir, (QGROUP_STATUS_KEY, 0), (QGROUP_STATUS_KEY, 0)) {
-        Ok(items) => items
-            .iter()
-            .find(|(ty, _, _)| *ty == QGROUP_STATUS_KEY)
-            .and_then(|(_, _, d)| le_u64(d, 16))
-            .is_some_and(|f| f & STATUS_FLAG_ON != 0),
-        Err(_) => false,
-    }
+/// The quota status flags; `None` when there is no quota tree.
+pub(crate) fn status_flags(pool: &Path) -> Option<u64> {
+    let dir = File::open(pool).ok()?;
+    search(&dir, (QGROUP_STATUS_KEY, 0), (QGROUP_STATUS_KEY, 0))
+        .ok()?
+        .iter()
+        .find(|(ty, _, _)| *ty == QGROUP_STATUS_KEY)
+        .and_then(|(_, _, d)| le_u64(d, 16))
+}
+
+/// The `max_rfer` limit of qgroup `id`; `None` when it has none.
+pub(crate) fn read_limit(pool: &Path, id: u64) -> Result<Option<u64>, StorageError> {
+    let dir = File::open(pool).map_err(|e| StorageError::io("open", pool, e))?;
+    let items = search(&dir, (QGROUP_LIMIT_KEY, id), (QGROUP_LIMIT_KEY, id)).map_err(|source| {
+        StorageError::Qgroup {
+            path: pool.to_owned(),
+            source,
+        }
+    })?;
+    Ok(items
+        .first()
+        .and_then(|(_, _, d)| Some((le_u64(d, 0)?, le_u64(d, 8)?)))
+        .and_then(|(flags, max)| (flags & 1 != 0).then_some(max)))
 }
 
 fn le_u64(data: &[u8], at: usize) -> Option<u64> {

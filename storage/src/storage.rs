@@ -15,6 +15,7 @@ use crate::error::StorageError;
 use crate::layout::Layout;
 use crate::names::SandboxName;
 use crate::pool;
+use crate::quota::{self, DiskUsage, QuotaMode};
 use crate::recovery;
 
 /// 20 GiB.
@@ -36,6 +37,11 @@ pub struct PoolConfig {
     /// every transaction commit pay for accounting, and deleting
     /// subvolumes very expensive (see docs/benchmarks.md).
     pub quotas: bool,
+    /// Turn on Btrfs simple quotas when the pool has no quotas yet, so
+    /// sandboxes can get disk limits ([`CreateOptions::disk_limit_bytes`]).
+    /// Default true. Without it (or on a kernel without simple quotas, or
+    /// with quotas off for good) limits are ignored.
+    pub disk_limits: bool,
 }
 
 impl PoolConfig {
@@ -45,6 +51,7 @@ impl PoolConfig {
             image_size_bytes: DEFAULT_IMAGE_SIZE,
             max_auto_snapshots: DEFAULT_MAX_AUTO_SNAPSHOTS,
             quotas: true,
+            disk_limits: true,
         }
     }
 }
@@ -59,7 +66,9 @@ pub struct Storage {
 pub(crate) struct Inner {
     pub layout: Layout,
     pub cfg: PoolConfig,
+    /// Full quota groups: per-snapshot sizes are meaningful.
     pub quotas: bool,
+    pub quota_mode: QuotaMode,
     pub report: Vec<String>,
     /// Sandboxes with an operation in progress; waiters sleep on `released`.
     busy: Mutex<HashSet<SandboxName>>,
@@ -96,7 +105,8 @@ impl Storage {
         let inner = Arc::new_cyclic(|weak| Inner {
             layout,
             cfg,
-            quotas: pool.quotas,
+            quotas: pool.quota == QuotaMode::Full,
+            quota_mode: pool.quota,
             report: recovered.report,
             busy: Mutex::new(HashSet::new()),
             released: Condvar::new(),
@@ -114,9 +124,14 @@ impl Storage {
         &self.inner.layout.root
     }
 
-    /// Whether Btrfs quota groups are enabled (sizes can be reported).
+    /// Whether full Btrfs quota groups are enabled (sizes can be reported).
     pub fn quotas_enabled(&self) -> bool {
         self.inner.quotas
+    }
+
+    /// How disk use is accounted: whether sandboxes can have disk limits.
+    pub fn quota_mode(&self) -> QuotaMode {
+        self.inner.quota_mode
     }
 
     /// What startup recovery did, one line per action.
@@ -133,6 +148,28 @@ impl Storage {
     /// every write made before this call.
     pub fn sync(&self) -> Result<(), StorageError> {
         btrfs::sync(self.pool_path())
+    }
+
+    /// The disk-limit qgroup of the sandbox in `dir`, when it has one and
+    /// quotas are on (new subvolumes of the sandbox join it).
+    pub(crate) fn disk_group(&self, dir: &Path) -> Result<Option<u64>, StorageError> {
+        if self.inner.quota_mode == QuotaMode::Off {
+            return Ok(None);
+        }
+        quota::read_group_file(&dir.join(crate::layout::QGROUP_FILE))
+    }
+
+    /// The disk limit of sandbox `sb` and its use as of the last committed
+    /// transaction; `None` when it has no limit or quotas are off.
+    pub fn disk_usage(&self, sb: &SandboxName) -> Result<Option<DiskUsage>, StorageError> {
+        let dir = self.layout().sandbox(sb);
+        if !dir.is_dir() {
+            return Err(StorageError::not_found("sandbox", sb));
+        }
+        match self.disk_group(&dir)? {
+            Some(group) => quota::usage(self.pool_path(), group),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn layout(&self) -> &Layout {
@@ -203,5 +240,6 @@ mod tests {
         assert_eq!(cfg.image_size_bytes, 20 << 30);
         assert_eq!(cfg.max_auto_snapshots, 1000);
         assert!(cfg.quotas);
+        assert!(cfg.disk_limits);
     }
 }

@@ -11,6 +11,7 @@ use crate::failpoint;
 use crate::layout::{self, Layout};
 use crate::names::SandboxName;
 use crate::ops::CreateOptions;
+use crate::quota::{self, QuotaMode};
 use crate::storage::Storage;
 
 impl Storage {
@@ -38,7 +39,7 @@ impl Storage {
             }
         }
         let tmp = layout.creating(sb);
-        if let Err(e) = build(layout, &tmp, opts) {
+        if let Err(e) = self.build(&tmp, opts) {
             self.trash(&tmp, "create-failed")?;
             return Err(e);
         }
@@ -55,15 +56,42 @@ impl Storage {
     }
 }
 
-/// Builds the complete sandbox directory at `dir`.
-fn build(layout: &Layout, dir: &Path, opts: &CreateOptions) -> Result<(), StorageError> {
-    fs::create_dir(dir).map_err(|e| StorageError::io("create", dir, e))?;
-    failpoint::hit("create:after_mkdir");
+impl Storage {
+    /// Builds the complete sandbox directory at `dir`.
+    fn build(&self, dir: &Path, opts: &CreateOptions) -> Result<(), StorageError> {
+        fs::create_dir(dir).map_err(|e| StorageError::io("create", dir, e))?;
+        failpoint::hit("create:after_mkdir");
+        let group = self.new_disk_group(dir, opts.disk_limit_bytes)?;
+        build_subvolumes(self.layout(), dir, opts, group)
+    }
+
+    /// With a limit and quotas on: a new qgroup limited to `limit` bytes,
+    /// recorded in `dir/qgroup` before any subvolume joins it.
+    fn new_disk_group(&self, dir: &Path, limit: Option<u64>) -> Result<Option<u64>, StorageError> {
+        let Some(limit) = limit.filter(|_| self.quota_mode() != QuotaMode::Off) else {
+            return Ok(None);
+        };
+        let pool = self.pool_path();
+        let group = quota::create_group(pool)?;
+        quota::set_limit(pool, group, limit)?;
+        let path = dir.join(layout::QGROUP_FILE);
+        fs::write(&path, group.to_string()).map_err(|e| StorageError::io("write", &path, e))?;
+        Ok(Some(group))
+    }
+}
+
+/// The workspace and state subvolumes and the fixed directories.
+fn build_subvolumes(
+    layout: &Layout,
+    dir: &Path,
+    opts: &CreateOptions,
+    group: Option<u64>,
+) -> Result<(), StorageError> {
     let live = dir.join(layout::LIVE);
     match (&opts.fork_from, &opts.template) {
-        (Some((src, snap)), _) => btrfs::snapshot(&layout.snap(src, snap), &live, false)?,
-        (None, Some(t)) => btrfs::snapshot(&layout.template(t), &live, false)?,
-        (None, None) => btrfs::create_subvolume(&live)?,
+        (Some((src, snap)), _) => btrfs::snapshot(&layout.snap(src, snap), &live, false, group)?,
+        (None, Some(t)) => btrfs::snapshot(&layout.template(t), &live, false, group)?,
+        (None, None) => btrfs::create_subvolume(&live, group)?,
     }
     if let Some((uid, gid)) = opts.owner {
         chown(&live, Some(uid), Some(gid)).map_err(|e| StorageError::io("chown", &live, e))?;
@@ -72,9 +100,9 @@ fn build(layout: &Layout, dir: &Path, opts: &CreateOptions) -> Result<(), Storag
     let state = dir.join(layout::STATE);
     match &opts.fork_from {
         Some((src, snap)) if layout.snap_state(src, snap).is_dir() => {
-            btrfs::snapshot(&layout.snap_state(src, snap), &state, false)?
+            btrfs::snapshot(&layout.snap_state(src, snap), &state, false, group)?
         }
-        _ => btrfs::create_subvolume(&state)?,
+        _ => btrfs::create_subvolume(&state, group)?,
     }
     for sub in [layout::SNAPS, layout::SNAPSTATE, layout::KEPT, layout::AUX] {
         let path = dir.join(sub);

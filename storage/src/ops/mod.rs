@@ -26,6 +26,9 @@ pub struct CreateOptions {
     /// precedence over `template` for the initial contents; wipe still uses
     /// `template`.
     pub fork_from: Option<(SandboxName, SnapshotName)>,
+    /// Disk limit over everything the sandbox writes (live, state and the
+    /// extents its snapshots keep); ignored when the pool has no quotas.
+    pub disk_limit_bytes: Option<u64>,
 }
 
 /// Whether retention may prune a snapshot.

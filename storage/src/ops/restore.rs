@@ -30,7 +30,8 @@ impl Storage {
         self.finish_interrupted(&dir)?;
         let state_snap = l.snap_state(sb, name);
         let state = state_snap.exists().then_some(state_snap.as_path());
-        let result = restore_steps(&dir, &snap, state);
+        let group = self.disk_group(&dir)?;
+        let result = restore_steps(&dir, &snap, state, group);
         self.finish_interrupted(&dir)?;
         result?;
         failpoint::hit("restore:after_trash");
@@ -50,7 +51,8 @@ impl Storage {
             return Err(StorageError::not_found("template", t));
         }
         let source = template.map(|t| self.layout().template(&t));
-        let result = wipe_steps(&dir, source.as_deref());
+        let group = self.disk_group(&dir)?;
+        let result = wipe_steps(&dir, source.as_deref(), group);
         self.finish_interrupted(&dir)?;
         result?;
         failpoint::hit("wipe:after_trash");
@@ -70,13 +72,18 @@ impl Storage {
     }
 }
 
-fn restore_steps(dir: &Path, snap: &Path, state_snap: Option<&Path>) -> Result<(), StorageError> {
+fn restore_steps(
+    dir: &Path,
+    snap: &Path,
+    state_snap: Option<&Path>,
+    group: Option<u64>,
+) -> Result<(), StorageError> {
     let live_new = dir.join(LIVE_NEW);
-    btrfs::snapshot(snap, &live_new, false)?;
+    btrfs::snapshot(snap, &live_new, false, group)?;
     failpoint::hit("restore:after_live_new");
     if let Some(state_snap) = state_snap {
         let state_new = dir.join(STATE_NEW);
-        btrfs::snapshot(state_snap, &state_new, false)?;
+        btrfs::snapshot(state_snap, &state_new, false, group)?;
         failpoint::hit("restore:after_state_new");
         write_intent(
             dir,
@@ -92,11 +99,11 @@ fn restore_steps(dir: &Path, snap: &Path, state_snap: Option<&Path>) -> Result<(
     Ok(())
 }
 
-fn wipe_steps(dir: &Path, template: Option<&Path>) -> Result<(), StorageError> {
+fn wipe_steps(dir: &Path, template: Option<&Path>, group: Option<u64>) -> Result<(), StorageError> {
     let (live, live_new) = (dir.join(LIVE), dir.join(LIVE_NEW));
     match template {
-        Some(t) => btrfs::snapshot(t, &live_new, false)?,
-        None => btrfs::create_subvolume(&live_new)?,
+        Some(t) => btrfs::snapshot(t, &live_new, false, group)?,
+        None => btrfs::create_subvolume(&live_new, group)?,
     }
     failpoint::hit("wipe:after_live_new");
     let old = fs::metadata(&live).map_err(|e| StorageError::io("stat", &live, e))?;

@@ -73,6 +73,7 @@ impl Storage {
         with_state: bool,
     ) -> Result<(), StorageError> {
         let l = self.layout();
+        let group = self.disk_group(&l.sandbox(sb))?;
         if kind == SnapshotKind::Kept {
             let marker = l.kept_marker(sb, name);
             File::create(&marker).map_err(|e| StorageError::io("create", &marker, e))?;
@@ -81,10 +82,10 @@ impl Storage {
         if with_state {
             let dst = l.snap_state(sb, name);
             crate::ops::delete::delete_if_exists(&dst)?;
-            btrfs::snapshot(&l.state(sb), &dst, true)?;
+            btrfs::snapshot(&l.state(sb), &dst, true, group)?;
         }
         failpoint::hit("snapshot:after_state");
-        btrfs::snapshot(&l.live(sb), &l.snap(sb, name), true).map_err(|e| match &e {
+        btrfs::snapshot(&l.live(sb), &l.snap(sb, name), true, group).map_err(|e| match &e {
             StorageError::Btrfs { source, .. } if source.errno() == libc::EEXIST => {
                 StorageError::exists("snapshot", name)
             }

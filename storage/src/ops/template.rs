@@ -16,7 +16,7 @@ impl Storage {
         if path.exists() {
             return Err(StorageError::exists("template", name));
         }
-        btrfs::create_subvolume(&path).map_err(|e| match &e {
+        btrfs::create_subvolume(&path, None).map_err(|e| match &e {
             StorageError::Btrfs { source, .. } if source.errno() == libc::EEXIST => {
                 StorageError::exists("template", name)
             }
