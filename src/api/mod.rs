@@ -159,11 +159,12 @@ impl From<SandboxError> for ApiError {
             {
                 ApiError::Unavailable(a.to_string())
             }
-            SandboxError::Storage(ref s) if s.is_no_space() => ApiError::InsufficientStorage(
-                "the storage pool is full: nothing was changed; delete sandboxes or snapshots, \
-                 or grow storage.pool_size_gb"
-                    .into(),
-            ),
+            SandboxError::Storage(ref s) if s.is_no_space() => pool_full(),
+            SandboxError::Runtime(crate::runtime::RuntimeError::Io { ref source, .. })
+                if source.raw_os_error() == Some(libc::ENOSPC) =>
+            {
+                pool_full()
+            }
             SandboxError::Agent(ref a) => {
                 ApiError::Unavailable(format!("the sandbox did not answer: {a}"))
             }
@@ -174,6 +175,16 @@ impl From<SandboxError> for ApiError {
             other => ApiError::internal_chain(&other),
         }
     }
+}
+
+/// 507: the pool (or the sandbox's disk limit) has no room; the operation
+/// was rolled back.
+fn pool_full() -> ApiError {
+    ApiError::InsufficientStorage(
+        "the storage pool is full: nothing was changed; delete sandboxes or snapshots, \
+         or grow storage.pool_size_gb"
+            .into(),
+    )
 }
 
 /// The innermost useful message of a wrapped error.
@@ -192,6 +203,24 @@ pub type AppResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
     use crate::runtime::RuntimeError;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn from_sandbox_error_no_space_is_507() {
+        let storage = SandboxError::Storage(rewind_storage::StorageError::Io {
+            op: "write",
+            path: "/pool/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        let runtime = SandboxError::Runtime(RuntimeError::Io {
+            op: "write launch.json".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+
+        let statuses = [storage, runtime].map(|e| ApiError::from(e).status_code());
+
+        assert_eq!(statuses, [StatusCode::INSUFFICIENT_STORAGE; 2]);
+    }
 
     #[test]
     fn from_sandbox_error_runtime_failure_keeps_the_hypervisor_message() {
