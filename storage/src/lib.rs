@@ -32,6 +32,7 @@
 //!     live                        rw subvolume: the workspace (workspace_path)
 //!     state                       rw subvolume: runtime state (state_dir)
 //!     template                    file: template name, absent = empty workspace
+//!     qgroup                      file: id of the disk-limit qgroup, absent = no limit
 //!     snaps/<snap>                ro subvolume: snapshot of live (snapshot_path)
 //!     snapstate/<snap>            ro subvolume: snapshot of state (with_state only)
 //!     kept/<snap>                 empty file: snapshot is Kept (never pruned)
@@ -121,7 +122,51 @@
 //!
 //! Sizes come from each snapshot's level-0 quota group as of the last
 //! committed transaction ([`Storage::sync`] commits); they are `None` when
-//! quotas are off, being rescanned, or flagged inconsistent.
+//! full quota groups are off (simple quotas do not count shared extents per
+//! snapshot), being rescanned, or flagged inconsistent.
+//!
+//! # Disk limits
+//!
+//! A sandbox created with [`CreateOptions::disk_limit_bytes`] gets its own
+//! level-1 quota group (`1/<random>`, id in `sandboxes/<sb>/qgroup`, written
+//! before any subvolume exists) with a `max_rfer` limit; every subvolume of
+//! the sandbox joins it at creation through the snapshot/create ioctl's
+//! qgroup-inherit argument: `live` and `state` at create, `live.new` and
+//! `state.new` at restore and wipe, and every snapshot. A write that would
+//! take the group past its limit fails with `EDQUOT` inside the sandbox;
+//! snapshots and restores still succeed at the limit (they allocate only
+//! metadata). The namespace runtime's overlay upper dir lives in `state`,
+//! so files written outside `/workspace` count too.
+//!
+//! The accounting is Btrfs **simple quotas** (kernel ≥ 6.7), enabled by
+//! [`Storage::open`] with `BTRFS_IOC_QUOTA_CTL` (cmd 4) on a pool without
+//! quotas when [`PoolConfig::disk_limits`] is set. They charge an extent to
+//! the subvolume that allocated it, at allocation, for as long as the extent
+//! exists anywhere — no backref walks, which is what made full quota groups
+//! slow (`docs/benchmarks.md`). Hence why a parent group, measured before
+//! deciding: limiting only `live`'s own group would let a restore reset the
+//! account (`live.new` is a new subvolume with a new, empty group, while the
+//! old live's extents live on in snapshots and stay charged to a group
+//! nobody limits), so write → snapshot → restore → write could fill the
+//! pool. With the parent group the limit holds across any number of
+//! restores (measured: 100 MiB written, snapshot, restore, then a 150 MiB
+//! write stopped at 100 MiB under a 200 MiB limit). The price of the same
+//! rule: **what the sandbox's snapshots keep counts against its limit**.
+//! Deleting a file that a snapshot still holds frees nothing; deleting that
+//! snapshot (or retention pruning it) frees it once the kernel's cleaner has
+//! dropped it and a transaction has committed.
+//!
+//! A pool that already has full quota groups ([`PoolConfig::quotas`]) uses
+//! them for the same parent groups and limits (measured consistent: a
+//! snapshot inherited into the parent counts its shared extents once); simple
+//! quotas are never enabled on top (the two modes exclude each other), and
+//! per-snapshot sizes are reported only with full quota groups (with simple
+//! quotas a snapshot owns almost nothing). Where simple quotas cannot be
+//! enabled (older kernel) the pool stays without quotas, a warning is
+//! logged, and limits are ignored ([`Storage::quota_mode`] says which).
+//! Sandboxes created before limits were on have no group and no limit;
+//! level-1 groups of deleted sandboxes stay in the quota tree (one small
+//! item each).
 //!
 //! # Crash tests
 //!
