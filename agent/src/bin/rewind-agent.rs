@@ -47,9 +47,28 @@ enum Command {
     },
 }
 
+/// A log writer that drops what it cannot write. The agent's stderr is a
+/// file in the sandbox's state dir on the pool: when the pool is full (or
+/// the sandbox is at its disk limit) a write fails with ENOSPC/EDQUOT, and
+/// tracing's fallback `eprintln!` to the same stderr then panics, killing
+/// the request's task so the host never gets its answer. Losing a log line
+/// is better.
+struct Lossy<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Lossy(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REWIND_AGENT_LOG")
@@ -93,4 +112,32 @@ fn run_server(config: ServerConfig, listen: &ListenSpec) -> anyhow::Result<()> {
         .context("build tokio runtime")?;
     runtime.block_on(server::serve(config, listen))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, Write};
+
+    use super::Lossy;
+
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
+
+    #[test]
+    fn lossy_write_on_a_full_disk_drops_the_line() {
+        let mut w = Lossy(Full);
+
+        let written = w.write(b"a log line\n").unwrap();
+
+        assert_eq!(written, 11);
+        w.flush().unwrap();
+    }
 }
