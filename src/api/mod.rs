@@ -9,6 +9,7 @@ mod health;
 mod keys;
 mod run;
 mod snapshots;
+pub mod v1;
 mod vms;
 
 use std::time::Instant;
@@ -31,11 +32,13 @@ pub use error::ApiError;
 pub struct AppState {
     pub sandboxes: Sandboxes,
     pub started: Instant,
+    pub v1: v1::V1State,
 }
 
 impl AppState {
     pub fn new(sandboxes: Sandboxes) -> Self {
         AppState {
+            v1: v1::V1State::new(&sandboxes.config),
             sandboxes,
             started: Instant::now(),
         }
@@ -49,6 +52,8 @@ pub fn app(state: AppState) -> Router {
         .route("/vms", get(vms::list).post(vms::create))
         .route("/vms/{name}", get(vms::get).delete(vms::destroy))
         .route("/vms/{name}/run", post(run::run))
+        .route("/vms/{name}/stop", post(vms::stop))
+        .route("/vms/{name}/start", post(vms::start))
         .route("/vms/{name}/wipe", post(run::wipe))
         .route(
             "/vms/{name}/snapshots",
@@ -81,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/api-keys", post(keys::create))
         .merge(authed)
+        .nest("/api/v1", v1::router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))

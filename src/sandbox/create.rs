@@ -10,7 +10,7 @@ use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName, Sto
 
 use super::{parse_sandbox_name, SandboxError, Sandboxes};
 use crate::auth::Caller;
-use crate::db::{Db, NewSnapshot, SandboxRow, SandboxStatus};
+use crate::db::{Db, NewSnapshot, SandboxRow, SandboxSpec, SandboxStatus};
 
 /// Name of the snapshot every sandbox starts with.
 pub const INITIAL: &str = "initial";
@@ -26,7 +26,18 @@ pub struct ForkSource {
 
 impl Sandboxes {
     pub async fn create(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
-        self.create_from(caller, name, None).await
+        self.create_from(caller, name, None, linux_spec()).await
+    }
+
+    /// Create with a size and OS (MicroVM Sandbox API). `spec` is validated
+    /// by the caller; it is recorded and applied as the sandbox's limits.
+    pub async fn create_sized(
+        &self,
+        caller: &Caller,
+        name: &str,
+        spec: SandboxSpec,
+    ) -> Result<SandboxRow, SandboxError> {
+        self.create_from(caller, name, None, spec).await
     }
 
     /// Fork: a new sandbox `new_name` (owned by the caller) starting from
@@ -46,7 +57,8 @@ impl Sandboxes {
             snapshot: snap,
             with_memory: row.include_memory && self.runtime.supports_memory_snapshots(),
         };
-        self.create_from(caller, new_name, Some(from)).await
+        self.create_from(caller, new_name, Some(from), source.spec)
+            .await
     }
 
     async fn create_from(
@@ -54,6 +66,7 @@ impl Sandboxes {
         caller: &Caller,
         name: &str,
         from: Option<ForkSource>,
+        spec: SandboxSpec,
     ) -> Result<SandboxRow, SandboxError> {
         let name = parse_sandbox_name(name)?;
         let (key, owner, runtime) = (
@@ -63,7 +76,11 @@ impl Sandboxes {
         );
         let row = self
             .db
-            .call(move |c| Db::insert_sandbox(c, &key, owner, runtime))
+            .call(move |c| {
+                let row = Db::insert_sandbox(c, &key, owner, runtime)?;
+                Db::set_sandbox_spec(c, row.id, &spec)?;
+                Ok(SandboxRow { spec, ..row })
+            })
             .await
             .map_err(|e| match e {
                 crate::db::DbError::Conflict { .. } => {
@@ -118,7 +135,7 @@ impl Sandboxes {
         name: &SandboxName,
         from: Option<ForkSource>,
     ) -> Result<SandboxRow, SandboxError> {
-        let ctx = self.context(name);
+        let ctx = self.context_of(row, name);
         let state = match &from {
             Some(f) if f.with_memory => self.start_forked_vm(&ctx, f).await?,
             _ => self.runtime.start(&ctx).await?,
@@ -220,6 +237,14 @@ impl Sandboxes {
         if let Err(e) = self.db.call(move |c| Db::delete_sandbox(c, id)).await {
             tracing::error!(sandbox = %name, error = %e, "rollback: row delete failed");
         }
+    }
+}
+
+/// The spec of a sandbox made by the native API: Linux, configured sizes.
+fn linux_spec() -> SandboxSpec {
+    SandboxSpec {
+        os_type: "linux".into(),
+        ..Default::default()
     }
 }
 

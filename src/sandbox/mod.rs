@@ -15,6 +15,8 @@ mod recover;
 mod restore;
 mod run;
 mod snapshots;
+mod start;
+mod stop;
 mod wipe;
 mod workspace;
 
@@ -103,6 +105,8 @@ pub struct Sandboxes {
     forwards: forward::Listeners,
     egress: egress::Proxies,
     egress_allow: Option<Arc<crate::runtime::egress::AllowList>>,
+    /// Serialises stop and start (a stopped sandbox has no live entry to lock).
+    lifecycle: Arc<AsyncMutex<()>>,
 }
 
 impl Sandboxes {
@@ -117,6 +121,7 @@ impl Sandboxes {
             forwards: Default::default(),
             egress: Default::default(),
             egress_allow,
+            lifecycle: Default::default(),
         }
     }
 
@@ -138,6 +143,20 @@ impl Sandboxes {
             limits: self.limits(),
             network: self.config.network.enabled,
         }
+    }
+
+    /// [`Sandboxes::context`] with the sizes the sandbox was created with
+    /// (`vcpus` → vCPUs and a CPU quota of that many cores, `memory_mb`).
+    fn context_of(&self, row: &SandboxRow, name: &SandboxName) -> SandboxContext {
+        let mut ctx = self.context(name);
+        if let Some(vcpus) = row.spec.vcpus {
+            ctx.limits.vcpus = vcpus.min(u8::MAX as u32) as u8;
+            ctx.limits.cpu_millis = u64::from(vcpus) * 1000;
+        }
+        if let Some(mb) = row.spec.memory_mb {
+            ctx.limits.memory_bytes = mb * 1024 * 1024;
+        }
+        ctx
     }
 
     fn entry(&self, name: &str) -> Option<Entry> {
