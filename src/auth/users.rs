@@ -135,12 +135,15 @@ pub async fn caller_of_token(db: &Db, tokens: &Tokens, token: &str) -> Result<Ca
     })
 }
 
+/// (failures, time of the last) per (username, client address).
+type Failures = HashMap<(String, IpAddr), (u32, Instant)>;
+
 /// Failed logins per (username, address): after `free` failures each
 /// further attempt waits 1 s, doubling, at most [`MAX_BACKOFF`].
 #[derive(Clone)]
 pub struct LoginLimiter {
     free: u32,
-    failures: Arc<Mutex<HashMap<(String, IpAddr), (u32, Instant)>>>,
+    failures: Arc<Mutex<Failures>>,
 }
 
 impl LoginLimiter {
