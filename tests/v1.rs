@@ -103,6 +103,42 @@ fn sandbox_processes(vm: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The memory limit of the sandbox's cgroup (v2 `memory.max`, or v1's
+/// `memory.limit_in_bytes`), read through one of its processes.
+fn sandbox_memory_limit(vm: &str) -> u64 {
+    let pid = sandbox_processes(vm)[0];
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let suffix = format!("/{vm}");
+    let file = cgroups
+        .lines()
+        .filter(|l| l.ends_with(&suffix))
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            match controllers {
+                "" => Some(format!("/sys/fs/cgroup{path}/memory.max")),
+                c if c.split(',').any(|c| c == "memory") => {
+                    Some(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| panic!("no memory cgroup for {vm} in {cgroups}"));
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn v1_create_sizes_become_the_sandbox_cgroup_limits() {
+    let (_, token) = user();
+    let vm = create(&token, "sized");
+    assert_eq!(sandbox_memory_limit(&vm), 256 * 1024 * 1024);
+    v1("DELETE", &format!("/vms/{vm}"), Some(&token), None);
+}
+
 #[test]
 fn v1_workflow_follows_the_reference_examples() {
     let (_, token) = user();
