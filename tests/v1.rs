@@ -634,3 +634,29 @@ fn published_py_microvm_client_works_unchanged() {
     assert!(out.status.success(), "client failed:\n{stdout}\n{stderr}");
     assert_eq!(stdout.trim(), "client ok");
 }
+
+#[test]
+fn v1_health_probes_components_and_status_counts_requests() {
+    let (status, health) = v1("GET", "/health", None, None);
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(
+        health["components"],
+        json!({"api": "healthy", "database": "healthy", "storage": "healthy", "runtime": "healthy"})
+    );
+    let (status, _) = v1("GET", "/status", None, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, token) = user();
+    let vm = create(&token, "status");
+    let (status, body) = v1("GET", "/status", Some(&token), None);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = &body["statistics"];
+    assert!(stats["total_vms"].as_u64().unwrap() >= 1, "{body}");
+    assert!(stats["running_vms"].as_u64().unwrap() >= 1, "{body}");
+    assert!(stats["total_snapshots"].as_u64().unwrap() >= 1, "{body}");
+    assert!(stats["api_requests_today"].as_u64().unwrap() >= 3, "{body}");
+    assert!(
+        stats["average_response_time_ms"].as_f64().unwrap() > 0.0,
+        "{body}"
+    );
+    v1("DELETE", &format!("/vms/{vm}"), Some(&token), None);
+}

@@ -94,6 +94,13 @@ impl Db {
         .await?
     }
 
+    /// A trivial query: the database answers.
+    pub fn ping(conn: &Connection) -> Result<(), DbError> {
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+            .map(drop)
+            .map_err(query_err("ping", String::new))
+    }
+
     /// Run `f` with the connection on the current thread (CLI, startup).
     pub fn call_sync<T>(
         &self,

@@ -11,6 +11,7 @@ mod create;
 mod delete;
 mod egress;
 mod forward;
+pub mod health;
 mod recover;
 mod restore;
 mod run;

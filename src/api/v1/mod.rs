@@ -12,6 +12,7 @@ mod auth;
 pub mod error;
 mod execute;
 mod extract;
+mod health;
 mod lifecycle;
 mod snapshots;
 mod vms;
@@ -87,10 +88,12 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/vms/{vm_name}/snapshots/{snapshot_name}/restore",
             post(snapshots::restore),
         )
+        .route("/status", get(health::status))
         .route_layer(middleware::from_fn_with_state(state, require_caller));
     Router::new()
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
+        .route("/health", get(health::health))
         .merge(authed)
         .fallback(not_found)
 }
