@@ -136,6 +136,23 @@ fn v1_create_sizes_become_the_sandbox_cgroup_limits() {
     let (_, token) = user();
     let vm = create(&token, "sized");
     assert_eq!(sandbox_memory_limit(&vm), 256 * 1024 * 1024);
+    execute(
+        &token,
+        &vm,
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+    );
+    let (status, m) = v1("GET", &format!("/vms/{vm}/metrics"), Some(&token), None);
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(
+        (&m["cpu"]["vcpus"], &m["memory"]["allocated_mb"]),
+        (&json!(1), &json!(256)),
+        "{m}"
+    );
+    assert!(m["cpu"]["cpu_time_seconds"].as_f64().unwrap() > 0.0, "{m}");
+    let used = m["memory"]["used_mb"].as_f64().unwrap();
+    assert!(used > 0.0 && used < 256.0, "{m}");
+    assert!(m["network"]["bytes_in"].is_u64(), "{m}");
+    assert_eq!(m["disk"]["used_gb"], Value::Null, "{m}");
     v1("DELETE", &format!("/vms/{vm}"), Some(&token), None);
 }
 

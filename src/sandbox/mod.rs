@@ -12,6 +12,7 @@ mod delete;
 mod egress;
 mod forward;
 pub mod health;
+mod metrics;
 mod recover;
 mod restore;
 mod run;
@@ -34,6 +35,7 @@ use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
 use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
 
 pub use forward::NewForward;
+pub use metrics::Metrics;
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 

@@ -14,6 +14,7 @@ mod execute;
 mod extract;
 mod health;
 mod lifecycle;
+mod metrics;
 mod snapshots;
 mod vms;
 
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/vms/{vm_name}/snapshots/{snapshot_name}/restore",
             post(snapshots::restore),
         )
+        .route("/vms/{vm_name}/metrics", get(metrics::metrics))
         .route("/status", get(health::status))
         .route_layer(middleware::from_fn_with_state(state, require_caller));
     Router::new()

@@ -100,6 +100,10 @@ impl VmView {
     pub fn memory_mb(&self) -> u64 {
         self.memory_mb
     }
+
+    pub fn uptime_seconds(&self) -> Option<u64> {
+        self.uptime_seconds
+    }
 }
 
 fn seconds_since(stored: &str) -> Option<u64> {
