@@ -355,13 +355,44 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(VmView::new(&state, &row))))
 }
 
+/// `resource_usage` of one VM: the cgroup's CPU time over uptime × vCPUs
+/// and memory; disk is not measured yet (`null`).
+#[derive(Serialize)]
+pub struct ResourceUsage {
+    cpu_usage_percent: Option<f64>,
+    memory_used_mb: Option<f64>,
+    disk_usage_gb: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct VmDetail {
+    #[serde(flatten)]
+    vm: VmView,
+    resource_usage: ResourceUsage,
+}
+
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> V1Result<Json<VmView>> {
-    let row = state.sandboxes.find(&caller, &name).await?;
-    Ok(Json(VmView::new(&state, &row)))
+) -> V1Result<Json<VmDetail>> {
+    let m = state.sandboxes.metrics(&caller, &name).await?;
+    let vm = VmView::new(&state, &m.row);
+    let uptime = vm.uptime_seconds.filter(|&s| s > 0);
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let resource_usage = ResourceUsage {
+        cpu_usage_percent: m
+            .usage
+            .cpu_seconds
+            .zip(uptime)
+            .map(|(t, up)| round2(t / (up as f64 * f64::from(vm.vcpus)) * 100.0)),
+        memory_used_mb: m
+            .usage
+            .memory_bytes
+            .map(|b| round2(b as f64 / (1024.0 * 1024.0))),
+        disk_usage_gb: None,
+    };
+    Ok(Json(VmDetail { vm, resource_usage }))
 }
 
 pub async fn destroy(
