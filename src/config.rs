@@ -93,6 +93,25 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Users and tokens of the MicroVM Sandbox API (`/api/v1`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a JWT from `POST /api/v1/auth/login` (seconds).
+    pub jwt_expiry_secs: u64,
+    /// Failed logins per username+IP before backoff starts.
+    pub login_failures_free: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_expiry_secs: 3600,
+            login_failures_free: 5,
+        }
+    }
+}
+
 /// The whole configuration. Field docs live in `config/rewind.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +129,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub server: ServerConfig,
     pub network: NetworkConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for StorageConfig {
@@ -171,6 +191,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             server: ServerConfig::default(),
             network: NetworkConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -289,6 +310,9 @@ impl Config {
         }
         if let Err(message) = crate::runtime::egress::AllowList::parse(&self.network.egress_allow) {
             return invalid("network.egress_allow", &message);
+        }
+        if self.auth.jwt_expiry_secs == 0 || self.auth.jwt_expiry_secs > 30 * 86_400 {
+            return invalid("auth.jwt_expiry_secs", "must be 1-2592000");
         }
         self.validate_exec()?;
         self.validate_limits()

@@ -69,6 +69,16 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+/// The id of the request being served ("" outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default()
+}
+
+/// Log a server-side error of another API shape with the request's id.
+pub fn log_internal(error: &str) {
+    logged_request_id(error, "internal error");
+}
+
 /// Log a server-side error with the request's id; returns the id.
 fn logged_request_id(error: &str, what: &str) -> String {
     let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();

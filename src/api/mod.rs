@@ -9,6 +9,8 @@ mod health;
 mod keys;
 mod run;
 mod snapshots;
+pub mod stats;
+pub mod v1;
 mod vms;
 
 use std::time::Instant;
@@ -31,13 +33,17 @@ pub use error::ApiError;
 pub struct AppState {
     pub sandboxes: Sandboxes,
     pub started: Instant,
+    pub v1: v1::V1State,
+    pub stats: std::sync::Arc<stats::RequestStats>,
 }
 
 impl AppState {
     pub fn new(sandboxes: Sandboxes) -> Self {
         AppState {
+            v1: v1::V1State::new(&sandboxes.config),
             sandboxes,
             started: Instant::now(),
+            stats: Default::default(),
         }
     }
 }
@@ -49,6 +55,8 @@ pub fn app(state: AppState) -> Router {
         .route("/vms", get(vms::list).post(vms::create))
         .route("/vms/{name}", get(vms::get).delete(vms::destroy))
         .route("/vms/{name}/run", post(run::run))
+        .route("/vms/{name}/stop", post(vms::stop))
+        .route("/vms/{name}/start", post(vms::start))
         .route("/vms/{name}/wipe", post(run::wipe))
         .route(
             "/vms/{name}/snapshots",
@@ -81,9 +89,10 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/api-keys", post(keys::create))
         .merge(authed)
+        .nest("/api/v1", v1::router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
 }
 
@@ -93,17 +102,19 @@ async fn not_found() -> ApiError {
 
 /// Give every request an id: in a tracing span, in the task-local used by
 /// 5xx bodies, and in the `x-request-id` response header.
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_id(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let id = format!("req_{:016x}", rand::rng().random::<u64>());
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let started = Instant::now();
     let mut response = error::REQUEST_ID
         .scope(id.clone(), next.run(req).instrument(span.clone()))
         .await;
+    let elapsed = started.elapsed();
+    state.stats.record(elapsed);
     span.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = elapsed.as_millis() as u64,
             "done"
         )
     });

@@ -86,3 +86,23 @@ pub async fn destroy(
         json!({ "message": format!("VM \"{name}\" destroyed") }),
     ))
 }
+
+/// Stop: every process of the sandbox ends; workspace and snapshots stay.
+pub async fn stop(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let row = state.sandboxes.stop(&caller, &name).await?;
+    Ok(Json(vm_json(&row)))
+}
+
+/// Start a stopped sandbox again on its current workspace.
+pub async fn start(
+    State(state): State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let row = state.sandboxes.start(&caller, &name).await?;
+    Ok(Json(vm_json(&row)))
+}

@@ -2,6 +2,9 @@
 //! hash is stored; a key is shown once, at creation. Lookup narrows by a
 //! short prefix, then compares hashes in constant time.
 
+pub mod jwt;
+pub mod users;
+
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

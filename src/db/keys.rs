@@ -33,7 +33,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
 impl Db {
     pub fn count_active_keys(conn: &Connection) -> Result<i64, DbError> {
         conn.query_row(
-            "SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL",
+            "SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND kind = 'key'",
             [],
             |r| r.get(0),
         )
@@ -78,7 +78,7 @@ impl Db {
     pub fn keys_by_prefix(conn: &Connection, prefix: &str) -> Result<Vec<ApiKeyRow>, DbError> {
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE prefix = ?1 AND revoked_at IS NULL"
+                "SELECT {COLUMNS} FROM api_keys WHERE prefix = ?1 AND revoked_at IS NULL AND kind = 'key'"
             ))
             .map_err(query_err("keys by prefix", String::new))?;
         let rows = stmt
@@ -90,7 +90,9 @@ impl Db {
 
     pub fn list_keys(conn: &Connection) -> Result<Vec<ApiKeyRow>, DbError> {
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM api_keys ORDER BY id"))
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE kind = 'key' ORDER BY id"
+            ))
             .map_err(query_err("list keys", String::new))?;
         let rows = stmt
             .query_map([], from_row)
@@ -104,7 +106,7 @@ impl Db {
         let (at, _) = now();
         let n = conn
             .execute(
-                "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL AND kind = 'key'",
                 params![at, id],
             )
             .map_err(query_err("revoke key", String::new))?;

@@ -57,6 +57,26 @@ const MIGRATIONS: &[&str] = &[
         created_at  TEXT NOT NULL
     );
     "#,
+    // 3: users (MicroVM Sandbox API). A user owns sandboxes through an owner
+    // row in api_keys (kind 'user', never matchable as a key), so ownership
+    // stays one column; sandboxes gain the /api/v1 lifecycle and size fields.
+    r#"
+    ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'key';
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL,
+        owner_id      INTEGER NOT NULL UNIQUE REFERENCES api_keys(id),
+        created_at    TEXT NOT NULL
+    );
+    ALTER TABLE sandboxes ADD COLUMN started_at TEXT;
+    ALTER TABLE sandboxes ADD COLUMN os_type TEXT NOT NULL DEFAULT 'linux';
+    ALTER TABLE sandboxes ADD COLUMN template TEXT;
+    ALTER TABLE sandboxes ADD COLUMN vcpus INTEGER;
+    ALTER TABLE sandboxes ADD COLUMN memory_mb INTEGER;
+    ALTER TABLE sandboxes ADD COLUMN disk_gb INTEGER;
+    "#,
 ];
 
 /// Bring the schema up to the newest version.

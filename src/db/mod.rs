@@ -10,6 +10,7 @@ mod keys;
 mod migrations;
 mod sandboxes;
 mod snapshots;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,9 @@ use rusqlite::Connection;
 
 pub use forwards::ForwardRow;
 pub use keys::ApiKeyRow;
-pub use sandboxes::{SandboxRow, SandboxStatus};
+pub use sandboxes::{SandboxRow, SandboxSpec, SandboxStatus};
 pub use snapshots::{NewSnapshot, SnapshotRow};
+pub use users::UserRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -90,6 +92,13 @@ impl Db {
             f(&guard)
         })
         .await?
+    }
+
+    /// A trivial query: the database answers.
+    pub fn ping(conn: &Connection) -> Result<(), DbError> {
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+            .map(drop)
+            .map_err(query_err("ping", String::new))
     }
 
     /// Run `f` with the connection on the current thread (CLI, startup).

@@ -10,6 +10,8 @@ pub enum SandboxStatus {
     /// Row written, storage/runtime not ready yet.
     Creating,
     Running,
+    /// Stopped on request: no process runs; workspace and snapshots are kept.
+    Stopped,
     /// The runtime died or could not be re-attached; see `status_reason`.
     Failed,
     /// Deletion started; startup recovery finishes it.
@@ -21,6 +23,7 @@ impl SandboxStatus {
         match self {
             SandboxStatus::Creating => "creating",
             SandboxStatus::Running => "running",
+            SandboxStatus::Stopped => "stopped",
             SandboxStatus::Failed => "failed",
             SandboxStatus::Deleting => "deleting",
         }
@@ -30,6 +33,7 @@ impl SandboxStatus {
         match s {
             "creating" => SandboxStatus::Creating,
             "running" => SandboxStatus::Running,
+            "stopped" => SandboxStatus::Stopped,
             "deleting" => SandboxStatus::Deleting,
             _ => SandboxStatus::Failed,
         }
@@ -47,10 +51,24 @@ pub struct SandboxRow {
     pub runtime_state: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
+    /// When the sandbox last became `running`.
+    pub started_at: Option<String>,
+    pub spec: SandboxSpec,
 }
 
-const COLUMNS: &str =
-    "id, name, owner_key_id, runtime, status, status_reason, runtime_state, created_at, updated_at";
+/// What the sandbox was asked to be (MicroVM Sandbox API fields); `None`
+/// sizes mean the configured defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxSpec {
+    pub os_type: String,
+    pub template: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_gb: Option<u64>,
+}
+
+const COLUMNS: &str = "id, name, owner_key_id, runtime, status, status_reason, runtime_state, \
+     created_at, updated_at, started_at, os_type, template, vcpus, memory_mb, disk_gb";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRow> {
     let status: String = r.get(4)?;
@@ -65,6 +83,14 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRow> {
         runtime_state: serde_json::from_str(&state).unwrap_or(serde_json::Value::Null),
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
+        started_at: r.get(9)?,
+        spec: SandboxSpec {
+            os_type: r.get(10)?,
+            template: r.get(11)?,
+            vcpus: r.get(12)?,
+            memory_mb: r.get(13)?,
+            disk_gb: r.get(14)?,
+        },
     })
 }
 
@@ -133,7 +159,9 @@ impl Db {
     ) -> Result<(), DbError> {
         let (at, _) = now();
         conn.execute(
-            "UPDATE sandboxes SET status = ?1, status_reason = ?2, updated_at = ?3 WHERE id = ?4",
+            "UPDATE sandboxes SET status = ?1, status_reason = ?2, updated_at = ?3, \
+             started_at = CASE WHEN ?1 = 'running' AND status != 'running' THEN ?3 ELSE started_at END \
+             WHERE id = ?4",
             params![status.as_str(), reason, at, id],
         )
         .map_err(query_err("set sandbox status", String::new))?;
@@ -151,6 +179,24 @@ impl Db {
             params![state.to_string(), at, id],
         )
         .map_err(query_err("set runtime state", String::new))?;
+        Ok(())
+    }
+
+    /// Record what the sandbox was asked to be (at creation, or a resize).
+    pub fn set_sandbox_spec(conn: &Connection, id: i64, spec: &SandboxSpec) -> Result<(), DbError> {
+        conn.execute(
+            "UPDATE sandboxes SET os_type = ?1, template = ?2, vcpus = ?3, memory_mb = ?4, \
+             disk_gb = ?5 WHERE id = ?6",
+            params![
+                spec.os_type,
+                spec.template,
+                spec.vcpus,
+                spec.memory_mb,
+                spec.disk_gb,
+                id
+            ],
+        )
+        .map_err(query_err("set sandbox spec", String::new))?;
         Ok(())
     }
 

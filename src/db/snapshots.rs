@@ -128,6 +128,12 @@ impl Db {
 
     /// Largest `cmd_<ms>` timestamp used by this sandbox, to keep names unique
     /// across restarts.
+    /// Snapshot rows of all sandboxes.
+    pub fn count_snapshots(conn: &Connection) -> Result<u64, DbError> {
+        conn.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0))
+            .map_err(query_err("count snapshots", String::new))
+    }
+
     pub fn last_command_ms(conn: &Connection, sandbox_id: i64) -> Result<i64, DbError> {
         conn.query_row(
             "SELECT COALESCE(MAX(CAST(substr(name, 5) AS INTEGER)), 0) FROM snapshots \

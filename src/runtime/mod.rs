@@ -19,6 +19,47 @@ use async_trait::async_trait;
 use rewind_agent::client::Transport;
 use serde::{Deserialize, Serialize};
 
+/// A sandbox's resource use ([`Runtime::usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time consumed by all its processes since it started.
+    pub cpu_seconds: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    /// Summed over the interfaces of its network namespace.
+    pub net: Option<NetCounters>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+impl NetCounters {
+    /// Sum the interfaces of a `/proc/<pid>/net/dev` text.
+    pub fn parse_net_dev(text: &str) -> NetCounters {
+        let mut sum = NetCounters::default();
+        for line in text.lines().skip(2) {
+            let Some((_, fields)) = line.split_once(':') else {
+                continue;
+            };
+            let f: Vec<u64> = fields
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if f.len() >= 10 {
+                sum.bytes_in += f[0];
+                sum.packets_in += f[1];
+                sum.bytes_out += f[8];
+                sum.packets_out += f[9];
+            }
+        }
+        sum
+    }
+}
+
 /// Which runtime a sandbox uses (stored per sandbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -222,6 +263,13 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// What the sandbox uses right now, from the kernel's own counters
+    /// (cgroups, the sandbox's network namespace); a field is `None` where
+    /// this runtime cannot know it.
+    fn usage(&self, _sb: &SandboxContext, _state: &RuntimeState) -> Usage {
+        Usage::default()
+    }
+
     /// Whether this runtime saves and restores full state (memory + devices):
     /// [`Runtime::pause`], [`Runtime::resume`], [`Runtime::save_state`],
     /// [`Runtime::start_from_state`]. Use [`full_snapshot`] to drive them.
@@ -334,4 +382,23 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         next = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_net_dev_sums_interfaces() {
+        let text = "Inter-|   Receive  |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets\n    lo: 100 2 0 0 0 0 0 0 100 2 0 0 0 0 0 0\n  eth0: 50 1 0 0 0 0 0 0 70 3 0 0 0 0 0 0\n";
+        assert_eq!(
+            NetCounters::parse_net_dev(text),
+            NetCounters {
+                bytes_in: 150,
+                bytes_out: 170,
+                packets_in: 3,
+                packets_out: 5
+            }
+        );
+    }
 }

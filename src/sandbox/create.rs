@@ -10,7 +10,7 @@ use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName, Sto
 
 use super::{parse_sandbox_name, SandboxError, Sandboxes};
 use crate::auth::Caller;
-use crate::db::{Db, NewSnapshot, SandboxRow, SandboxStatus};
+use crate::db::{Db, NewSnapshot, SandboxRow, SandboxSpec, SandboxStatus};
 
 /// Name of the snapshot every sandbox starts with.
 pub const INITIAL: &str = "initial";
@@ -38,7 +38,22 @@ impl Sandboxes {
         disk_mb: Option<i64>,
     ) -> Result<SandboxRow, SandboxError> {
         let disk = self.disk_limit_bytes(disk_mb)?;
-        self.create_from(caller, name, None, disk).await
+        self.create_from(caller, name, None, linux_spec(), disk)
+            .await
+    }
+
+    /// Create with a size and OS (MicroVM Sandbox API). `spec` is validated
+    /// by the caller; it is recorded and applied as the sandbox's limits,
+    /// `disk_gb` as its disk limit (capped like `disk_mb`).
+    pub async fn create_sized(
+        &self,
+        caller: &Caller,
+        name: &str,
+        spec: SandboxSpec,
+    ) -> Result<SandboxRow, SandboxError> {
+        let disk_mb = spec.disk_gb.map(|gb| gb.saturating_mul(1024) as i64);
+        let disk = self.disk_limit_bytes(disk_mb)?;
+        self.create_from(caller, name, None, spec, disk).await
     }
 
     /// Fork: a new sandbox `new_name` (owned by the caller) starting from
@@ -59,7 +74,8 @@ impl Sandboxes {
             with_memory: row.include_memory && self.runtime.supports_memory_snapshots(),
         };
         let disk = self.disk_limit_bytes(None)?;
-        self.create_from(caller, new_name, Some(from), disk).await
+        self.create_from(caller, new_name, Some(from), source.spec, disk)
+            .await
     }
 
     async fn create_from(
@@ -67,6 +83,7 @@ impl Sandboxes {
         caller: &Caller,
         name: &str,
         from: Option<ForkSource>,
+        spec: SandboxSpec,
         disk_limit_bytes: Option<u64>,
     ) -> Result<SandboxRow, SandboxError> {
         let name = parse_sandbox_name(name)?;
@@ -77,7 +94,11 @@ impl Sandboxes {
         );
         let row = self
             .db
-            .call(move |c| Db::insert_sandbox(c, &key, owner, runtime))
+            .call(move |c| {
+                let row = Db::insert_sandbox(c, &key, owner, runtime)?;
+                Db::set_sandbox_spec(c, row.id, &spec)?;
+                Ok(SandboxRow { spec, ..row })
+            })
             .await
             .map_err(|e| match e {
                 crate::db::DbError::Conflict { .. } => {
@@ -137,7 +158,7 @@ impl Sandboxes {
         name: &SandboxName,
         from: Option<ForkSource>,
     ) -> Result<SandboxRow, SandboxError> {
-        let ctx = self.context(name);
+        let ctx = self.context_of(row, name);
         let state = match &from {
             Some(f) if f.with_memory => self.start_forked_vm(&ctx, f).await?,
             _ => self.runtime.start(&ctx).await?,
@@ -239,6 +260,14 @@ impl Sandboxes {
         if let Err(e) = self.db.call(move |c| Db::delete_sandbox(c, id)).await {
             tracing::error!(sandbox = %name, error = %e, "rollback: row delete failed");
         }
+    }
+}
+
+/// The spec of a sandbox made by the native API: Linux, configured sizes.
+fn linux_spec() -> SandboxSpec {
+    SandboxSpec {
+        os_type: "linux".into(),
+        ..Default::default()
     }
 }
 

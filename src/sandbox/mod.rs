@@ -12,10 +12,14 @@ mod delete;
 mod disk;
 mod egress;
 mod forward;
+pub mod health;
+mod metrics;
 mod recover;
 mod restore;
 mod run;
 mod snapshots;
+mod start;
+mod stop;
 mod wipe;
 mod workspace;
 
@@ -33,6 +37,7 @@ use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext
 
 pub use disk::DiskView;
 pub use forward::NewForward;
+pub use metrics::Metrics;
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 
@@ -105,6 +110,8 @@ pub struct Sandboxes {
     forwards: forward::Listeners,
     egress: egress::Proxies,
     egress_allow: Option<Arc<crate::runtime::egress::AllowList>>,
+    /// Serialises stop and start (a stopped sandbox has no live entry to lock).
+    lifecycle: Arc<AsyncMutex<()>>,
 }
 
 impl Sandboxes {
@@ -119,6 +126,7 @@ impl Sandboxes {
             forwards: Default::default(),
             egress: Default::default(),
             egress_allow,
+            lifecycle: Default::default(),
         }
     }
 
@@ -140,6 +148,20 @@ impl Sandboxes {
             limits: self.limits(),
             network: self.config.network.enabled,
         }
+    }
+
+    /// [`Sandboxes::context`] with the sizes the sandbox was created with
+    /// (`vcpus` → vCPUs and a CPU quota of that many cores, `memory_mb`).
+    fn context_of(&self, row: &SandboxRow, name: &SandboxName) -> SandboxContext {
+        let mut ctx = self.context(name);
+        if let Some(vcpus) = row.spec.vcpus {
+            ctx.limits.vcpus = vcpus.min(u8::MAX as u32) as u8;
+            ctx.limits.cpu_millis = u64::from(vcpus) * 1000;
+        }
+        if let Some(mb) = row.spec.memory_mb {
+            ctx.limits.memory_bytes = mb * 1024 * 1024;
+        }
+        ctx
     }
 
     fn entry(&self, name: &str) -> Option<Entry> {

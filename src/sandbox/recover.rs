@@ -51,6 +51,10 @@ impl Sandboxes {
                         .actions
                         .push(format!("rolled back half-created sandbox {}", row.name));
                 }
+                SandboxStatus::Stopped => {
+                    known.push(row.name.clone());
+                    self.reconcile_snapshots(&row, &mut report).await?;
+                }
                 SandboxStatus::Running | SandboxStatus::Failed => {
                     known.push(row.name.clone());
                     self.reconcile_snapshots(&row, &mut report).await?;
@@ -127,7 +131,7 @@ impl Sandboxes {
         report: &mut RecoveryReport,
     ) -> Result<(), SandboxError> {
         let name = super::parse_sandbox_name(&row.name)?;
-        let ctx = self.context(&name);
+        let ctx = self.context_of(row, &name);
         let id = row.id;
         let state = match self.runtime.attach(&ctx, &row.runtime_state).await {
             Ok(Attached::Reattached(state)) => state,

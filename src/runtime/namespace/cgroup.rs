@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::runtime::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
-const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+/// `cpuacct` only counts CPU time (for metrics); the others enforce limits.
+const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
 const CFS_PERIOD_US: u64 = 100_000;
 
 /// The cgroup hierarchy in use, and the parent group (`rewind-<hash of the
@@ -90,6 +91,32 @@ impl Cgroups {
     /// The sandbox's cgroup directories (one per hierarchy).
     pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
         self.parents().into_iter().map(|p| p.join(name)).collect()
+    }
+
+    /// (CPU seconds, memory bytes) the sandbox's cgroups have counted:
+    /// v2 `cpu.stat` usage_usec / `memory.current`, v1 `cpuacct.usage` /
+    /// `memory.usage_in_bytes`, whichever its directories hold.
+    pub fn usage(&self, name: &str) -> (Option<f64>, Option<u64>) {
+        let read = |file: &str| {
+            self.dirs(name)
+                .iter()
+                .find_map(|d| fs::read_to_string(d.join(file)).ok())
+        };
+        let cpu = read("cpu.stat")
+            .and_then(|t| {
+                let line = t.lines().find(|l| l.starts_with("usage_usec "))?.to_owned();
+                line[11..].trim().parse::<u64>().ok()
+            })
+            .map(|us| us as f64 / 1e6)
+            .or_else(|| {
+                read("cpuacct.usage")
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .map(|ns| ns as f64 / 1e9)
+            });
+        let memory = read("memory.current")
+            .or_else(|| read("memory.usage_in_bytes"))
+            .and_then(|t| t.trim().parse().ok());
+        (cpu, memory)
     }
 
     /// Create the sandbox's cgroups with `limits` applied. Idempotent.

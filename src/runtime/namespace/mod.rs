@@ -361,6 +361,23 @@ impl Runtime for NamespaceRuntime {
         })
     }
 
+    /// Its cgroups' CPU and memory counters and the interfaces of PID 1's
+    /// network namespace (`/proc/<pid>/net/dev`, while it is the recorded
+    /// process).
+    fn usage(&self, sb: &SandboxContext, state: &RuntimeState) -> super::Usage {
+        let (cpu_seconds, memory_bytes) = self.cgroups.usage(&sb.name);
+        let net = serde_json::from_value::<NsState>(state.clone())
+            .ok()
+            .filter(|s| proc_starttime(s.pid) == Some(s.starttime))
+            .and_then(|s| std::fs::read_to_string(format!("/proc/{}/net/dev", s.pid)).ok())
+            .map(|t| super::NetCounters::parse_net_dev(&t));
+        super::Usage {
+            cpu_seconds,
+            memory_bytes,
+            net,
+        }
+    }
+
     fn transport(&self, sb: &SandboxContext, state: &RuntimeState) -> Transport {
         let socket = serde_json::from_value::<NsState>(state.clone())
             .map(|s| s.socket)

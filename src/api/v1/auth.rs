@@ -1,0 +1,133 @@
+//! `POST /api/v1/auth/register` and `POST /api/v1/auth/login`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::error::{FieldError, V1Error, V1Result};
+use super::extract::Json as Body;
+use crate::api::AppState;
+use crate::auth::users::{self, MAX_PASSWORD, MIN_PASSWORD};
+
+const MAX_USERNAME: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    username: String,
+    password: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct UserView {
+    user_id: String,
+    username: String,
+    role: &'static str,
+    created_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct TokenView {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+fn validate(body: &Register) -> V1Result<bool> {
+    let mut details = Vec::new();
+    let name_ok = (1..=MAX_USERNAME).contains(&body.username.len())
+        && body
+            .username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    if !name_ok {
+        details.push(FieldError::new(
+            "username",
+            format!("must be 1-{MAX_USERNAME} characters of letters, digits, . _ - @"),
+        ));
+    }
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&body.password.len()) {
+        details.push(FieldError::new(
+            "password",
+            format!("must be {MIN_PASSWORD}-{MAX_PASSWORD} bytes long"),
+        ));
+    }
+    let admin = match body.role.as_deref() {
+        None | Some("user") => false,
+        Some("admin") => true,
+        Some(_) => {
+            details.push(FieldError::new("role", "must be user or admin"));
+            false
+        }
+    };
+    if details.is_empty() {
+        Ok(admin)
+    } else {
+        Err(V1Error::Validation(details))
+    }
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body<Register>,
+) -> V1Result<(StatusCode, Json<UserView>)> {
+    let admin = validate(&body)?;
+    let caller = super::caller_of(&state, &headers).await?;
+    let row = users::register(
+        &state.sandboxes.db,
+        caller.as_ref(),
+        &body.username,
+        &body.password,
+        admin,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            user_id: row.id.to_string(),
+            username: row.username,
+            role: if row.admin { "admin" } else { "user" },
+            created_at: super::utc(&row.created_at),
+        }),
+    ))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    Body(body): Body<Login>,
+) -> V1Result<Json<TokenView>> {
+    // Absent when the router is driven without a socket (tests).
+    let addr = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let ttl = state.sandboxes.config.auth.jwt_expiry_secs;
+    let tokens = state.tokens().await?;
+    let token = users::login(
+        &state.sandboxes.db,
+        tokens,
+        &state.v1.logins,
+        (&body.username, addr),
+        &body.password,
+        ttl,
+    )
+    .await?;
+    Ok(Json(TokenView {
+        access_token: token,
+        token_type: "bearer",
+        expires_in: ttl,
+    }))
+}
