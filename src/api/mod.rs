@@ -7,6 +7,8 @@ pub mod extract;
 mod forwards;
 mod health;
 mod keys;
+mod repl;
+mod rpc;
 mod run;
 mod snapshots;
 mod vms;
@@ -50,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .route("/vms/{name}", get(vms::get).delete(vms::destroy))
         .route("/vms/{name}/run", post(run::run))
         .route("/vms/{name}/wipe", post(run::wipe))
+        .route("/vms/{name}/repl", post(repl::repl))
         .route(
             "/vms/{name}/snapshots",
             get(snapshots::list).post(snapshots::create),
@@ -80,6 +83,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/api-keys", post(keys::create))
+        .route("/api/v1/rpc", post(rpc::handle))
         .merge(authed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

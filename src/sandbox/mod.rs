@@ -13,6 +13,7 @@ mod disk;
 mod egress;
 mod forward;
 mod recover;
+mod repl;
 mod restore;
 mod run;
 mod snapshots;
@@ -33,6 +34,7 @@ use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext
 
 pub use disk::DiskView;
 pub use forward::NewForward;
+pub use repl::{parse_language, ReplRequest, ReplResult};
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 
