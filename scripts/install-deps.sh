@@ -11,6 +11,7 @@ PACKAGES=(
   linux-image-amd64              # guest kernel (bzImage)
   qemu-system-x86                # guest image test under software emulation
   kmod python3 procps             # guest image (depmod), boot bench probe, test helpers (pgrep)
+  python3-venv                   # tests/clients.rs: venv for the MCP and microsandbox Python SDKs
   e2fsprogs util-linux iproute2 rsync curl jq
 )
 

@@ -7,6 +7,7 @@ pub mod extract;
 mod forwards;
 mod health;
 mod keys;
+mod mcp;
 mod repl;
 mod rpc;
 mod run;
@@ -80,11 +81,18 @@ pub fn app(state: AppState) -> Router {
         .route("/api-keys", get(keys::list))
         .route("/api-keys/{id}", delete(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp::service(&state))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            mcp::require_key,
+        ));
     Router::new()
         .route("/health", get(health::health))
         .route("/api-keys", post(keys::create))
         .route("/api/v1/rpc", post(rpc::handle))
         .merge(authed)
+        .merge(mcp)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(request_id))

@@ -11,6 +11,7 @@ mod create;
 mod delete;
 mod disk;
 mod egress;
+mod file_io;
 mod forward;
 mod recover;
 mod repl;

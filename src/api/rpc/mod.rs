@@ -187,13 +187,8 @@ fn method_name(envelope: &Envelope) -> Result<String, RpcError> {
 }
 
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, RpcError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let bearer = header("authorization").and_then(|v| {
-        v.strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-    });
-    let key = bearer.or_else(|| header("x-api-key"));
-    Ok(auth::verify(&state.sandboxes.db, key).await?)
+    let key = super::mcp::presented_key(headers);
+    Ok(auth::verify(&state.sandboxes.db, key.as_deref()).await?)
 }
 
 fn failure(id: Value, err: RpcError) -> Reply {
