@@ -11,7 +11,7 @@ PACKAGES=(
   linux-image-amd64              # guest kernel (bzImage)
   qemu-system-x86                # guest image test under software emulation
   kmod python3 procps             # guest image (depmod), boot bench probe, test helpers (pgrep)
-  python3-venv                   # tests/v1.rs: the published py-microvm client in a venv
+  python3-venv                   # tests/v1.rs (py-microvm), tests/clients.rs (MCP and microsandbox SDKs): venvs
   e2fsprogs util-linux iproute2 rsync curl jq
 )
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use rewind::cli::{Client, ClientCommand, Target};
 use rewind::config::{Config, Overrides};
 use rewind::db::Db;
 
@@ -16,6 +17,15 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     overrides: OverrideArgs,
+    /// Server of the client subcommands (sandbox, run, repl, snapshot).
+    #[arg(long, env = "REWIND_URL", global = true)]
+    url: Option<String>,
+    /// API key of the client subcommands.
+    #[arg(long, env = "REWIND_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
+    /// Client subcommands: print the server's JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,6 +59,8 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -67,7 +79,7 @@ enum KeysCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -75,11 +87,45 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let command = cli.command.take().unwrap_or(Command::Serve);
+    if let Command::Client(command) = command {
+        let flags = Target {
+            url: cli.url,
+            api_key: cli.api_key,
+        };
+        return client(flags, command, cli.json);
+    }
     let config = load_config(&cli)?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => tokio::runtime::Runtime::new()?.block_on(rewind::server::serve(config)),
         Command::Keys { command } => keys(&config, command),
+        Command::Client(_) => unreachable!("handled above"),
     }
+}
+
+/// A client subcommand: errors go to stderr with exit 1; `run`/`repl`
+/// exit with the command's own code.
+fn client(flags: Target, command: ClientCommand, json: bool) -> anyhow::Result<()> {
+    let result = Target::resolve(flags)
+        .and_then(|target| rewind::cli::execute(&Client::new(target), command, json));
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("rewind: {}", error_chain(&e));
+            std::process::exit(1)
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {

@@ -18,7 +18,8 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::protocol::{
-    ErrorCode, ExecRequest, ExitStatus, FileInfo, Request, Response, PROTOCOL_VERSION,
+    ErrorCode, ExecRequest, ExitStatus, FileInfo, ReplOutput, ReplRequest, Request, Response,
+    PROTOCOL_VERSION, REPL_INTERRUPT_GRACE,
 };
 
 /// How to reach an agent.

@@ -99,9 +99,82 @@ pub enum Request {
         #[serde(with = "b64")]
         entropy: Vec<u8>,
     },
+    /// Run one cell in the sandbox's long-lived interpreter for `language`
+    /// (started on first use); see [`ReplRequest`]. Answers
+    /// [`Response::ReplResult`].
+    Repl(ReplRequest),
     /// Any op this build does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// One REPL cell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplRequest {
+    /// `python` or `nodejs` (see [`ReplLanguage`]).
+    pub language: ReplLanguage,
+    pub code: String,
+    /// Interrupt (SIGINT, not kill) the cell after this long. If the
+    /// interpreter does not come back within a grace period it is killed
+    /// and its state is lost (`restarted` on the next result).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Cap on each of stdout and stderr of the cell.
+    #[serde(default)]
+    pub max_output_bytes: Option<u64>,
+    /// Variables for the interpreter; used only when it is started.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// How long the agent waits for an interrupted REPL cell to come back
+/// before it kills the interpreter.
+pub const REPL_INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Languages with a stateful REPL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplLanguage {
+    #[default]
+    Python,
+    Nodejs,
+}
+
+impl ReplLanguage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::Nodejs => "nodejs",
+        }
+    }
+}
+
+/// What one REPL cell produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplOutput {
+    #[serde(with = "b64")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "b64")]
+    pub stderr: Vec<u8>,
+    /// The cell raised (the traceback is in `stderr`) or was interrupted.
+    pub has_error: bool,
+    /// The timeout interrupted the cell.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The interpreter had to be killed (it ignored the interrupt or died);
+    /// its state is gone and the next cell starts a fresh one.
+    #[serde(default)]
+    pub killed: bool,
+    /// A fresh interpreter was started for this cell (first use, or after
+    /// the previous one died): earlier state is not there.
+    #[serde(default)]
+    pub started: bool,
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 fn default_file_mode() -> u32 {
@@ -197,6 +270,7 @@ pub enum Response {
         dev: u64,
         given: Option<u64>,
     },
+    ReplResult(ReplOutput),
     Error {
         code: ErrorCode,
         message: String,

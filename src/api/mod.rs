@@ -7,6 +7,9 @@ pub mod extract;
 mod forwards;
 mod health;
 mod keys;
+mod mcp;
+mod repl;
+mod rpc;
 mod run;
 mod snapshots;
 pub mod stats;
@@ -58,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .route("/vms/{name}/stop", post(vms::stop))
         .route("/vms/{name}/start", post(vms::start))
         .route("/vms/{name}/wipe", post(run::wipe))
+        .route("/vms/{name}/repl", post(repl::repl))
         .route(
             "/vms/{name}/snapshots",
             get(snapshots::list).post(snapshots::create),
@@ -85,11 +89,19 @@ pub fn app(state: AppState) -> Router {
         .route("/api-keys", get(keys::list))
         .route("/api-keys/{id}", delete(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp::service(&state))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            mcp::require_key,
+        ));
     Router::new()
         .route("/health", get(health::health))
         .route("/api-keys", post(keys::create))
+        .route("/api/v1/rpc", post(rpc::handle))
         .merge(authed)
         .nest("/api/v1", v1::router(state.clone()))
+        .merge(mcp)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), request_id))

@@ -11,10 +11,12 @@ mod create;
 mod delete;
 mod disk;
 mod egress;
+mod file_io;
 mod forward;
 pub mod health;
 mod metrics;
 mod recover;
+mod repl;
 mod restore;
 mod run;
 mod snapshots;
@@ -38,6 +40,7 @@ use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext
 pub use disk::DiskView;
 pub use forward::NewForward;
 pub use metrics::Metrics;
+pub use repl::{parse_language, ReplRequest, ReplResult};
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 

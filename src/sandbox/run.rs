@@ -157,7 +157,7 @@ impl Sandboxes {
     }
 
     /// Snapshot the workspace as `cmd_<ms>` and record it.
-    async fn snapshot_after(
+    pub(super) async fn snapshot_after(
         &self,
         live: &mut Live,
         command: &str,

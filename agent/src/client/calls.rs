@@ -18,11 +18,21 @@ impl AgentClient {
     /// One request/response call on a pooled connection, retried once on a
     /// fresh connection when the pooled one turns out to be dead.
     async fn call(&self, op: &'static str, req: &Request) -> Result<Response, AgentError> {
+        self.call_within(op, req, self.timeouts.request).await
+    }
+
+    /// [`Self::call`] with its own time limit.
+    async fn call_within(
+        &self,
+        op: &'static str,
+        req: &Request,
+        after: Duration,
+    ) -> Result<Response, AgentError> {
         let (conn, pooled) = self.checkout().await?;
-        match self.call_on(conn, op, req).await {
+        match self.call_on(conn, op, req, after).await {
             Err(err) if pooled && err.is_stale_connection() => {
                 self.reset();
-                self.call_on(self.dial().await?, op, req).await
+                self.call_on(self.dial().await?, op, req, after).await
             }
             result => result,
         }
@@ -33,8 +43,8 @@ impl AgentClient {
         mut conn: Connection,
         op: &'static str,
         req: &Request,
+        after: Duration,
     ) -> Result<Response, AgentError> {
-        let after = self.timeouts.request;
         let result = tokio::time::timeout(after, conn.roundtrip(op, req))
             .await
             .map_err(|_| AgentError::Timeout { op, after })?;
@@ -281,6 +291,22 @@ impl AgentClient {
     pub async fn mount_workspace(&self) -> Result<(), AgentError> {
         self.call_ok("mount_workspace", Request::MountWorkspace)
             .await
+    }
+
+    /// Runs one cell in the sandbox's REPL for its language. The call may
+    /// take the cell's timeout plus the interrupt grace plus the client's
+    /// exec slack.
+    pub async fn repl(&self, req: ReplRequest) -> Result<ReplOutput, AgentError> {
+        const OP: &str = "repl";
+        let grace = REPL_INTERRUPT_GRACE + self.timeouts.exec_slack;
+        let after = req
+            .timeout_ms
+            .map_or(Duration::from_secs(86400 * 365), Duration::from_millis)
+            + grace;
+        match self.call_within(OP, &Request::Repl(req), after).await? {
+            Response::ReplResult(output) => Ok(output),
+            other => Err(unexpected(OP, other)),
+        }
     }
 
     /// Mixes host entropy into the guest kernel RNG.

@@ -6,7 +6,7 @@ use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::listen::Conn;
-use super::{entropy, exec, files, quiesce, workspace, Agent, OpError};
+use super::{entropy, exec, files, quiesce, repl, workspace, Agent, OpError};
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 
@@ -107,6 +107,7 @@ async fn dispatch(agent: &Arc<Agent>, request: Request) -> Result<Option<Respons
         Request::MountWorkspace => workspace::mount(agent).await?,
         Request::WorkspaceId => workspace::id(agent)?,
         Request::Reseed { entropy } => entropy::reseed(entropy).await?,
+        Request::Repl(req) => repl::run(agent, req).await?,
         Request::Hello { .. } => return Err(OpError::BadRequest("hello sent twice".into())),
         Request::Unknown => return Err(OpError::BadRequest("unknown op".into())),
         Request::Exec(_) => return Err(OpError::BadRequest("exec must be streamed".into())),

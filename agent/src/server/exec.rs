@@ -107,7 +107,7 @@ fn spawn_error(req: &ExecRequest, source: std::io::Error) -> OpError {
     OpError::io("spawn", path)(source)
 }
 
-fn build_command(agent: &Agent, req: &ExecRequest) -> Result<Command, OpError> {
+pub(super) fn build_command(agent: &Agent, req: &ExecRequest) -> Result<Command, OpError> {
     let mut cmd = match (&req.argv, &req.shell) {
         (Some(argv), None) if !argv.is_empty() => {
             let mut cmd = Command::new(&argv[0]);

@@ -8,6 +8,7 @@ mod files;
 pub mod listen;
 mod quiesce;
 mod reaper;
+mod repl;
 pub mod seccomp;
 mod workspace;
 
@@ -128,6 +129,8 @@ pub struct Agent {
     pub(crate) seccomp: Option<Arc<seccomp::SandboxFilters>>,
     /// `st_dev` of the workspace the agent was given ([`workspace::Given`]).
     pub(crate) workspace_given: workspace::Given,
+    /// Long-lived REPL interpreters, one per language.
+    pub(crate) repls: repl::Repls,
 }
 
 /// Runs the agent until the listener fails. Needs a tokio runtime.
@@ -148,6 +151,7 @@ pub async fn serve(config: ServerConfig, spec: &ListenSpec) -> Result<(), Server
         workspace_given: workspace::Given::at_start(&config.workspace),
         config,
         seccomp,
+        repls: repl::Repls::default(),
     });
     let listener = Listener::bind(spec).await?;
     tracing::info!(listen = ?spec, workspace = ?agent.config.workspace, "agent serving");

@@ -1,0 +1,186 @@
+//! The client subcommands and what each prints.
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::{Client, ClientError};
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create, list, show and delete sandboxes.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+    /// Run a shell command in a sandbox; exits with its exit code.
+    Run {
+        sandbox: String,
+        /// Seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The command (words are joined with spaces and run by /bin/sh -c).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run code in the sandbox's stateful REPL; exits 1 when it raised.
+    Repl {
+        sandbox: String,
+        #[arg(long, default_value = "python")]
+        language: String,
+        #[arg(long)]
+        timeout: Option<f64>,
+        code: String,
+    },
+    /// List, restore and fork snapshots.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    Create { name: String },
+    List,
+    Show { name: String },
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    List {
+        sandbox: String,
+    },
+    Restore {
+        sandbox: String,
+        snapshot: String,
+    },
+    /// New sandbox `new` starting from the snapshot.
+    Fork {
+        sandbox: String,
+        snapshot: String,
+        new: String,
+    },
+}
+
+/// Runs one subcommand; returns the process exit code.
+pub fn execute(
+    client: &Client,
+    command: ClientCommand,
+    json_out: bool,
+) -> Result<i32, ClientError> {
+    match command {
+        ClientCommand::Sandbox { command } => sandbox(client, command, json_out),
+        ClientCommand::Snapshot { command } => snapshot(client, command, json_out),
+        ClientCommand::Run {
+            sandbox,
+            timeout,
+            command,
+        } => {
+            let body = json!({"command": command.join(" "), "timeout": timeout});
+            let out = client.call("POST", &format!("/vms/{sandbox}/run"), Some(body))?;
+            print_output(&out, json_out);
+            Ok(out["exitCode"].as_i64().unwrap_or(1) as i32)
+        }
+        ClientCommand::Repl {
+            sandbox,
+            language,
+            timeout,
+            code,
+        } => {
+            let body = json!({"language": language, "code": code, "timeout": timeout});
+            let out = client.call("POST", &format!("/vms/{sandbox}/repl"), Some(body))?;
+            print_output(&out, json_out);
+            Ok(i32::from(out["hasError"].as_bool().unwrap_or(true)))
+        }
+    }
+}
+
+fn sandbox(client: &Client, command: SandboxCommand, json_out: bool) -> Result<i32, ClientError> {
+    let out = match command {
+        SandboxCommand::Create { name } => {
+            client.call("POST", "/vms", Some(json!({"name": name})))?
+        }
+        SandboxCommand::List => client.call("GET", "/vms", None)?,
+        SandboxCommand::Show { name } => client.call("GET", &format!("/vms/{name}"), None)?,
+        SandboxCommand::Delete { name } => client.call("DELETE", &format!("/vms/{name}"), None)?,
+    };
+    if json_out {
+        println!("{out}");
+    } else if let Some(vms) = out["vms"].as_array() {
+        println!("NAME\tSTATUS\tCREATED");
+        for vm in vms {
+            println!(
+                "{}\t{}\t{}",
+                text(&vm["name"]),
+                text(&vm["status"]),
+                text(&vm["created_at"])
+            );
+        }
+    } else if let Some(message) = out["message"].as_str() {
+        println!("{message}");
+    } else {
+        println!("{}\t{}", text(&out["name"]), text(&out["status"]));
+    }
+    Ok(0)
+}
+
+fn snapshot(client: &Client, command: SnapshotCommand, json_out: bool) -> Result<i32, ClientError> {
+    let out = match command {
+        SnapshotCommand::List { sandbox } => {
+            client.call("GET", &format!("/vms/{sandbox}/snapshots"), None)?
+        }
+        SnapshotCommand::Restore { sandbox, snapshot } => client.call(
+            "POST",
+            &format!("/vms/{sandbox}/snapshots/{snapshot}/restore"),
+            None,
+        )?,
+        SnapshotCommand::Fork {
+            sandbox,
+            snapshot,
+            new,
+        } => client.call(
+            "POST",
+            &format!("/vms/{sandbox}/snapshots/{snapshot}/fork"),
+            Some(json!({"name": new})),
+        )?,
+    };
+    if json_out {
+        println!("{out}");
+    } else if let Some(snaps) = out["snapshots"].as_array() {
+        println!("SNAPSHOT\tKIND\tEXIT\tCOMMAND");
+        for s in snaps {
+            let fields = [
+                &s["snapshot_name"],
+                &s["kind"],
+                &s["exit_code"],
+                &s["command"],
+            ];
+            println!("{}", fields.map(text).join("\t"));
+        }
+    } else if let Some(message) = out["message"].as_str() {
+        println!("{message}");
+    } else {
+        println!("{}\t{}", text(&out["name"]), text(&out["status"]));
+    }
+    Ok(0)
+}
+
+/// stdout to stdout, stderr to stderr (or the JSON), then the snapshot.
+fn print_output(out: &Value, json_out: bool) {
+    if json_out {
+        println!("{out}");
+        return;
+    }
+    print!("{}", text(&out["stdout"]));
+    eprint!("{}", text(&out["stderr"]));
+    eprintln!("[rewind] snapshot {}", text(&out["snapshot"]));
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}

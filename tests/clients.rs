@@ -1,0 +1,157 @@
+//! Real clients this project did not write, against the real service on a
+//! real socket: the official MCP Python SDK (`mcp` from PyPI) on `/mcp`, and
+//! microsandbox's own Python SDK (`microsandbox==0.1.8`, a release that
+//! speaks `/api/v1/rpc`) on the JSON-RPC endpoint. The clients are
+//! installed into a venv under the test root (created once, reused).
+//!
+//! Needs the debootstrap base image (python3 + nodejs in the sandbox) and
+//! PyPI; without either the tests print `SKIPPED <name>: <reason>`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use common::service::Service;
+
+/// Pinned client versions (see the README for what was checked).
+const CLIENTS: &[&str] = &["mcp>=1.10,<2", "microsandbox==0.1.8"];
+
+struct Env {
+    service: Service,
+    url: String,
+    python: PathBuf,
+}
+
+fn base_image() -> Result<PathBuf, String> {
+    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
+    match real.join(".rewind-image-complete").exists() {
+        true => Ok(real),
+        false => Err(format!("no debootstrap base image at {}", real.display())),
+    }
+}
+
+/// A venv with the pinned clients, made once per test root.
+fn venv() -> Result<PathBuf, String> {
+    let dir = common::test_root().join("venv-clients");
+    let python = dir.join("bin/python3");
+    let stamp = dir.join(".installed");
+    let wanted = CLIENTS.join(" ");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    let ok = |cmd: &mut Command| cmd.status().map(|s| s.success()).unwrap_or(false);
+    if !ok(Command::new("python3").args(["-m", "venv"]).arg(&dir)) {
+        return Err("python3 -m venv failed (install python3-venv)".into());
+    }
+    if !ok(Command::new(&python)
+        .args(["-m", "pip", "install", "-q"])
+        .args(CLIENTS))
+    {
+        return Err(format!("pip install {wanted} failed (no PyPI?)"));
+    }
+    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
+    Ok(python)
+}
+
+fn env(test: &str) -> Option<&'static Env> {
+    static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let image = base_image()?;
+        let python = venv()?;
+        let service = Service::start("clients", image, |_| {});
+        let listener = service
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = rewind::api::app(service.state.clone());
+        service
+            .rt
+            .spawn(async move { axum::serve(listener, app).await });
+        Ok(Env {
+            service,
+            url,
+            python,
+        })
+    });
+    match env {
+        Ok(env) => Some(env),
+        Err(reason) => {
+            println!("SKIPPED {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// Runs `tests/clients/<script>` with the venv's python; asserts success.
+fn run_client(env: &Env, script: &str, key: &str, sandbox: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = Command::new(&env.python)
+        .arg(&path)
+        .env("REWIND_URL", &env.url)
+        .env("REWIND_API_KEY", key)
+        .env("SANDBOX", sandbox)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    println!("{text}");
+}
+
+#[test]
+fn mcp_official_sdk_runs_restores_and_reads_back() {
+    let Some(env) = env("mcp_official_sdk_runs_restores_and_reads_back") else {
+        return;
+    };
+    let key = env.service.user_key();
+    let sandbox = common::unique("mcp");
+
+    run_client(env, "mcp_client.py", &key, &sandbox);
+
+    assert!(!env.service.vm_names(&key).contains(&sandbox));
+}
+
+#[test]
+fn mcp_without_key_is_401_and_wrong_key_403() {
+    let Some(env) = env("mcp_without_key_is_401_and_wrong_key_403") else {
+        return;
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+
+    let (missing, _) = env.service.call("POST", "/mcp", None, Some(init.clone()));
+    let (wrong, _) = env
+        .service
+        .call("POST", "/mcp", Some("ws_nope"), Some(init));
+
+    assert_eq!(
+        (missing, wrong),
+        (StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN)
+    );
+}
+
+#[test]
+fn microsandbox_sdk_0_1_8_runs_repl_and_commands() {
+    let Some(env) = env("microsandbox_sdk_0_1_8_runs_repl_and_commands") else {
+        return;
+    };
+    let key = env.service.user_key();
+    let sandbox = common::unique("msb");
+
+    run_client(env, "microsandbox_client.py", &key, &sandbox);
+
+    // The SDK's context manager stopped (deleted) both sandboxes.
+    assert!(env.service.vm_names(&key).is_empty());
+}

@@ -1,0 +1,561 @@
+//! Stateful REPLs (`POST /vms/:name/repl`) and the microsandbox-compatible
+//! JSON-RPC endpoint (`POST /api/v1/rpc`), through the router against the
+//! real service: loop-mounted Btrfs, namespace runtime, real agent, and the
+//! debootstrap base image (python3 + nodejs). Without that image the tests
+//! print `SKIPPED <name>: <reason>` (scripts/test.sh always builds it).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+
+use common::service::Service;
+
+fn base_image() -> Option<PathBuf> {
+    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
+    real.join(".rewind-image-complete").exists().then_some(real)
+}
+
+/// The shared service, or `None` (after a loud skip line) without python.
+fn env(test: &str) -> Option<&'static Service> {
+    static ENV: OnceLock<Option<Service>> = OnceLock::new();
+    let service = ENV.get_or_init(|| {
+        let image = base_image()?;
+        Some(Service::start("repl", image, |config| {
+            config.exec.max_timeout_secs = 60;
+        }))
+    });
+    if service.is_none() {
+        println!("SKIPPED {test}: no debootstrap base image (python3, nodejs); set REWIND_TEST_BASE_IMAGE");
+    }
+    service.as_ref()
+}
+
+/// Deletes its sandbox when the test ends (also on a failed assertion).
+struct Vm<'a> {
+    s: &'a Service,
+    name: String,
+}
+
+impl Drop for Vm<'_> {
+    fn drop(&mut self) {
+        let path = format!("/vms/{}", self.name);
+        let (status, body) = self.s.call("DELETE", &path, Some(&self.s.admin), None);
+        if !matches!(status, StatusCode::OK | StatusCode::NOT_FOUND) {
+            eprintln!("cleanup of {} failed: {status} {body}", self.name);
+        }
+    }
+}
+
+/// A new sandbox owned by `key`, deleted at the end of the test.
+fn vm<'a>(s: &'a Service, key: &str, prefix: &str) -> Vm<'a> {
+    Vm {
+        s,
+        name: s.create_vm(key, prefix),
+    }
+}
+
+fn repl(s: &Service, key: &str, vm: &str, body: Value) -> (StatusCode, Value) {
+    s.call("POST", &format!("/vms/{vm}/repl"), Some(key), Some(body))
+}
+
+fn cell(s: &Service, key: &str, vm: &str, language: &str, code: &str) -> Value {
+    let (status, body) = repl(s, key, vm, json!({"language": language, "code": code}));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[test]
+fn repl_python_keeps_state_over_three_calls() {
+    let Some(s) = env("repl_python_keeps_state_over_three_calls") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-py");
+    let vm = guard.name.as_str();
+
+    let first = cell(s, &key, vm, "python", "x = 40");
+    let second = cell(s, &key, vm, "python", "x += 1\nprint('x is', x)");
+    let third = cell(s, &key, vm, "python", "x + 1");
+
+    assert_eq!(
+        (
+            first["interpreterStarted"].clone(),
+            second["interpreterStarted"].clone()
+        ),
+        (json!(true), json!(false))
+    );
+    assert_eq!(second["stdout"], "x is 41\n");
+    assert_eq!(
+        (third["stdout"].clone(), third["hasError"].clone()),
+        (json!("42\n"), json!(false))
+    );
+}
+
+#[test]
+fn repl_python_separates_streams_and_reports_exceptions() {
+    let Some(s) = env("repl_python_separates_streams_and_reports_exceptions") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-err");
+    let vm = guard.name.as_str();
+
+    let out = cell(
+        s,
+        &key,
+        vm,
+        "python",
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)\n1/0",
+    );
+
+    assert_eq!(
+        (out["stdout"].as_str(), out["hasError"].as_bool()),
+        (Some("out\n"), Some(true))
+    );
+    let stderr = out["stderr"].as_str().unwrap();
+    assert!(stderr.starts_with("err\n"), "{stderr}");
+    assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
+    assert!(!stderr.contains("driver"), "driver frames leak: {stderr}");
+}
+
+#[test]
+fn repl_python_runaway_cell_is_interrupted_and_state_kept() {
+    let Some(s) = env("repl_python_runaway_cell_is_interrupted_and_state_kept") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-loop");
+    let vm = guard.name.as_str();
+    cell(s, &key, vm, "python", "kept = 'yes'");
+
+    let (status, runaway) = repl(
+        s,
+        &key,
+        vm,
+        json!({"language": "python", "code": "while True:\n    pass", "timeout": 1}),
+    );
+    let after = cell(s, &key, vm, "python", "print(kept)");
+
+    assert_eq!(status, StatusCode::OK, "{runaway}");
+    let flags = ["timedOut", "hasError", "interpreterKilled"].map(|f| runaway[f].clone());
+    assert_eq!(flags, [json!(true), json!(true), json!(false)], "{runaway}");
+    assert!(
+        runaway["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("KeyboardInterrupt"),
+        "{runaway}"
+    );
+    assert_eq!(
+        (
+            after["stdout"].as_str(),
+            after["interpreterStarted"].as_bool()
+        ),
+        (Some("yes\n"), Some(false))
+    );
+}
+
+#[test]
+fn repl_python_cell_ignoring_interrupt_kills_interpreter() {
+    let Some(s) = env("repl_python_cell_ignoring_interrupt_kills_interpreter") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-stubborn");
+    let vm = guard.name.as_str();
+    cell(s, &key, vm, "python", "lost = 1");
+    let code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass";
+
+    let (status, stuck) = repl(
+        s,
+        &key,
+        vm,
+        json!({"language": "python", "code": code, "timeout": 1}),
+    );
+    let after = cell(s, &key, vm, "python", "'lost' in globals()");
+
+    assert_eq!(status, StatusCode::OK, "{stuck}");
+    assert_eq!(
+        (
+            stuck["timedOut"].clone(),
+            stuck["interpreterKilled"].clone()
+        ),
+        (json!(true), json!(true))
+    );
+    assert_eq!(
+        (
+            after["stdout"].as_str(),
+            after["interpreterStarted"].as_bool()
+        ),
+        (Some("False\n"), Some(true))
+    );
+}
+
+#[test]
+fn repl_node_keeps_state_and_interrupts_runaway_cell() {
+    let Some(s) = env("repl_node_keeps_state_and_interrupts_runaway_cell") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-js");
+    let vm = guard.name.as_str();
+
+    cell(s, &key, vm, "nodejs", "let n = 2; var m = 3;");
+    let (_, runaway) = repl(
+        s,
+        &key,
+        vm,
+        json!({"language": "nodejs", "code": "while (true) {}", "timeout": 1}),
+    );
+    let sum = cell(s, &key, vm, "nodejs", "console.log('sum'); n * m");
+    let thrown = cell(s, &key, vm, "nodejs", "throw new Error('boom')");
+
+    assert_eq!(
+        (
+            runaway["timedOut"].clone(),
+            runaway["interpreterKilled"].clone()
+        ),
+        (json!(true), json!(false)),
+        "{runaway}"
+    );
+    assert_eq!(sum["stdout"], "sum\n6\n");
+    assert_eq!(thrown["hasError"], true);
+    assert!(
+        thrown["stderr"].as_str().unwrap().contains("Error: boom"),
+        "{thrown}"
+    );
+}
+
+#[test]
+fn repl_cell_leaves_snapshot_and_restore_keeps_interpreter() {
+    let Some(s) = env("repl_cell_leaves_snapshot_and_restore_keeps_interpreter") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-snap");
+    let vm = guard.name.as_str();
+    let before = cell(
+        s,
+        &key,
+        vm,
+        "python",
+        "counter = 1\nopen('f.txt', 'w').write('one')",
+    );
+    cell(
+        s,
+        &key,
+        vm,
+        "python",
+        "counter = 2\nopen('f.txt', 'w').write('two')",
+    );
+
+    let snap = before["snapshot"].as_str().unwrap();
+    let (status, body) = s.call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{snap}/restore"),
+        Some(&key),
+        None,
+    );
+    let after = cell(
+        s,
+        &key,
+        vm,
+        "python",
+        "print(counter, open('f.txt').read())",
+    );
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(s.snapshot_names(&key, vm).contains(&snap.to_owned()));
+    // The workspace went back; the interpreter's memory did not.
+    assert_eq!(
+        (
+            after["stdout"].as_str(),
+            after["interpreterStarted"].as_bool()
+        ),
+        (Some("2 one\n"), Some(false))
+    );
+}
+
+#[test]
+fn repl_bad_input_is_400_naming_the_field() {
+    let Some(s) = env("repl_bad_input_is_400_naming_the_field") else {
+        return;
+    };
+    let key = s.user_key();
+    let guard = vm(s, &key, "repl-bad");
+    let vm = guard.name.as_str();
+    let snapshots = s.snapshot_names(&key, vm);
+
+    let cases = [
+        (json!({"language": "ruby", "code": "1"}), "language"),
+        (
+            json!({"language": "python", "code": "1", "timeout": 0}),
+            "timeout",
+        ),
+        (json!({"language": "python", "code": "a\u{0}b"}), "code"),
+        (json!({"language": "python"}), "code"),
+    ];
+
+    for (body, field) in cases {
+        let (status, answer) = repl(s, &key, vm, body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(field),
+            "{answer}"
+        );
+    }
+    assert_eq!(s.snapshot_names(&key, vm), snapshots);
+}
+
+// ---- JSON-RPC ----
+
+fn rpc_raw(s: &Service, key: Option<&str>, body: &str) -> Value {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/rpc")
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let (status, answer) = s.raw(req.body(Body::from(body.to_owned())).unwrap());
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+fn rpc(s: &Service, key: &str, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "t"});
+    rpc_raw(s, Some(key), &body.to_string())
+}
+
+fn result(answer: Value) -> Value {
+    assert!(answer.get("error").is_none(), "{answer}");
+    answer["result"].clone()
+}
+
+/// A new non-admin key and its id.
+fn key_with_id(s: &Service) -> (String, i64) {
+    let body = json!({"name": "rpc"});
+    let (status, body) = s.call("POST", "/api-keys", Some(&s.admin), Some(body));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (
+        body["key"].as_str().unwrap().to_owned(),
+        body["id"].as_i64().unwrap(),
+    )
+}
+
+fn error_code(answer: &Value) -> i64 {
+    answer["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no error: {answer}"))
+}
+
+#[test]
+fn rpc_start_repl_command_metrics_stop() {
+    let Some(s) = env("rpc_start_repl_command_metrics_stop") else {
+        return;
+    };
+    let (key, key_id) = key_with_id(s);
+    let ns = common::unique("team");
+    let sb = json!({"sandbox": "env1", "namespace": ns});
+    let _guard = Vm {
+        s,
+        name: format!("k{key_id}.{ns}.env1"),
+    };
+    let with = |extra: Value| {
+        let mut p = sb.clone();
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+
+    let started = result(rpc(
+        s,
+        &key,
+        "sandbox.start",
+        with(json!({"config": {"image": "microsandbox/python", "memory": 512, "cpus": 1}})),
+    ));
+    let r1 = result(rpc(
+        s,
+        &key,
+        "sandbox.repl.run",
+        with(json!({"language": "python", "code": "v = 'kept'"})),
+    ));
+    let r2 = result(rpc(
+        s,
+        &key,
+        "sandbox.repl.run",
+        with(json!({"language": "python", "code": "print(v)"})),
+    ));
+    let cmd = result(rpc(
+        s,
+        &key,
+        "sandbox.command.run",
+        with(json!({"command": "sh", "args": ["-c", "echo $0; exit 3", "it's"]})),
+    ));
+    let metrics = result(rpc(
+        s,
+        &key,
+        "sandbox.metrics.get",
+        json!({"namespace": "*"}),
+    ));
+    let stopped = result(rpc(s, &key, "sandbox.stop", sb.clone()));
+
+    assert_eq!(started, "Sandbox env1 started successfully");
+    assert_eq!(r1["status"], "success");
+    assert_eq!(r2["output"], json!([{"stream": "stdout", "text": "kept"}]));
+    let name = metrics["sandboxes"][0]["rewind_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(s.vm_names(&key).is_empty());
+    assert!(name.ends_with(&format!(".{ns}.env1")), "{name}");
+    assert_eq!(metrics["sandboxes"][0]["running"], true);
+    let cmd_fields = [
+        cmd["exit_code"].clone(),
+        cmd["success"].clone(),
+        cmd["output"].clone(),
+    ];
+    assert_eq!(
+        cmd_fields,
+        [
+            json!(3),
+            json!(false),
+            json!([{"stream": "stdout", "text": "it's"}])
+        ]
+    );
+    assert!(r2["snapshot"].as_str().unwrap().starts_with("cmd_"), "{r2}");
+    assert_eq!(stopped, "Sandbox env1 stopped successfully");
+}
+
+#[test]
+fn rpc_every_error_code() {
+    let Some(s) = env("rpc_every_error_code") else {
+        return;
+    };
+    let (key, key_id) = key_with_id(s);
+    let other = s.user_key();
+    let ns = common::unique("ns");
+    let sb = json!({"sandbox": "errs", "namespace": ns});
+    result(rpc(s, &key, "sandbox.start", sb.clone()));
+    let _errs = Vm {
+        s,
+        name: format!("k{key_id}.{ns}.errs"),
+    };
+    // Another key already holds the rewind name this key's "taken" maps to.
+    let taken = format!("k{key_id}.{ns}.taken");
+    let (status, body) = s.call("POST", "/vms", Some(&other), Some(json!({"name": taken})));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let _taken = Vm { s, name: taken };
+
+    let cases: Vec<(i64, Value)> = vec![
+        (-32700, rpc_raw(s, Some(&key), "{not json")),
+        (
+            -32600,
+            rpc_raw(
+                s,
+                Some(&key),
+                r#"{"jsonrpc": "1.0", "method": "sandbox.stop", "id": 1}"#,
+            ),
+        ),
+        (
+            -32600,
+            rpc_raw(
+                s,
+                Some(&key),
+                r#"[{"jsonrpc": "2.0", "method": "sandbox.stop", "id": 1}]"#,
+            ),
+        ),
+        (-32601, rpc(s, &key, "sandbox.teleport", json!({}))),
+        (
+            -32602,
+            rpc(s, &key, "sandbox.stop", json!({"sandbox": "errs"})),
+        ),
+        (
+            -32602,
+            rpc(
+                s,
+                &key,
+                "sandbox.stop",
+                json!({"sandbox": "errs", "namespace": ""}),
+            ),
+        ),
+        (
+            -32001,
+            rpc(
+                s,
+                &key,
+                "sandbox.start",
+                json!({"sandbox": "x", "namespace": "a.b"}),
+            ),
+        ),
+        (
+            -32001,
+            rpc(
+                s,
+                &key,
+                "sandbox.start",
+                json!({"sandbox": "x", "namespace": "d", "config": {"image": "ubuntu"}}),
+            ),
+        ),
+        (
+            -32001,
+            rpc(
+                s,
+                &key,
+                "sandbox.start",
+                json!({"sandbox": "x", "namespace": "d", "config": {"volumes": ["/a:/b"]}}),
+            ),
+        ),
+        (
+            -32001,
+            rpc(
+                s,
+                &key,
+                "sandbox.repl.run",
+                json!({"sandbox": "errs", "namespace": ns, "language": "cobol", "code": "1"}),
+            ),
+        ),
+        (
+            -32002,
+            rpc_raw(
+                s,
+                None,
+                r#"{"jsonrpc": "2.0", "method": "sandbox.stop", "params": {}, "id": 1}"#,
+            ),
+        ),
+        (
+            -32002,
+            rpc(
+                s,
+                "ws_000000000000000000000000000000000000000000000000",
+                "sandbox.stop",
+                sb.clone(),
+            ),
+        ),
+        (-32003, rpc(s, &other, "sandbox.stop", sb.clone())),
+        (
+            -32003,
+            rpc(
+                s,
+                &key,
+                "sandbox.command.run",
+                json!({"sandbox": "nope", "namespace": ns, "command": "true"}),
+            ),
+        ),
+    ];
+
+    let got: Vec<i64> = cases.iter().map(|(_, answer)| error_code(answer)).collect();
+    let want: Vec<i64> = cases.iter().map(|(code, _)| *code).collect();
+    assert_eq!(got, want, "{cases:#?}");
+    assert_eq!(cases[0].1["id"], Value::Null);
+    assert_eq!(cases[3].1["id"], "t");
+    result(rpc(s, &key, "sandbox.stop", sb));
+}
