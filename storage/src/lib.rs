@@ -112,8 +112,14 @@
 //! Operations on one sandbox are serialized by a per-sandbox lock (a set of
 //! busy names under a mutex that is never held across I/O); different
 //! sandboxes run in parallel. A background thread empties the trash and
-//! prunes the oldest `Auto` snapshots beyond
-//! [`PoolConfig::max_auto_snapshots`]; `Kept` snapshots are never pruned.
+//! thins the `Auto` snapshots of a sandbox after each new one (the policy
+//! is in [`Thinning`]: the newest [`PoolConfig::keep_recent`], then a
+//! 5-minute/hourly/daily spread, at most
+//! [`PoolConfig::max_auto_snapshots`]); `Kept` snapshots are never pruned.
+//! Thinning adds no commit point of its own: it is a series of **delete
+//! snapshot** operations, each under the sandbox's lock for that one
+//! deletion only (the plan is computed without the lock; a snapshot pinned
+//! meanwhile is re-checked under it and spared).
 //! When its queue runs empty after deleting, it commits with
 //! `BTRFS_IOC_SYNC`, which wakes the kernel's cleaner so deleted subvolumes
 //! are dropped now instead of at the next 30 s tick (until then they keep
@@ -188,6 +194,7 @@ mod qgroup;
 mod quota;
 mod recovery;
 mod storage;
+mod thinning;
 
 pub use error::StorageError;
 pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
@@ -195,3 +202,4 @@ pub use ops::{CreateOptions, SnapshotInfo, SnapshotKind};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
 pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};
+pub use thinning::{Retention, Thinning, DEFAULT_KEEP_RECENT};

@@ -19,7 +19,7 @@ use nix::mount::MsFlags;
 
 use common::{config, manifest, mutate, populate, sandbox, snap, test_dir, Manifest};
 use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
-use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage};
+use rewind_storage::{CreateOptions, Retention, SandboxName, SnapshotKind, Storage};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -515,6 +515,49 @@ fn deleted_not_cleaned(pool: &Path) -> usize {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn thinning_keeps_recent_first_of_slot_and_kept() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cfg = config(&data_dir());
+    cfg.keep_recent = 3;
+    let s = Storage::open(cfg).unwrap();
+    let sb = sandbox("thinning");
+    s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    s.snapshot(&sb, &snap("t0"), SnapshotKind::Kept).unwrap();
+    // All taken within well under a second: one 5-minute slot (a run
+    // straddling a slot boundary would also keep t-first of the next slot).
+    for i in 1..=8 {
+        s.snapshot(&sb, &snap(&format!("t{i}")), SnapshotKind::Auto)
+            .unwrap();
+        if i == 2 {
+            s.pin(&sb, &snap("t2")).unwrap();
+        }
+    }
+
+    s.flush_background();
+
+    let left: Vec<_> = s
+        .list_snapshots(&sb)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.name, i.retention))
+        .collect();
+    let expected: Vec<_> = [
+        ("t0", Retention::Kept),
+        ("t1", Retention::FiveMinutes),
+        ("t2", Retention::Kept),
+        ("t6", Retention::Recent),
+        ("t7", Retention::Recent),
+        ("t8", Retention::Recent),
+    ]
+    .into_iter()
+    .map(|(n, r)| (n.to_owned(), Some(r)))
+    .collect();
+    assert_eq!(left, expected);
+    s.delete_sandbox(&sb).unwrap();
+    s.flush_background();
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use crate::names::{SandboxName, SnapshotName};
 use crate::qgroup::Sizes;
+use crate::thinning::Retention;
 
 pub(crate) use list::read_template_name;
 
@@ -35,7 +36,7 @@ pub struct CreateOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
-    /// Taken automatically; the oldest beyond the limit are pruned.
+    /// Taken automatically; thinned by [`crate::Thinning`].
     Auto,
     /// Named or pinned by the user; never pruned.
     Kept,
@@ -49,6 +50,9 @@ pub struct SnapshotInfo {
     pub kind: SnapshotKind,
     /// Whether the sandbox's state dir was snapshotted with it.
     pub has_state: bool,
+    /// Why thinning keeps it; `None`: an automatic snapshot that the
+    /// background worker is about to thin (still restorable until then).
+    pub retention: Option<Retention>,
     /// From the snapshot's quota group as of the last committed transaction;
     /// `None` when quotas are off, inconsistent or rescanning.
     pub sizes: Option<Sizes>,
