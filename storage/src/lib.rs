@@ -40,6 +40,7 @@
 //!     live.new, state.new         temporaries of an in-progress restore/wipe
 //!     exchange.intent[.tmp]       ids of live.new/state.new during a state restore
 //!   .create-<sandbox>.<unique>/   a sandbox being created (same contents)
+//!   .import.<unique>/             an archive being received (staging)
 //! templates/<name>                rw subvolume per template
 //! trash/<unique>                  things being deleted by the background worker
 //! ```
@@ -72,6 +73,13 @@
 //!   subvolumes cannot be moved out of their directory, so they are deleted
 //!   in place — the ioctl unlinks atomically and the kernel's cleaner frees
 //!   the extents in the background), then its `snapstate`, `aux`, marker.
+//! * **export**: no state change; `BTRFS_IOC_SEND` of `snaps/<snap>`
+//!   (the kernel refuses to delete a snapshot while it is being sent, so
+//!   thinning cannot truncate an export). Format in `ops/archive.rs`.
+//! * **import**: `.import.<unique>/` staging dir, the archive copied into
+//!   it and verified (magic, SHA-256 trailer), `btrfs receive` of it, then
+//!   **create** with [`CreateOptions::import`] (commit: create's rename),
+//!   then the staging dir to the trash. Recovery trashes `.import.*`.
 //! * **delete sandbox**: rename `sandboxes/<name>` into `trash/` (commit);
 //!   the background worker deletes every subvolume in it.
 //!
@@ -198,7 +206,7 @@ mod thinning;
 
 pub use error::StorageError;
 pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
-pub use ops::{CreateOptions, SnapshotInfo, SnapshotKind};
+pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, ARCHIVE_MAGIC};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
 pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};

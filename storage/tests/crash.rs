@@ -75,6 +75,16 @@ fn crash_child() {
                 .unwrap(),
         ),
         "delete_snapshot" => s.delete_snapshot(&sb, &snap("old")).unwrap(),
+        "import" => {
+            let archive = fs::read(import_archive_path()).unwrap();
+            let received = s.receive_archive(&mut &archive[..]).unwrap();
+            let opts = CreateOptions {
+                import: Some(received.clone()),
+                ..Default::default()
+            };
+            s.create_workspace(&sb, &opts).unwrap();
+            s.discard_received(received).unwrap();
+        }
         other => panic!("unknown op {other}"),
     }
     s.flush_background();
@@ -294,6 +304,38 @@ fn create_crash_at_every_step_leaves_nothing_or_sandbox() {
             s.delete_sandbox(&sb).unwrap();
         }
     }
+}
+
+/// Where the import crash test leaves the archive its children import.
+fn import_archive_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(data_dir()).join("crash-import.archive")
+}
+
+#[test]
+fn import_crash_at_every_step_leaves_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = open();
+    let src = sandbox("crash-import-src");
+    s.create_workspace(&src, &CreateOptions::default()).unwrap();
+    populate(&s.workspace_path(&src), 1 << 20);
+    s.snapshot(&src, &snap("old"), SnapshotKind::Kept).unwrap();
+    let archive = import_archive_path();
+    let mut out = fs::File::create(&archive).unwrap();
+    s.export_snapshot(&src, &snap("old"), &mut out).unwrap();
+    drop(s);
+    for step in steps("import") {
+        let sb = sandbox("crash-import");
+
+        crash_in_child("import", &sb, step);
+        let s = open();
+
+        assert!(!s.sandbox_exists(&sb), "{step}");
+        assert_clean(&s, &sb);
+    }
+    let s = open();
+    s.delete_sandbox(&src).unwrap();
+    s.flush_background();
+    fs::remove_file(&archive).unwrap();
 }
 
 #[test]

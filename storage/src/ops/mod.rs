@@ -1,5 +1,6 @@
 //! The storage operations, one file per lifecycle step.
 
+mod archive;
 mod create;
 pub(crate) mod delete;
 mod list;
@@ -13,6 +14,7 @@ use crate::names::{SandboxName, SnapshotName};
 use crate::qgroup::Sizes;
 use crate::thinning::Retention;
 
+pub use archive::{Received, ARCHIVE_MAGIC};
 pub(crate) use list::read_template_name;
 
 /// How a new workspace starts.
@@ -30,6 +32,9 @@ pub struct CreateOptions {
     /// Disk limit over everything the sandbox writes (live, state and the
     /// extents its snapshots keep); ignored when the pool has no quotas.
     pub disk_limit_bytes: Option<u64>,
+    /// Start as a writable snapshot of a received archive
+    /// ([`crate::Storage::receive_archive`]); takes precedence over both.
+    pub import: Option<Received>,
 }
 
 /// Whether retention may prune a snapshot.
