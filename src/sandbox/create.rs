@@ -6,7 +6,9 @@
 //! snapshot holds saved VM memory the runtime resumes from it (with a fresh
 //! RNG seed) instead of booting.
 
-use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName, StorageError};
+use rewind_storage::{
+    CreateOptions, Received, SandboxName, SnapshotKind, SnapshotName, StorageError,
+};
 
 use super::{parse_sandbox_name, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -62,12 +64,36 @@ impl Sandboxes {
         self.create_from(caller, new_name, Some(from), disk).await
     }
 
+    /// Like `create`, with the workspace made from a received archive.
+    pub(super) async fn create_imported(
+        &self,
+        caller: &Caller,
+        name: &str,
+        received: Received,
+    ) -> Result<SandboxRow, SandboxError> {
+        let disk = self.disk_limit_bytes(None)?;
+        self.create_with(caller, name, None, disk, Some(received))
+            .await
+    }
+
     async fn create_from(
         &self,
         caller: &Caller,
         name: &str,
         from: Option<ForkSource>,
         disk_limit_bytes: Option<u64>,
+    ) -> Result<SandboxRow, SandboxError> {
+        self.create_with(caller, name, from, disk_limit_bytes, None)
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        caller: &Caller,
+        name: &str,
+        from: Option<ForkSource>,
+        disk_limit_bytes: Option<u64>,
+        import: Option<Received>,
     ) -> Result<SandboxRow, SandboxError> {
         let name = parse_sandbox_name(name)?;
         let (key, owner, runtime) = (
@@ -89,7 +115,7 @@ impl Sandboxes {
         // removes the row (never storage this request did not make, e.g. a
         // sandbox startup recovery left in place for lack of a row).
         if let Err(e) = self
-            .create_storage(&name, from.as_ref(), disk_limit_bytes)
+            .create_storage(&name, from.as_ref(), disk_limit_bytes, import)
             .await
         {
             self.rollback_row(&row, &name).await;
@@ -117,11 +143,13 @@ impl Sandboxes {
         name: &SandboxName,
         from: Option<&ForkSource>,
         disk_limit_bytes: Option<u64>,
+        import: Option<Received>,
     ) -> Result<(), SandboxError> {
         let opts = CreateOptions {
             owner: self.runtime.workspace_owner(),
             fork_from: from.map(|f| (f.sandbox.clone(), f.snapshot.clone())),
             disk_limit_bytes,
+            import,
             ..Default::default()
         };
         let n = name.clone();
