@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::os::unix::ffi::OsStringExt;
@@ -23,6 +23,9 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 const KEEP_RECENT: usize = 4;
+
+/// Imports one at a time: the tests check that no staging dir is left.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn env() -> &'static Service {
     static ENV: OnceLock<Service> = OnceLock::new();
@@ -194,6 +197,7 @@ fn staging_dirs() -> Vec<String> {
 
 #[test]
 fn export_then_import_makes_a_sandbox_with_the_same_tree() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let svc = env();
     let key = svc.user_key();
     let vm = svc.create_vm(&key, "exp");
@@ -226,6 +230,7 @@ fn export_then_import_makes_a_sandbox_with_the_same_tree() {
 
 #[test]
 fn bad_exports_and_imports_are_4xx_and_leave_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let svc = env();
     let key = svc.user_key();
     let vm = svc.create_vm(&key, "exp-bad");

@@ -5,11 +5,14 @@
 mod common;
 
 use std::fs;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use common::{config, manifest, populate, sandbox, snap, test_dir, Manifest};
 use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage, StorageError};
 use sha2::{Digest, Sha256};
+
+/// Imports one at a time: the tests check that no staging dir is left.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn storage() -> &'static Storage {
     static S: OnceLock<Storage> = OnceLock::new();
@@ -56,6 +59,7 @@ fn import_err(archive: &[u8]) -> String {
 
 #[test]
 fn export_then_import_gives_an_identical_tree() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = storage();
     let (src, archive) = exported("arch-src");
     let dst = sandbox("arch-dst");
@@ -94,6 +98,7 @@ fn export_of_unknown_snapshot_is_not_found() {
 
 #[test]
 fn import_of_bad_archives_names_the_problem_and_leaves_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (src, archive) = exported("arch-bad");
     let mut corrupt = archive.clone();
     corrupt[archive.len() / 2] ^= 0xff;
