@@ -49,6 +49,17 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Snapshots of a running service (client commands).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    #[command(flatten)]
+    Archive(rewind::cli::snapshot_archive::ArchiveCommand),
 }
 
 #[derive(Subcommand)]
@@ -79,6 +90,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => tokio::runtime::Runtime::new()?.block_on(rewind::server::serve(config)),
         Command::Keys { command } => keys(&config, command),
+        Command::Snapshot {
+            command: SnapshotCommand::Archive(command),
+        } => rewind::cli::snapshot_archive::run(command),
     }
 }
 

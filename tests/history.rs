@@ -262,3 +262,64 @@ fn bad_exports_and_imports_are_4xx_and_leave_nothing() {
     assert_eq!(staging_dirs(), Vec::<String>::new());
     svc.call("DELETE", &format!("/vms/{vm}"), Some(&key), None);
 }
+
+/// The router on a loopback port (for the CLI, which speaks HTTP).
+fn listening_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let svc = env();
+        let listener = svc
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let router = app(svc.state.clone());
+        svc.rt
+            .spawn(async move { axum::serve(listener, router).await.unwrap() });
+        port
+    })
+}
+
+fn cli(key: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args(args)
+        .env(
+            "REWIND_URL",
+            format!("http://127.0.0.1:{}", listening_port()),
+        )
+        .env("REWIND_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_snapshot_export_then_import_round_trips() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let svc = env();
+    let key = svc.user_key();
+    let vm = svc.create_vm(&key, "cli-exp");
+    let snap = svc.run(&key, &vm, "echo from-cli > note")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = common::test_root().join(format!("{}.rewind", common::unique("cli")));
+    let file_arg = file.to_str().unwrap();
+    let copy = common::unique("cli-imp");
+
+    let exported = cli(&key, &["snapshot", "export", &vm, &snap, "-o", file_arg]);
+    let imported = cli(&key, &["snapshot", "import", &copy, file_arg]);
+    let missing = cli(&key, &["snapshot", "export", &vm, "nope", "-o", file_arg]);
+
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert_eq!(
+        svc.run(&key, &copy, "cat note")["stdout"],
+        json!("from-cli\n")
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+    std::fs::remove_file(&file).unwrap();
+    svc.call("DELETE", &format!("/vms/{vm}"), Some(&key), None);
+    svc.call("DELETE", &format!("/vms/{copy}"), Some(&key), None);
+}

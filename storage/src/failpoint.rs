@@ -29,6 +29,7 @@ pub const FAILPOINTS: &[&str] = &[
     "import:after_mkdir",
     "import:after_verify",
     "import:after_receive",
+    "import:before_discard",
 ];
 
 /// The environment variable naming the step to abort at.

@@ -312,13 +312,14 @@ fn import_archive_path() -> std::path::PathBuf {
 }
 
 #[test]
-fn import_crash_at_every_step_leaves_nothing() {
+fn import_crash_at_every_step_leaves_nothing_or_the_sandbox() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = open();
     let src = sandbox("crash-import-src");
     s.create_workspace(&src, &CreateOptions::default()).unwrap();
     populate(&s.workspace_path(&src), 1 << 20);
     s.snapshot(&src, &snap("old"), SnapshotKind::Kept).unwrap();
+    let source = manifest(&s.snapshot_path(&src, &snap("old")));
     let archive = import_archive_path();
     let mut out = fs::File::create(&archive).unwrap();
     s.export_snapshot(&src, &snap("old"), &mut out).unwrap();
@@ -329,8 +330,13 @@ fn import_crash_at_every_step_leaves_nothing() {
         crash_in_child("import", &sb, step);
         let s = open();
 
-        assert!(!s.sandbox_exists(&sb), "{step}");
+        let committed = step == "import:before_discard";
+        assert_eq!(s.sandbox_exists(&sb), committed, "{step}");
         assert_clean(&s, &sb);
+        if committed {
+            assert_eq!(manifest(&s.workspace_path(&sb)), source, "{step}");
+            s.delete_sandbox(&sb).unwrap();
+        }
     }
     let s = open();
     s.delete_sandbox(&src).unwrap();
@@ -734,6 +740,7 @@ fn every_failpoint_is_exercised() {
         "delete",
         "snapshot",
         "delete_snapshot",
+        "import",
     ]
     .iter()
     .flat_map(|op| steps(op))

@@ -116,6 +116,7 @@ impl Storage {
 
     /// Removes a received archive's staging directory.
     pub fn discard_received(&self, received: Received) -> Result<(), StorageError> {
+        failpoint::hit("import:before_discard");
         self.trash(&received.dir, "import-done")
     }
 }
