@@ -243,7 +243,8 @@ fn bad_exports_and_imports_are_4xx_and_leave_nothing() {
     let (unknown, _) = export(&key, &vm, "no-such-snapshot");
     let (corrupt, corrupt_body) = import(&key, &copy, archive.clone());
     let (truncated, truncated_body) = import(&key, &copy, archive[..mid].to_vec());
-    let (bad_name, bad_name_body) = import(&key, "bad%20name", archive);
+    let (bad_name, bad_name_body) = import(&key, "bad%20name", archive.clone());
+    let (reserved, reserved_body) = import(&key, "import", archive);
 
     assert_eq!(unknown, StatusCode::NOT_FOUND);
     assert_eq!(corrupt, StatusCode::BAD_REQUEST, "{corrupt_body}");
@@ -257,6 +258,7 @@ fn bad_exports_and_imports_are_4xx_and_leave_nothing() {
         "{truncated_body}"
     );
     assert_eq!(bad_name, StatusCode::BAD_REQUEST, "{bad_name_body}");
+    assert_eq!(reserved, StatusCode::BAD_REQUEST, "{reserved_body}");
     let (gone, _) = svc.call("GET", &format!("/vms/{copy}"), Some(&key), None);
     assert_eq!(gone, StatusCode::NOT_FOUND);
     assert_eq!(staging_dirs(), Vec::<String>::new());

@@ -17,6 +17,9 @@ use crate::db::{Db, NewSnapshot, SandboxRow, SandboxStatus};
 /// Name of the snapshot every sandbox starts with.
 pub const INITIAL: &str = "initial";
 
+/// Not a sandbox name: `/vms/import` is the import route.
+pub const RESERVED_IMPORT: &str = "import";
+
 /// Where a forked sandbox starts from.
 #[derive(Debug, Clone)]
 pub struct ForkSource {
@@ -95,6 +98,12 @@ impl Sandboxes {
         disk_limit_bytes: Option<u64>,
         import: Option<Received>,
     ) -> Result<SandboxRow, SandboxError> {
+        if name == RESERVED_IMPORT {
+            return Err(SandboxError::Invalid {
+                field: "name",
+                message: "`import` is reserved (POST /vms/import)".into(),
+            });
+        }
         let name = parse_sandbox_name(name)?;
         let (key, owner, runtime) = (
             name.to_string(),
