@@ -37,6 +37,7 @@ impl std::str::FromStr for RuntimeChoice {
 pub struct StorageConfig {
     pub pool_size_gb: u64,
     pub max_auto_snapshots: usize,
+    pub keep_recent_snapshots: usize,
     pub quotas: bool,
 }
 
@@ -137,6 +138,7 @@ impl Default for StorageConfig {
         Self {
             pool_size_gb: 20,
             max_auto_snapshots: 1000,
+            keep_recent_snapshots: rewind_storage::DEFAULT_KEEP_RECENT,
             quotas: false,
         }
     }
@@ -308,6 +310,13 @@ impl Config {
         if self.storage.max_auto_snapshots == 0 {
             return invalid("storage.max_auto_snapshots", "must be at least 1");
         }
+        let recent = self.storage.keep_recent_snapshots;
+        if recent == 0 || recent > self.storage.max_auto_snapshots {
+            return invalid(
+                "storage.keep_recent_snapshots",
+                "must be between 1 and storage.max_auto_snapshots",
+            );
+        }
         if let Err(message) = crate::runtime::egress::AllowList::parse(&self.network.egress_allow) {
             return invalid("network.egress_allow", &message);
         }
@@ -415,6 +424,26 @@ mod tests {
                 err,
                 ConfigError::Invalid {
                     key: "data_dir",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validate_keep_recent_above_max_auto_names_key() {
+        let mut config = Config::default();
+        config.storage.max_auto_snapshots = 10;
+        config.storage.keep_recent_snapshots = 11;
+
+        let err = config.validate().unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "storage.keep_recent_snapshots",
                     ..
                 }
             ),

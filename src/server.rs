@@ -38,6 +38,7 @@ async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     let mut pool = PoolConfig::new(config.data_dir.clone());
     pool.image_size_bytes = config.storage.pool_size_gb * 1024 * 1024 * 1024;
     pool.max_auto_snapshots = config.storage.max_auto_snapshots;
+    pool.keep_recent = config.storage.keep_recent_snapshots;
     pool.quotas = config.storage.quotas;
     pool.disk_limits = config.limits.disk_mb > 0;
     let storage = tokio::task::spawn_blocking(move || Storage::open(pool))

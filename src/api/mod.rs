@@ -2,6 +2,7 @@
 //! paths, fields, status codes and `{"error": "..."}` shape. One file per
 //! resource; [`app`] builds the router so tests can drive it without a socket.
 
+mod archive;
 pub mod error;
 pub mod extract;
 mod forwards;
@@ -69,6 +70,11 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/vms/{name}/snapshots/{snapshot}",
             delete(snapshots::destroy),
+        )
+        .route("/vms/import", post(archive::import))
+        .route(
+            "/vms/{name}/snapshots/{snapshot}/export",
+            get(archive::export),
         )
         .route(
             "/vms/{name}/snapshots/{snapshot}/fork",
@@ -174,7 +180,9 @@ impl From<SandboxError> for ApiError {
             SandboxError::Storage(S::AlreadyExists { .. }) => {
                 ApiError::Conflict(storage_message(&e))
             }
-            SandboxError::Storage(S::InvalidName(_)) => ApiError::BadRequest(storage_message(&e)),
+            SandboxError::Storage(S::InvalidName(_) | S::BadArchive { .. }) => {
+                ApiError::BadRequest(storage_message(&e))
+            }
             SandboxError::WorkspaceMismatch { .. } => ApiError::Unavailable(e.to_string()),
             SandboxError::Agent(ref a)
                 if a.remote_code()

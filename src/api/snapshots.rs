@@ -22,6 +22,7 @@ fn snapshot_json(vm: &str, v: &SnapshotView) -> Value {
         "exit_code": v.row.exit_code,
         "kind": v.row.kind,
         "pinned": v.pinned,
+        "retained_because": v.retained_because(),
         "description": v.row.description,
         "include_memory": v.row.include_memory,
         "missing": v.row.missing,

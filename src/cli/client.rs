@@ -16,6 +16,12 @@ pub enum ClientError {
     },
     #[error("{status}: {message}")]
     Server { status: u16, message: String },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the client config {path:?}")]
     Config {
         path: PathBuf,
@@ -82,6 +88,41 @@ impl Client {
             url: url.trim_end_matches('/').to_owned(),
             key: target.api_key,
         }
+    }
+
+    /// A request to `path` with the key set, for streamed bodies.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(key) = &self.key {
+            req = req.header("x-api-key", key);
+        }
+        req
+    }
+
+    /// Send `req`; the response when it is a 2xx, else the server's error.
+    pub fn send(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        let resp = req.send().map_err(|source| ClientError::Connect {
+            url: self.url.clone(),
+            source,
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let message = value["error"].as_str().map(str::to_owned);
+        Err(ClientError::Server {
+            status,
+            message: message.unwrap_or_else(|| value.to_string()),
+        })
     }
 
     /// One request; the JSON body of a 2xx answer (null when empty).

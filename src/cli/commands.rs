@@ -61,6 +61,20 @@ pub enum SnapshotCommand {
         snapshot: String,
         new: String,
     },
+    /// Write the snapshot as an archive (zstd `btrfs send` stream with a
+    /// SHA-256 trailer) to `--output` or standard output.
+    Export {
+        sandbox: String,
+        snapshot: String,
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Create sandbox `name` from an archive (a file, or standard input);
+    /// its `initial` snapshot is the archived state.
+    Import {
+        name: String,
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs one subcommand; returns the process exit code.
@@ -144,6 +158,14 @@ fn snapshot(client: &Client, command: SnapshotCommand, json_out: bool) -> Result
             &format!("/vms/{sandbox}/snapshots/{snapshot}/fork"),
             Some(json!({"name": new})),
         )?,
+        SnapshotCommand::Export {
+            sandbox,
+            snapshot,
+            output,
+        } => return super::snapshot_archive::export(client, &sandbox, &snapshot, output),
+        SnapshotCommand::Import { name, file } => {
+            super::snapshot_archive::import(client, &name, file)?
+        }
     };
     if json_out {
         println!("{out}");

@@ -8,6 +8,7 @@
 
 mod client;
 mod commands;
+mod snapshot_archive;
 
 pub use client::{Client, ClientError, Target};
 pub use commands::{execute, ClientCommand, SandboxCommand, SnapshotCommand};

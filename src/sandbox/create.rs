@@ -6,7 +6,9 @@
 //! snapshot holds saved VM memory the runtime resumes from it (with a fresh
 //! RNG seed) instead of booting.
 
-use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, SnapshotName, StorageError};
+use rewind_storage::{
+    CreateOptions, Received, SandboxName, SnapshotKind, SnapshotName, StorageError,
+};
 
 use super::{parse_sandbox_name, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -14,6 +16,9 @@ use crate::db::{Db, NewSnapshot, SandboxRow, SandboxSpec, SandboxStatus};
 
 /// Name of the snapshot every sandbox starts with.
 pub const INITIAL: &str = "initial";
+
+/// Not a sandbox name: `/vms/import` is the import route.
+pub const RESERVED_IMPORT: &str = "import";
 
 /// Where a forked sandbox starts from.
 #[derive(Debug, Clone)]
@@ -78,6 +83,18 @@ impl Sandboxes {
             .await
     }
 
+    /// Like `create`, with the workspace made from a received archive.
+    pub(super) async fn create_imported(
+        &self,
+        caller: &Caller,
+        name: &str,
+        received: Received,
+    ) -> Result<SandboxRow, SandboxError> {
+        let disk = self.disk_limit_bytes(None)?;
+        self.create_with(caller, name, None, linux_spec(), disk, Some(received))
+            .await
+    }
+
     async fn create_from(
         &self,
         caller: &Caller,
@@ -86,6 +103,25 @@ impl Sandboxes {
         spec: SandboxSpec,
         disk_limit_bytes: Option<u64>,
     ) -> Result<SandboxRow, SandboxError> {
+        self.create_with(caller, name, from, spec, disk_limit_bytes, None)
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        caller: &Caller,
+        name: &str,
+        from: Option<ForkSource>,
+        spec: SandboxSpec,
+        disk_limit_bytes: Option<u64>,
+        import: Option<Received>,
+    ) -> Result<SandboxRow, SandboxError> {
+        if name == RESERVED_IMPORT {
+            return Err(SandboxError::Invalid {
+                field: "name",
+                message: "`import` is reserved (POST /vms/import)".into(),
+            });
+        }
         let name = parse_sandbox_name(name)?;
         let (key, owner, runtime) = (
             name.to_string(),
@@ -110,7 +146,7 @@ impl Sandboxes {
         // removes the row (never storage this request did not make, e.g. a
         // sandbox startup recovery left in place for lack of a row).
         if let Err(e) = self
-            .create_storage(&name, from.as_ref(), disk_limit_bytes)
+            .create_storage(&name, from.as_ref(), disk_limit_bytes, import)
             .await
         {
             self.rollback_row(&row, &name).await;
@@ -138,11 +174,13 @@ impl Sandboxes {
         name: &SandboxName,
         from: Option<&ForkSource>,
         disk_limit_bytes: Option<u64>,
+        import: Option<Received>,
     ) -> Result<(), SandboxError> {
         let opts = CreateOptions {
             owner: self.runtime.workspace_owner(),
             fork_from: from.map(|f| (f.sandbox.clone(), f.snapshot.clone())),
             disk_limit_bytes,
+            import,
             ..Default::default()
         };
         let n = name.clone();

@@ -7,6 +7,7 @@
 //! parallel. The lock order is always: registry map (never across an await)
 //! → sandbox lock → database/storage calls.
 
+mod archive;
 mod create;
 mod delete;
 mod disk;
@@ -37,6 +38,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
 use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
 
+pub use archive::ExportStream;
 pub use disk::DiskView;
 pub use forward::NewForward;
 pub use metrics::Metrics;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rewind_storage::{SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName};
+use rewind_storage::{Retention, SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -32,6 +32,29 @@ pub struct SnapshotView {
     pub row: SnapshotRow,
     pub sizes: Option<Sizes>,
     pub pinned: bool,
+    /// Why history thinning keeps it (`None`: about to be thinned, or missing).
+    pub retention: Option<Retention>,
+}
+
+impl SnapshotView {
+    /// The listing's `retained_because`: `initial`, `named`, `memory`,
+    /// `pinned` (never thinned), `recent`, `five_minute`, `hourly`, `daily`
+    /// (see `rewind_storage::Thinning`); `None` while the background worker
+    /// is about to thin it (still restorable until then).
+    pub fn retained_because(&self) -> Option<&'static str> {
+        Some(match self.retention? {
+            Retention::Kept if self.row.include_memory => "memory",
+            Retention::Kept => match self.row.kind.as_str() {
+                "initial" => "initial",
+                "named" => "named",
+                _ => "pinned",
+            },
+            Retention::Recent => "recent",
+            Retention::FiveMinutes => "five_minute",
+            Retention::Hourly => "hourly",
+            Retention::Daily => "daily",
+        })
+    }
 }
 
 const MAX_DESCRIPTION: usize = 4096;
@@ -57,6 +80,7 @@ impl Sandboxes {
                 SnapshotView {
                     sizes: info.and_then(|i| i.sizes),
                     pinned: info.is_some_and(|i| i.kind == SnapshotKind::Kept),
+                    retention: info.and_then(|i| i.retention),
                     row,
                 }
             })
@@ -140,6 +164,7 @@ impl Sandboxes {
             row: saved,
             sizes: info.sizes,
             pinned: true,
+            retention: Some(Retention::Kept),
         })
     }
 

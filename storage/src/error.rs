@@ -68,6 +68,8 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    #[error("bad snapshot archive: {reason}")]
+    BadArchive { reason: String },
     #[error("{path} is not a Btrfs pool: {reason}")]
     NotAPool { path: PathBuf, reason: &'static str },
 }

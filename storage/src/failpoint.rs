@@ -26,6 +26,10 @@ pub const FAILPOINTS: &[&str] = &[
     "delete_snapshot:after_snapshot",
     "delete_snapshot:after_state",
     "trash:after_first_delete",
+    "import:after_mkdir",
+    "import:after_verify",
+    "import:after_receive",
+    "import:before_discard",
 ];
 
 /// The environment variable naming the step to abort at.

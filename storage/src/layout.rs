@@ -25,6 +25,7 @@ pub(crate) const KEPT: &str = "kept";
 pub(crate) const AUX: &str = "aux";
 /// Prefix of sandbox directories still being built by `create_workspace`.
 pub(crate) const CREATING_PREFIX: &str = ".create-";
+pub(crate) const IMPORTING_PREFIX: &str = ".import.";
 
 /// Path arithmetic over one pool.
 #[derive(Clone, Debug)]
@@ -69,6 +70,11 @@ impl Layout {
     /// A fresh, unique path in the trash for something called `label`.
     pub fn trash_slot(&self, label: &str) -> PathBuf {
         self.trash().join(unique(label))
+    }
+    /// A fresh staging directory name for receiving an archive.
+    pub fn importing(&self) -> PathBuf {
+        self.sandboxes()
+            .join(unique(IMPORTING_PREFIX.trim_end_matches('.')))
     }
     /// A fresh temporary directory name for creating sandbox `sb`.
     pub fn creating(&self, sb: &SandboxName) -> PathBuf {

@@ -40,6 +40,7 @@
 //!     live.new, state.new         temporaries of an in-progress restore/wipe
 //!     exchange.intent[.tmp]       ids of live.new/state.new during a state restore
 //!   .create-<sandbox>.<unique>/   a sandbox being created (same contents)
+//!   .import.<unique>/             an archive being received (staging)
 //! templates/<name>                rw subvolume per template
 //! trash/<unique>                  things being deleted by the background worker
 //! ```
@@ -72,6 +73,13 @@
 //!   subvolumes cannot be moved out of their directory, so they are deleted
 //!   in place — the ioctl unlinks atomically and the kernel's cleaner frees
 //!   the extents in the background), then its `snapstate`, `aux`, marker.
+//! * **export**: no state change; `BTRFS_IOC_SEND` of `snaps/<snap>`
+//!   (the kernel refuses to delete a snapshot while it is being sent, so
+//!   thinning cannot truncate an export). Format in `ops/archive.rs`.
+//! * **import**: `.import.<unique>/` staging dir, the archive copied into
+//!   it and verified (magic, SHA-256 trailer), `btrfs receive` of it, then
+//!   **create** with [`CreateOptions::import`] (commit: create's rename),
+//!   then the staging dir to the trash. Recovery trashes `.import.*`.
 //! * **delete sandbox**: rename `sandboxes/<name>` into `trash/` (commit);
 //!   the background worker deletes every subvolume in it.
 //!
@@ -112,8 +120,14 @@
 //! Operations on one sandbox are serialized by a per-sandbox lock (a set of
 //! busy names under a mutex that is never held across I/O); different
 //! sandboxes run in parallel. A background thread empties the trash and
-//! prunes the oldest `Auto` snapshots beyond
-//! [`PoolConfig::max_auto_snapshots`]; `Kept` snapshots are never pruned.
+//! thins the `Auto` snapshots of a sandbox after each new one (the policy
+//! is in [`Thinning`]: the newest [`PoolConfig::keep_recent`], then a
+//! 5-minute/hourly/daily spread, at most
+//! [`PoolConfig::max_auto_snapshots`]); `Kept` snapshots are never pruned.
+//! Thinning adds no commit point of its own: it is a series of **delete
+//! snapshot** operations, each under the sandbox's lock for that one
+//! deletion only (the plan is computed without the lock; a snapshot pinned
+//! meanwhile is re-checked under it and spared).
 //! When its queue runs empty after deleting, it commits with
 //! `BTRFS_IOC_SYNC`, which wakes the kernel's cleaner so deleted subvolumes
 //! are dropped now instead of at the next 30 s tick (until then they keep
@@ -188,10 +202,12 @@ mod qgroup;
 mod quota;
 mod recovery;
 mod storage;
+mod thinning;
 
 pub use error::StorageError;
 pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
-pub use ops::{CreateOptions, SnapshotInfo, SnapshotKind};
+pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, ARCHIVE_MAGIC};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
 pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};
+pub use thinning::{Retention, Thinning, DEFAULT_KEEP_RECENT};

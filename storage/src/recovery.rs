@@ -69,6 +69,11 @@ pub(crate) fn run(l: &Layout) -> Result<(Vec<String>, Vec<PathBuf>), StorageErro
         if name.starts_with(layout::CREATING_PREFIX) {
             trashed.push(move_to_trash(l, &path, "half-created")?);
             report.push(format!("rolled back interrupted create: removed {name}"));
+        } else if name.starts_with(layout::IMPORTING_PREFIX) {
+            trashed.push(move_to_trash(l, &path, "half-imported")?);
+            report.push(format!(
+                "removed an interrupted import's staging dir {name}"
+            ));
         } else if path.is_dir() {
             report.extend(finish_swap(l, &path, &mut trashed)?);
             report.extend(remove_orphans(l, &path, &mut trashed)?);

@@ -29,8 +29,11 @@ pub struct PoolConfig {
     pub data_dir: PathBuf,
     /// Size of the sparse image created when `data_dir` is not on Btrfs.
     pub image_size_bytes: u64,
-    /// Automatic snapshots kept per sandbox; older ones are pruned.
+    /// Hard cap on automatic snapshots kept per sandbox (see [`crate::Thinning`]).
     pub max_auto_snapshots: usize,
+    /// Newest automatic snapshots always kept; older ones are thinned to a
+    /// 5-minute/hourly/daily spread (see [`crate::Thinning`]).
+    pub keep_recent: usize,
     /// Enable Btrfs quota groups (needed for snapshot sizes) when this
     /// creates a new pool image. Default true. Applies at creation only: an
     /// existing pool keeps whatever quota state it has. Full qgroups make
@@ -50,6 +53,7 @@ impl PoolConfig {
             data_dir: data_dir.into(),
             image_size_bytes: DEFAULT_IMAGE_SIZE,
             max_auto_snapshots: DEFAULT_MAX_AUTO_SNAPSHOTS,
+            keep_recent: crate::thinning::DEFAULT_KEEP_RECENT,
             quotas: true,
             disk_limits: true,
         }
@@ -218,6 +222,14 @@ impl Storage {
         }
     }
 
+    /// The thinning policy from the pool's configuration.
+    pub(crate) fn thinning(&self) -> crate::Thinning {
+        crate::Thinning {
+            keep_recent: self.inner.cfg.keep_recent,
+            max_auto: self.inner.cfg.max_auto_snapshots,
+        }
+    }
+
     pub(crate) fn submit(&self, job: Job) {
         self.inner.bg.submit(job);
     }
@@ -239,6 +251,7 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/x"));
         assert_eq!(cfg.image_size_bytes, 20 << 30);
         assert_eq!(cfg.max_auto_snapshots, 1000);
+        assert_eq!(cfg.keep_recent, 64);
         assert!(cfg.quotas);
         assert!(cfg.disk_limits);
     }

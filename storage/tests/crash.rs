@@ -19,7 +19,7 @@ use nix::mount::MsFlags;
 
 use common::{config, manifest, mutate, populate, sandbox, snap, test_dir, Manifest};
 use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
-use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage};
+use rewind_storage::{CreateOptions, Retention, SandboxName, SnapshotKind, Storage};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -75,6 +75,16 @@ fn crash_child() {
                 .unwrap(),
         ),
         "delete_snapshot" => s.delete_snapshot(&sb, &snap("old")).unwrap(),
+        "import" => {
+            let archive = fs::read(import_archive_path()).unwrap();
+            let received = s.receive_archive(&mut &archive[..]).unwrap();
+            let opts = CreateOptions {
+                import: Some(received.clone()),
+                ..Default::default()
+            };
+            s.create_workspace(&sb, &opts).unwrap();
+            s.discard_received(received).unwrap();
+        }
         other => panic!("unknown op {other}"),
     }
     s.flush_background();
@@ -294,6 +304,44 @@ fn create_crash_at_every_step_leaves_nothing_or_sandbox() {
             s.delete_sandbox(&sb).unwrap();
         }
     }
+}
+
+/// Where the import crash test leaves the archive its children import.
+fn import_archive_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(data_dir()).join("crash-import.archive")
+}
+
+#[test]
+fn import_crash_at_every_step_leaves_nothing_or_the_sandbox() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = open();
+    let src = sandbox("crash-import-src");
+    s.create_workspace(&src, &CreateOptions::default()).unwrap();
+    populate(&s.workspace_path(&src), 1 << 20);
+    s.snapshot(&src, &snap("old"), SnapshotKind::Kept).unwrap();
+    let source = manifest(&s.snapshot_path(&src, &snap("old")));
+    let archive = import_archive_path();
+    let mut out = fs::File::create(&archive).unwrap();
+    s.export_snapshot(&src, &snap("old"), &mut out).unwrap();
+    drop(s);
+    for step in steps("import") {
+        let sb = sandbox("crash-import");
+
+        crash_in_child("import", &sb, step);
+        let s = open();
+
+        let committed = step == "import:before_discard";
+        assert_eq!(s.sandbox_exists(&sb), committed, "{step}");
+        assert_clean(&s, &sb);
+        if committed {
+            assert_eq!(manifest(&s.workspace_path(&sb)), source, "{step}");
+            s.delete_sandbox(&sb).unwrap();
+        }
+    }
+    let s = open();
+    s.delete_sandbox(&src).unwrap();
+    s.flush_background();
+    fs::remove_file(&archive).unwrap();
 }
 
 #[test]
@@ -518,6 +566,49 @@ fn deleted_not_cleaned(pool: &Path) -> usize {
 }
 
 #[test]
+fn thinning_keeps_recent_first_of_slot_and_kept() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cfg = config(&data_dir());
+    cfg.keep_recent = 3;
+    let s = Storage::open(cfg).unwrap();
+    let sb = sandbox("thinning");
+    s.create_workspace(&sb, &CreateOptions::default()).unwrap();
+    s.snapshot(&sb, &snap("t0"), SnapshotKind::Kept).unwrap();
+    // All taken within well under a second: one 5-minute slot (a run
+    // straddling a slot boundary would also keep t-first of the next slot).
+    for i in 1..=8 {
+        s.snapshot(&sb, &snap(&format!("t{i}")), SnapshotKind::Auto)
+            .unwrap();
+        if i == 2 {
+            s.pin(&sb, &snap("t2")).unwrap();
+        }
+    }
+
+    s.flush_background();
+
+    let left: Vec<_> = s
+        .list_snapshots(&sb)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.name, i.retention))
+        .collect();
+    let expected: Vec<_> = [
+        ("t0", Retention::Kept),
+        ("t1", Retention::FiveMinutes),
+        ("t2", Retention::Kept),
+        ("t6", Retention::Recent),
+        ("t7", Retention::Recent),
+        ("t8", Retention::Recent),
+    ]
+    .into_iter()
+    .map(|(n, r)| (n.to_owned(), Some(r)))
+    .collect();
+    assert_eq!(left, expected);
+    s.delete_sandbox(&sb).unwrap();
+    s.flush_background();
+}
+
+#[test]
 fn pruned_snapshots_are_dropped_by_the_kernel_promptly() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut cfg = config(&data_dir());
@@ -649,6 +740,7 @@ fn every_failpoint_is_exercised() {
         "delete",
         "snapshot",
         "delete_snapshot",
+        "import",
     ]
     .iter()
     .flat_map(|op| steps(op))

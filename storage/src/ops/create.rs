@@ -89,6 +89,10 @@ fn build_subvolumes(
 ) -> Result<(), StorageError> {
     let live = dir.join(layout::LIVE);
     match (&opts.fork_from, &opts.template) {
+        _ if opts.import.is_some() => {
+            let received = opts.import.as_ref().expect("checked");
+            btrfs::snapshot(received.subvolume(), &live, false, group)?
+        }
         (Some((src, snap)), _) => btrfs::snapshot(&layout.snap(src, snap), &live, false, group)?,
         (None, Some(t)) => btrfs::snapshot(&layout.template(t), &live, false, group)?,
         (None, None) => btrfs::create_subvolume(&live, group)?,

@@ -71,34 +71,59 @@ impl Storage {
         Ok(())
     }
 
-    /// Cheap pre-check (one readdir) for whether pruning might be needed.
-    pub(crate) fn auto_count_exceeded(&self, sb: &SandboxName) -> bool {
+    /// Cheap pre-check (one readdir) for whether thinning might have work:
+    /// more snapshots than the newest `keep_recent` automatic ones.
+    pub(crate) fn may_need_thinning(&self, sb: &SandboxName) -> bool {
         let snaps = self.layout().sandbox(sb).join(crate::layout::SNAPS);
-        fs::read_dir(snaps).is_ok_and(|d| d.count() > self.inner.cfg.max_auto_snapshots)
+        let recent = self
+            .inner
+            .cfg
+            .keep_recent
+            .min(self.inner.cfg.max_auto_snapshots);
+        fs::read_dir(snaps).is_ok_and(|d| d.count() > recent)
     }
 
-    /// Deletes the oldest automatic snapshots beyond the configured limit.
+    /// Thins the automatic snapshots of `sb` (see [`crate::Thinning`]).
+    /// The plan is made from a listing taken without the sandbox's lock
+    /// (a stale listing only ever thins a subset of what a fresh one
+    /// would); each deletion then takes the lock for itself alone and
+    /// re-checks that the snapshot is still automatic, so a run waits for
+    /// at most one subvolume deletion.
     pub(crate) fn prune(&self, sb: &SandboxName) -> Result<(), StorageError> {
-        let _guard = match self.lock_existing(sb) {
-            Err(StorageError::NotFound { .. }) => return Ok(()),
-            other => other?,
-        };
-        let autos: Vec<_> = self
-            .list_snapshots_locked(sb, false)?
-            .into_iter()
-            .filter(|s| s.kind == SnapshotKind::Auto)
-            .collect();
-        let excess = autos
-            .len()
-            .saturating_sub(self.inner.cfg.max_auto_snapshots);
-        for info in &autos[..excess] {
-            let name = SnapshotName::try_from(info.name.as_str())?;
-            self.delete_snapshot_locked(sb, &name)?;
+        if !self.sandbox_exists(sb) {
+            return Ok(());
         }
-        if excess > 0 {
-            tracing::info!(sandbox = %sb, pruned = excess, "pruned automatic snapshots");
+        let doomed: Vec<SnapshotName> = match self.list_snapshots_locked(sb, false) {
+            Err(StorageError::Io { .. }) if !self.sandbox_exists(sb) => return Ok(()),
+            listed => listed?,
+        }
+        .into_iter()
+        .filter(|s| s.kind == SnapshotKind::Auto && s.retention.is_none())
+        .map(|s| SnapshotName::try_from(s.name.as_str()))
+        .collect::<Result<_, _>>()?;
+        let mut thinned = 0;
+        for name in &doomed {
+            thinned += usize::from(self.thin_one(sb, name)?);
+        }
+        if thinned > 0 {
+            tracing::debug!(sandbox = %sb, thinned, "thinned automatic snapshots");
         }
         Ok(())
+    }
+
+    /// Deletes one automatic snapshot if it is still there and still not
+    /// kept; false when it was spared.
+    fn thin_one(&self, sb: &SandboxName, name: &SnapshotName) -> Result<bool, StorageError> {
+        let _guard = match self.lock_existing(sb) {
+            Err(StorageError::NotFound { .. }) => return Ok(false),
+            other => other?,
+        };
+        let l = self.layout();
+        if !l.snap(sb, name).exists() || l.kept_marker(sb, name).exists() {
+            return Ok(false);
+        }
+        self.delete_snapshot_locked(sb, name)?;
+        Ok(true)
     }
 }
 

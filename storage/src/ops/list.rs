@@ -11,6 +11,7 @@ use crate::names::{SandboxName, SnapshotName};
 use crate::ops::{SnapshotInfo, SnapshotKind};
 use crate::qgroup::{self, Sizes};
 use crate::storage::Storage;
+use crate::thinning::Retention;
 
 impl Storage {
     /// The live workspace subvolume of `sb` (whether or not it exists).
@@ -83,7 +84,22 @@ impl Storage {
             found.push((meta.otransid, info));
         }
         found.sort_by(|a, b| (a.0, a.1.created, &a.1.name).cmp(&(b.0, b.1.created, &b.1.name)));
-        Ok(found.into_iter().map(|(_, info)| info).collect())
+        let mut infos: Vec<SnapshotInfo> = found.into_iter().map(|(_, info)| info).collect();
+        self.mark_retention(&mut infos);
+        Ok(infos)
+    }
+
+    /// Fills in why each automatic snapshot is kept, per the thinning plan.
+    fn mark_retention(&self, infos: &mut [SnapshotInfo]) {
+        let autos: Vec<&mut SnapshotInfo> = infos
+            .iter_mut()
+            .filter(|i| i.kind == SnapshotKind::Auto)
+            .collect();
+        let created: Vec<_> = autos.iter().map(|i| i.created).collect();
+        let plan = self.thinning().plan(&created);
+        for (info, retention) in autos.into_iter().zip(plan) {
+            info.retention = retention;
+        }
     }
 
     /// One snapshot of `sb`.
@@ -99,7 +115,16 @@ impl Storage {
         }
         let meta = btrfs::subvolume_meta(&path)?;
         let sizes = self.sizes_of(meta.id)?;
-        Ok(self.describe(sb, name, meta.created, sizes))
+        let info = self.describe(sb, name, meta.created, sizes);
+        if info.kind == SnapshotKind::Kept {
+            return Ok(info);
+        }
+        let listed = self.list_snapshots_locked(sb, false)?;
+        let retention = listed.into_iter().find(|i| i.name == info.name);
+        Ok(SnapshotInfo {
+            retention: retention.and_then(|i| i.retention),
+            ..info
+        })
     }
 
     /// Info for a snapshot just taken, without another directory scan.
@@ -116,6 +141,11 @@ impl Storage {
             created: meta.created,
             kind,
             has_state,
+            // The newest snapshot: kept as recent until thinning says otherwise.
+            retention: Some(match kind {
+                SnapshotKind::Kept => Retention::Kept,
+                SnapshotKind::Auto => Retention::Recent,
+            }),
             sizes: self.sizes_of(meta.id)?,
         })
     }
@@ -138,6 +168,7 @@ impl Storage {
             created,
             kind,
             has_state: l.snap_state(sb, name).exists(),
+            retention: (kind == SnapshotKind::Kept).then_some(Retention::Kept),
             sizes,
         }
     }

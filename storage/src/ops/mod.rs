@@ -1,5 +1,6 @@
 //! The storage operations, one file per lifecycle step.
 
+mod archive;
 mod create;
 pub(crate) mod delete;
 mod list;
@@ -11,7 +12,9 @@ use std::time::SystemTime;
 
 use crate::names::{SandboxName, SnapshotName};
 use crate::qgroup::Sizes;
+use crate::thinning::Retention;
 
+pub use archive::{Received, ARCHIVE_MAGIC};
 pub(crate) use list::read_template_name;
 
 /// How a new workspace starts.
@@ -29,13 +32,16 @@ pub struct CreateOptions {
     /// Disk limit over everything the sandbox writes (live, state and the
     /// extents its snapshots keep); ignored when the pool has no quotas.
     pub disk_limit_bytes: Option<u64>,
+    /// Start as a writable snapshot of a received archive
+    /// ([`crate::Storage::receive_archive`]); takes precedence over both.
+    pub import: Option<Received>,
 }
 
 /// Whether retention may prune a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
-    /// Taken automatically; the oldest beyond the limit are pruned.
+    /// Taken automatically; thinned by [`crate::Thinning`].
     Auto,
     /// Named or pinned by the user; never pruned.
     Kept,
@@ -49,6 +55,9 @@ pub struct SnapshotInfo {
     pub kind: SnapshotKind,
     /// Whether the sandbox's state dir was snapshotted with it.
     pub has_state: bool,
+    /// Why thinning keeps it; `None`: an automatic snapshot that the
+    /// background worker is about to thin (still restorable until then).
+    pub retention: Option<Retention>,
     /// From the snapshot's quota group as of the last committed transaction;
     /// `None` when quotas are off, inconsistent or rescanning.
     pub sizes: Option<Sizes>,

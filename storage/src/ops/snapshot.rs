@@ -14,7 +14,7 @@ use crate::storage::Storage;
 
 impl Storage {
     /// Takes a read-only O(1) snapshot of the live workspace. For `Auto`
-    /// snapshots, retention runs in the background afterwards.
+    /// snapshots, thinning runs in the background afterwards.
     pub fn snapshot(
         &self,
         sb: &SandboxName,
@@ -56,7 +56,7 @@ impl Storage {
             return Err(e);
         }
         let info = self.info_of(sb, name, kind, with_state);
-        let prune = kind == SnapshotKind::Auto && self.auto_count_exceeded(sb);
+        let prune = kind == SnapshotKind::Auto && self.may_need_thinning(sb);
         drop(guard);
         tracing::debug!(sandbox = %sb, snapshot = %name, ?kind, with_state, "snapshot taken");
         if prune {

@@ -1,0 +1,151 @@
+//! Export + import throughput of a snapshot archive against `tar c | zstd`
+//! (and `zstd -d | tar x`) of the same tree, in the same run.
+//!
+//! Reproduce (root; zstd and tar on PATH):
+//!
+//! ```text
+//! cargo bench -p rewind-storage --bench archive
+//! REWIND_BENCH_ARCHIVE_FILES=2000 REWIND_BENCH_ARCHIVE_MB=20 cargo bench -p rewind-storage --bench archive
+//! ```
+//!
+//! Environment: `REWIND_BENCH_ARCHIVE_FILES` (default 20000),
+//! `REWIND_BENCH_ARCHIVE_MB` (default 200, spread evenly over the files;
+//! half of each file pseudo-random, half text), `REWIND_BENCH_DIR` (default
+//! /var/tmp/rewind-bench-archive).
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use rewind_storage::{CreateOptions, PoolConfig, SandboxName, SnapshotKind, SnapshotName, Storage};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `files` files in 100-file directories, `bytes` in all.
+fn fill(root: &Path, files: usize, bytes: usize) {
+    let per_file = bytes / files.max(1);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i / 100));
+        fs::create_dir_all(&dir).unwrap();
+        let mut data = Vec::with_capacity(per_file);
+        while data.len() < per_file / 2 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            data.extend_from_slice(&seed.to_le_bytes());
+        }
+        while data.len() < per_file {
+            data.extend_from_slice(format!("line {i} of some text\n").as_bytes());
+        }
+        data.truncate(per_file);
+        fs::write(dir.join(format!("f{i}")), data).unwrap();
+    }
+}
+
+fn sh(script: &str) {
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+fn secs(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let files = env_usize("REWIND_BENCH_ARCHIVE_FILES", 20_000);
+    let mb = env_usize("REWIND_BENCH_ARCHIVE_MB", 200);
+    let dir = std::env::var("REWIND_BENCH_DIR").unwrap_or("/var/tmp/rewind-bench-archive".into());
+    let s = Storage::open(PoolConfig {
+        quotas: false,
+        ..PoolConfig::new(&dir)
+    })
+    .unwrap();
+    let (src, copy): (SandboxName, SandboxName) =
+        ("arch-src".parse().unwrap(), "arch-copy".parse().unwrap());
+    let snap: SnapshotName = "s".parse().unwrap();
+    for sb in [&src, &copy] {
+        let _ = s.delete_sandbox(sb);
+    }
+    s.flush_background();
+    s.create_workspace(&src, &CreateOptions::default()).unwrap();
+    fill(&s.workspace_path(&src), files, mb << 20);
+    s.snapshot(&src, &snap, SnapshotKind::Kept).unwrap();
+    s.sync().unwrap();
+    let archive = Path::new(&dir).join("bench.rewind");
+    let tarball = Path::new(&dir).join("bench.tar.zst");
+    let untar = s.pool_path().join("bench-untar");
+    let _ = fs::remove_dir_all(&untar);
+
+    let export = secs(|| {
+        let mut out = File::create(&archive).unwrap();
+        s.export_snapshot(&src, &snap, &mut out).unwrap();
+        out.sync_all().unwrap();
+    });
+    let import = secs(|| {
+        let received = s
+            .receive_archive(&mut File::open(&archive).unwrap())
+            .unwrap();
+        let opts = CreateOptions {
+            import: Some(received.clone()),
+            ..Default::default()
+        };
+        s.create_workspace(&copy, &opts).unwrap();
+        s.discard_received(received).unwrap();
+        s.sync().unwrap();
+    });
+    let snap_path = s.snapshot_path(&src, &snap);
+    let tar_c = secs(|| {
+        sh(&format!(
+            "tar -C {} -cf - . | zstd -3 -q -f -o {} && sync -f {}",
+            snap_path.display(),
+            tarball.display(),
+            tarball.display()
+        ))
+    });
+    let tar_x = secs(|| {
+        sh(&format!(
+            "mkdir {u} && zstd -dc {t} | tar -C {u} -xf - && sync -f {u}",
+            u = untar.display(),
+            t = tarball.display()
+        ))
+    });
+    let size = |p: &Path| fs::metadata(p).unwrap().len() as f64 / (1 << 20) as f64;
+    let rate = |t: f64| mb as f64 / t;
+    println!("\n{files} files, {mb} MiB of file data\n");
+    println!("| | seconds | MiB/s (file data) | output MiB |");
+    println!("|---|---|---|---|");
+    println!(
+        "| export (send + zstd + sha256) | {export:.2} | {:.0} | {:.1} |",
+        rate(export),
+        size(&archive)
+    );
+    println!(
+        "| import (verify + receive + create) | {import:.2} | {:.0} | |",
+        rate(import)
+    );
+    println!(
+        "| `tar c \\| zstd -3` | {tar_c:.2} | {:.0} | {:.1} |",
+        rate(tar_c),
+        size(&tarball)
+    );
+    println!(
+        "| `zstd -d \\| tar x` | {tar_x:.2} | {:.0} | |",
+        rate(tar_x)
+    );
+    for sb in [&src, &copy] {
+        s.delete_sandbox(sb).unwrap();
+    }
+    let _ = fs::remove_dir_all(&untar);
+    let _ = fs::remove_file(&archive);
+    let _ = fs::remove_file(&tarball);
+    s.flush_background();
+}
