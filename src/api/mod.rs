@@ -7,7 +7,9 @@ pub mod extract;
 mod forwards;
 mod health;
 mod keys;
+mod pty;
 mod run;
+mod run_stream;
 mod snapshots;
 mod vms;
 
@@ -49,6 +51,8 @@ pub fn app(state: AppState) -> Router {
         .route("/vms", get(vms::list).post(vms::create))
         .route("/vms/{name}", get(vms::get).delete(vms::destroy))
         .route("/vms/{name}/run", post(run::run))
+        .route("/vms/{name}/run/ws", get(run_stream::ws))
+        .route("/vms/{name}/pty", get(pty::pty))
         .route("/vms/{name}/wipe", post(run::wipe))
         .route(
             "/vms/{name}/snapshots",
@@ -185,6 +189,18 @@ fn pool_full() -> ApiError {
          or grow storage.pool_size_gb"
             .into(),
     )
+}
+
+/// A WebSocket upgrade, or our 400 when the request is not one.
+fn ws_upgrade(
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<axum::extract::ws::WebSocketUpgrade, ApiError> {
+    upgrade.map_err(|e| {
+        ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text()))
+    })
 }
 
 /// The innermost useful message of a wrapped error.

@@ -1,10 +1,12 @@
 //! Sandbox orchestration: the operations behind the API, one file each
 //! (`create.rs`, `run.rs`, `restore.rs`, `wipe.rs`, `delete.rs`,
-//! `snapshots.rs`), plus `recover.rs` for startup reconciliation.
+//! `snapshots.rs`, `pty.rs`), plus `recover.rs` for startup reconciliation.
 //!
 //! Every operation on one sandbox holds that sandbox's async lock, so each
 //! snapshot belongs to exactly one command; different sandboxes proceed in
-//! parallel. The lock order is always: registry map (never across an await)
+//! parallel. A terminal session is one long command: it holds the lock for
+//! its whole life, and while it is open other operations on the sandbox are
+//! refused with a conflict instead of queueing behind it. The lock order is always: registry map (never across an await)
 //! → sandbox lock → database/storage calls.
 
 mod create;
@@ -12,6 +14,7 @@ mod delete;
 mod disk;
 mod egress;
 mod forward;
+mod pty;
 mod recover;
 mod restore;
 mod run;
@@ -33,7 +36,8 @@ use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext
 
 pub use disk::DiskView;
 pub use forward::NewForward;
-pub use run::{RunOutput, RunRequest};
+pub use pty::{PtyEnd, PtyEndReason, PtyInput, PtyOptions, PtySession, MAX_TERMINAL_SIDE};
+pub use run::{RunEvent, RunOutput, RunRequest, RunStream, RunSummary};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 
 /// Failure of a sandbox operation; the API maps each variant to a status.
@@ -105,6 +109,8 @@ pub struct Sandboxes {
     forwards: forward::Listeners,
     egress: egress::Proxies,
     egress_allow: Option<Arc<crate::runtime::egress::AllowList>>,
+    /// Sandboxes with an open terminal session.
+    terminals: pty::Terminals,
 }
 
 impl Sandboxes {
@@ -119,6 +125,7 @@ impl Sandboxes {
             forwards: Default::default(),
             egress: Default::default(),
             egress_allow,
+            terminals: Default::default(),
         }
     }
 
@@ -198,6 +205,12 @@ impl Sandboxes {
         }
     }
 
+    /// 404 / 409 exactly as a run would get them, without running anything
+    /// (checked before upgrading a connection to a WebSocket).
+    pub async fn check_live(&self, caller: &Caller, name: &str) -> Result<(), SandboxError> {
+        self.find_live(caller, name).await.map(|_| ())
+    }
+
     /// Find a sandbox and return its live entry, refusing failed sandboxes.
     async fn find_live(
         &self,
@@ -215,6 +228,7 @@ impl Sandboxes {
                     .unwrap_or_else(|| "not ready".into()),
             });
         }
+        self.terminals.refuse_if_open(&row.name)?;
         let entry = self
             .entry(&row.name)
             .ok_or_else(|| SandboxError::NotRunning {

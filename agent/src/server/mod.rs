@@ -5,6 +5,7 @@ mod conn;
 mod entropy;
 mod exec;
 mod files;
+mod pty;
 pub mod listen;
 mod quiesce;
 mod reaper;
