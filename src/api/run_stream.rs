@@ -204,9 +204,10 @@ fn sse_response(
         .keep_alive(KeepAlive::default())
         .into_response();
     // Tell buffering reverse proxies (nginx) to pass events through at once.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
     response
 }
 
@@ -324,7 +325,11 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&event.json()).unwrap();
 
         assert_eq!(
-            (json["type"].as_str(), json["exitCode"].as_i64(), json["snapshot"].as_str()),
+            (
+                json["type"].as_str(),
+                json["exitCode"].as_i64(),
+                json["snapshot"].as_str()
+            ),
             (Some("exit"), Some(3), Some("cmd_1"))
         );
     }

@@ -41,7 +41,10 @@ pub struct PtyOptions {
 pub enum PtyInput {
     /// Bytes typed at the terminal.
     Data(Vec<u8>),
-    Resize { cols: u16, rows: u16 },
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
 }
 
 /// Why a session ended.
@@ -172,7 +175,9 @@ impl Sandboxes {
         }
         let max = self.config.exec.max_command_bytes;
         match opts.command.as_deref() {
-            Some(c) if c.trim().is_empty() => return invalid("command", "must not be empty".into()),
+            Some(c) if c.trim().is_empty() => {
+                return invalid("command", "must not be empty".into())
+            }
             Some(c) if c.len() > max => {
                 return invalid("command", format!("is longer than {max} bytes"))
             }

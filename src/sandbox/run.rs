@@ -209,9 +209,13 @@ impl Sandboxes {
     }
 
     /// An exec failed: mark the sandbox failed unless its agent still answers.
-    pub(super) async fn exec_failed(&self, live: &Live, sandbox_id: i64, e: AgentError) -> SandboxError {
-        let ping =
-            tokio::time::timeout(std::time::Duration::from_secs(3), live.agent.ping()).await;
+    pub(super) async fn exec_failed(
+        &self,
+        live: &Live,
+        sandbox_id: i64,
+        e: AgentError,
+    ) -> SandboxError {
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(3), live.agent.ping()).await;
         if !matches!(ping, Ok(Ok(_))) {
             let reason = match self.runtime.failure(&live.ctx) {
                 Some(why) => format!("sandbox died: {why}"),
@@ -276,7 +280,10 @@ impl Sandboxes {
         let (field, bytes) = match (&req.stdin, &req.stdin_base64) {
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => {
-                return Err(invalid("stdin", "give stdin or stdinBase64, not both".into()))
+                return Err(invalid(
+                    "stdin",
+                    "give stdin or stdinBase64, not both".into(),
+                ))
             }
             (Some(text), None) => ("stdin", text.as_bytes().to_vec()),
             (None, Some(b64)) => (

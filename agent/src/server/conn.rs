@@ -113,7 +113,9 @@ async fn dispatch(agent: &Arc<Agent>, request: Request) -> Result<Option<Respons
         Request::Exec(_) => return Err(OpError::BadRequest("exec must be streamed".into())),
         Request::Pty(_) => return Err(OpError::BadRequest("pty must be streamed".into())),
         Request::PtyInput { .. } | Request::PtyResize { .. } | Request::PtyHangup => {
-            return Err(OpError::BadRequest("no terminal session on this connection".into()))
+            return Err(OpError::BadRequest(
+                "no terminal session on this connection".into(),
+            ))
         }
         file_request => files::handle(agent, file_request).await?,
     };

@@ -210,10 +210,7 @@ impl Session {
 
     /// Applies one request from the host; anything but session control
     /// (or EOF) ends the session.
-    fn control(
-        &mut self,
-        request: Option<Result<Request, FrameError>>,
-    ) -> Result<(), FrameError> {
+    fn control(&mut self, request: Option<Result<Request, FrameError>>) -> Result<(), FrameError> {
         match request {
             Some(Ok(Request::PtyInput { data })) => self.pending.extend_from_slice(&data),
             Some(Ok(Request::PtyResize { cols, rows })) => self.resize(cols, rows),
@@ -242,39 +239,38 @@ impl Session {
     }
 }
 
-    /// Reads terminal output; 0 = the terminal is closed (EIO on Linux).
+/// Reads terminal output; 0 = the terminal is closed (EIO on Linux).
 async fn read(master: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> usize {
-        loop {
-            let Ok(mut guard) = master.readable().await else {
-                return 0;
-            };
-            let read = guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_fd(), buf).map_err(io::Error::from)
-            });
-            match read {
-                Ok(Ok(n)) => return n,
-                Ok(Err(_)) => return 0,
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    /// Writes as much pending input as the terminal takes.
-async fn flush(master: &AsyncFd<OwnedFd>, pending: &mut Vec<u8>) {
-        let Ok(mut guard) = master.writable().await else {
-            pending.clear();
-            return;
+    loop {
+        let Ok(mut guard) = master.readable().await else {
+            return 0;
         };
-        let written =
-            guard.try_io(|fd| nix::unistd::write(fd.get_ref(), &pending[..]).map_err(io::Error::from));
-        match written {
-            Ok(Ok(n)) => {
-                pending.drain(..n);
-            }
-            Ok(Err(_)) => pending.clear(),
-            Err(_would_block) => {}
+        let read = guard
+            .try_io(|fd| nix::unistd::read(fd.get_ref().as_fd(), buf).map_err(io::Error::from));
+        match read {
+            Ok(Ok(n)) => return n,
+            Ok(Err(_)) => return 0,
+            Err(_would_block) => continue,
         }
     }
+}
+
+/// Writes as much pending input as the terminal takes.
+async fn flush(master: &AsyncFd<OwnedFd>, pending: &mut Vec<u8>) {
+    let Ok(mut guard) = master.writable().await else {
+        pending.clear();
+        return;
+    };
+    let written =
+        guard.try_io(|fd| nix::unistd::write(fd.get_ref(), &pending[..]).map_err(io::Error::from));
+    match written {
+        Ok(Ok(n)) => {
+            pending.drain(..n);
+        }
+        Ok(Err(_)) => pending.clear(),
+        Err(_would_block) => {}
+    }
+}
 
 fn exit_status(wait: WaitStatus) -> ExitStatus {
     let (code, signal) = match wait {
