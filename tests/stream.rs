@@ -644,3 +644,30 @@ fn poll_until_not_conflict(key: &str, vm: &str) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn pty_session_is_ended_when_its_sandbox_is_deleted() {
+    let e = env();
+    let (key, vm) = sandbox("ptydel");
+
+    let (end, deleted) = e.service.rt.block_on(async {
+        let mut ws = ws_connect(&key, &format!("/vms/{vm}/pty?command=cat"))
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        type_in(&mut ws, "ping\n").await;
+        read_until(&mut ws, &mut seen, "ping").await;
+        let state = e.service.state.clone();
+        let path = format!("/vms/{vm}");
+        let key = key.clone();
+        let delete = tokio::spawn(async move {
+            common::service::call_app(&state, "DELETE", &path, Some(&key), None).await
+        });
+        let end = final_message(&mut ws).await;
+        (end, delete.await.unwrap())
+    });
+
+    assert_eq!(end["reason"], "sandbox_deleted", "{end}");
+    assert_eq!(deleted.0, StatusCode::OK, "{}", deleted.1);
+    assert!(!e.service.vm_names(&key).contains(&vm));
+}

@@ -5,18 +5,18 @@
 //! A session is one long command. It holds the sandbox lock from
 //! [`Sandboxes::open_pty`] until its snapshot is recorded; meanwhile other
 //! operations on the sandbox get a 409 (see [`Terminals`]). It ends when
-//! the process exits, when the client goes away (input channel closed), or
-//! at the idle / max-duration limits from the config; in the last three
-//! cases the process group is killed first. Every end takes a snapshot,
+//! the process exits, when the client goes away (input channel closed), at
+//! the idle / max-duration limits from the config, or when the sandbox is
+//! deleted; in all but the first case the process group is killed first. Every end takes a snapshot,
 //! recorded like a command (`pty: <command>`) with the exit code.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rewind_agent::client::{AgentError, PtyEvent, PtyReader, PtyWriter};
 use rewind_agent::protocol::{ExitStatus, PtyRequest};
-use tokio::sync::{mpsc, OwnedMutexGuard};
+use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 
 use super::{Live, SandboxError, Sandboxes};
@@ -54,6 +54,7 @@ pub enum PtyEndReason {
     IdleTimeout,
     MaxDuration,
     Disconnected,
+    SandboxDeleted,
 }
 
 impl PtyEndReason {
@@ -63,6 +64,7 @@ impl PtyEndReason {
             Self::IdleTimeout => "idle_timeout",
             Self::MaxDuration => "max_duration",
             Self::Disconnected => "disconnected",
+            Self::SandboxDeleted => "sandbox_deleted",
         }
     }
 }
@@ -78,30 +80,41 @@ pub struct PtyEnd {
     pub snapshot_ms: u64,
 }
 
-/// Names of the sandboxes with an open session.
+/// The sandboxes with an open session, each with a way to end it.
 #[derive(Clone, Default)]
-pub(super) struct Terminals(Arc<Mutex<HashSet<String>>>);
+pub(super) struct Terminals(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
 impl Terminals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// 409 when `name` has an open session.
     pub(super) fn refuse_if_open(&self, name: &str) -> Result<(), SandboxError> {
-        match self.lock().contains(name) {
+        match self.lock().contains_key(name) {
             true => Err(busy(name)),
             false => Ok(()),
         }
     }
 
+    /// Ends the session of `name`, if any (the sandbox is being deleted).
+    pub(super) fn hang_up(&self, name: &str) {
+        if let Some(end) = self.lock().get(name) {
+            end.notify_one();
+        }
+    }
+
     fn open(&self, name: &str) -> Result<TerminalMark, SandboxError> {
-        if !self.lock().insert(name.to_owned()) {
+        let end = Arc::new(Notify::new());
+        let mut open = self.lock();
+        if open.contains_key(name) {
             return Err(busy(name));
         }
+        open.insert(name.to_owned(), end.clone());
         Ok(TerminalMark {
             terminals: self.clone(),
             name: name.to_owned(),
+            end,
         })
     }
 }
@@ -117,6 +130,8 @@ fn busy(name: &str) -> SandboxError {
 struct TerminalMark {
     terminals: Terminals,
     name: String,
+    /// Notified when the session must end now.
+    end: Arc<Notify>,
 }
 
 impl Drop for TerminalMark {
@@ -131,7 +146,7 @@ impl Drop for TerminalMark {
 pub struct PtySession {
     sandboxes: Sandboxes,
     live: OwnedMutexGuard<Live>,
-    _mark: TerminalMark,
+    mark: TerminalMark,
     sandbox_id: i64,
     label: String,
     writer: PtyWriter,
@@ -156,7 +171,7 @@ impl Sandboxes {
         Ok(PtySession {
             sandboxes: self.clone(),
             live,
-            _mark: mark,
+            mark,
             sandbox_id: row.id,
             label: format!("pty: {}", opts.command.as_deref().unwrap_or("login shell")),
             writer,
@@ -212,6 +227,7 @@ impl PtySession {
         let idle = Duration::from_secs(limits.pty_idle_timeout_secs);
         let deadline = TokioInstant::now() + Duration::from_secs(limits.pty_max_duration_secs);
         let mut idle_at = TokioInstant::now() + idle;
+        let end = self.mark.end.clone();
         let ended = loop {
             let step = tokio::select! {
                 event = self.reader.next() => match event {
@@ -237,6 +253,7 @@ impl PtySession {
                 },
                 _ = sleep_until(idle_at) => self.hangup(PtyEndReason::IdleTimeout).await.map(Some),
                 _ = sleep_until(deadline) => self.hangup(PtyEndReason::MaxDuration).await.map(Some),
+                () = end.notified() => self.hangup(PtyEndReason::SandboxDeleted).await.map(Some),
             };
             match step {
                 Ok(Some(ended)) => break ended,
