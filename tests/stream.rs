@@ -133,6 +133,37 @@ async fn sse_events(req: Request<Body>) -> (StatusCode, String, Vec<Sse>) {
     (status, content_type, events)
 }
 
+/// The same over a real loopback socket (hyper's HTTP/1 encoder included),
+/// reading the body as it arrives.
+fn sse_events_over_socket(key: &str, vm: &str, body: Value) -> (StatusCode, Vec<Sse>) {
+    use std::io::Read;
+    let url = format!("http://127.0.0.1:{}/vms/{vm}/run", env().port);
+    let mut response = reqwest::blocking::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+        .post(url)
+        .header("x-api-key", key)
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .send()
+        .unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let (mut buf, mut events, mut chunk) = (String::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        let n = response.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            events.extend(parse_sse(&block, Instant::now()));
+        }
+    }
+    (status, events)
+}
+
 fn parse_sse(block: &str, at: Instant) -> Option<Sse> {
     let field = |name: &str| {
         block
@@ -196,9 +227,13 @@ fn sse_run_with_stream_query_reports_stderr_and_exit_code() {
     let body = json!({ "command": "echo out; echo err >&2; exit 7" });
     let req = sse_request(&key, &vm, "?stream=true", false, body);
 
-    let (status, _, events) = e.service.rt.block_on(sse_events(req));
+    let (status, content_type, events) = e.service.rt.block_on(sse_events(req));
 
     assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
     assert_eq!(stdout_of(&events), "out\n");
     let stderr: String = events
         .iter()
