@@ -67,6 +67,8 @@ fn spawn(
     agent: &Agent,
     req: &PtyRequest,
 ) -> Result<(AsyncFd<OwnedFd>, i32, oneshot::Receiver<WaitStatus>), OpError> {
+    // Like an exec: never on a workspace that is not the one we were given.
+    agent.workspace_given.check(&agent.config.workspace)?;
     let pty = openpty(Some(&winsize(req.cols, req.rows)), None)
         .map_err(|e| OpError::io("openpty", "/dev/ptmx")(e.into()))?;
     let mut cmd = command(agent, req, &pty.slave)?;
@@ -150,7 +152,7 @@ fn command(agent: &Agent, req: &PtyRequest, slave: &OwnedFd) -> Result<Command, 
             if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(filter) = &seccomp {
+            for filter in seccomp.iter().flat_map(|f| f.iter()) {
                 seccompiler::apply_filter(filter)
                     .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
             }
