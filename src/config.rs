@@ -48,6 +48,12 @@ pub struct ExecConfig {
     pub max_timeout_secs: u64,
     pub max_output_bytes: u64,
     pub max_command_bytes: usize,
+    /// Cap on the `stdin` bytes of one run request.
+    pub max_stdin_bytes: usize,
+    /// A terminal session with no input or output for this long is ended.
+    pub pty_idle_timeout_secs: u64,
+    /// A terminal session is ended after this long whatever it does.
+    pub pty_max_duration_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +157,9 @@ impl Default for ExecConfig {
             max_timeout_secs: 3600,
             max_output_bytes: 10 * 1024 * 1024,
             max_command_bytes: 256 * 1024,
+            max_stdin_bytes: 1024 * 1024,
+            pty_idle_timeout_secs: 900,
+            pty_max_duration_secs: 4 * 3600,
         }
     }
 }
@@ -339,6 +348,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "exec.default_timeout_secs",
                 message: "must be at least 1 and at most exec.max_timeout_secs".into(),
+            });
+        }
+        if e.pty_idle_timeout_secs == 0 || e.pty_idle_timeout_secs > e.pty_max_duration_secs {
+            return Err(ConfigError::Invalid {
+                key: "exec.pty_idle_timeout_secs",
+                message: "must be at least 1 and at most exec.pty_max_duration_secs".into(),
+            });
+        }
+        if e.pty_max_duration_secs > 7 * 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "exec.pty_max_duration_secs",
+                message: "must be at most 604800 (a week)".into(),
             });
         }
         if e.max_output_bytes == 0 || e.max_command_bytes == 0 {

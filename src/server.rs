@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use rewind_storage::{PoolConfig, QuotaMode, Storage};
 
 use crate::api::{app, AppState};
@@ -89,6 +90,14 @@ async fn choose_runtime(config: &Config, storage: &Storage) -> anyhow::Result<Ar
 /// Serve the API until SIGTERM or SIGINT. In-flight requests get
 /// `shutdown_grace_secs` to finish; snapshots are atomic, so a request cut
 /// off after the grace period never leaves half a snapshot.
+/// Streamed responses (SSE, WebSockets) are many small writes: without
+/// TCP_NODELAY, Nagle + the client's delayed ACK hold each one back ~40 ms.
+pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = SocketAddr::new(config.bind.parse()?, config.port);
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -97,7 +106,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let router = app(AppState::new(sandboxes));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {addr}"))?;
+        .with_context(|| format!("binding {addr}"))?
+        .tap_io(no_delay);
     tracing::info!(%addr, "rewind listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The peer address feeds the login backoff of /api/v1/auth/login.

@@ -61,8 +61,7 @@ fn run(vm: &str, command: &str, timeout: f64) -> RunOutput {
     let req = RunRequest {
         command: command.into(),
         timeout: Some(timeout),
-        env: Default::default(),
-        cwd: None,
+        ..Default::default()
     };
     e.rt.block_on(e.sandboxes.run(&CALLER, vm, req)).unwrap()
 }

@@ -179,5 +179,7 @@ impl fmt::Debug for AgentClient {
 
 mod calls;
 mod dial;
+mod pty;
 
 pub use calls::ExecEvent;
+pub use pty::{PtyEvent, PtyReader, PtyWriter};

@@ -17,6 +17,12 @@
 //! 3. A connection may be closed at any time; requests that need to run
 //!    concurrently (e.g. [`Request::Signal`] while an exec streams) use a
 //!    second connection.
+//! 4. [`Request::Pty`] runs a process on a new pseudo-terminal and turns the
+//!    connection into a session: the agent answers [`Response::PtyStarted`],
+//!    then [`Response::Stdout`] chunks of terminal output and exactly one
+//!    [`Response::Exited`]. Meanwhile the host may send [`Request::PtyInput`],
+//!    [`Request::PtyResize`] and [`Request::PtyHangup`] (kill the process
+//!    group; `Exited` follows). Closing the connection also kills the group.
 //!
 //! # Compatibility
 //! Readers ignore unknown fields; unknown request ops and response kinds
@@ -103,6 +109,17 @@ pub enum Request {
     /// (started on first use); see [`ReplRequest`]. Answers
     /// [`Response::ReplResult`].
     Repl(ReplRequest),
+    /// Start a terminal session; see [`PtyRequest`] and the module docs.
+    Pty(PtyRequest),
+    /// Bytes typed into the terminal of this connection's session.
+    PtyInput {
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// Resize the terminal of this connection's session.
+    PtyResize { cols: u16, rows: u16 },
+    /// Kill the process group of this connection's session.
+    PtyHangup,
     /// Any op this build does not know.
     #[serde(other)]
     Unknown,
@@ -212,6 +229,23 @@ pub struct ExecRequest {
     pub max_output_bytes: Option<u64>,
 }
 
+/// How to start a terminal session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PtyRequest {
+    /// The program and its arguments; `None` = an interactive login shell
+    /// (`/bin/bash` when present, else `/bin/sh`).
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// Working directory; defaults to [`WORKSPACE_DIR`].
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables added to (and overriding) the agent's default environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
 /// A message from agent to host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -238,6 +272,10 @@ pub enum Response {
         data: Vec<u8>,
     },
     Exited(ExitStatus),
+    /// A terminal session started (see [`Request::Pty`]).
+    PtyStarted {
+        pid: i32,
+    },
     /// A request without a payload succeeded.
     Ok,
     File {
@@ -387,6 +425,15 @@ mod tests {
         let req: Request =
             serde_json::from_str(r#"{"op":"hello","protocol":1,"future":"x"}"#).unwrap();
         assert_eq!(req, Request::Hello { protocol: 1 });
+    }
+
+    #[test]
+    fn pty_input_roundtrips_bytes() {
+        let req = Request::PtyInput {
+            data: vec![3, 0, 255],
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
     }
 
     #[test]

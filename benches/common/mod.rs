@@ -15,6 +15,22 @@ pub struct Client {
 }
 
 impl Client {
+    /// `http://127.0.0.1:<port>`.
+    #[allow(dead_code)] // benches/stream.rs only
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    #[allow(dead_code)] // benches/stream.rs only
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    #[allow(dead_code)] // benches/stream.rs only
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Value {
         let resp = self
             .http
@@ -86,6 +102,7 @@ pub async fn start(config: Config) -> (Client, tokio::task::JoinHandle<()>) {
     let sandboxes = rewind::server::build(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let listener = axum::serve::ListenerExt::tap_io(listener, rewind::server::no_delay);
     let router = app(AppState::new(sandboxes));
     let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let http = reqwest::Client::builder()

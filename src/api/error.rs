@@ -50,6 +50,18 @@ impl ApiError {
         }
     }
 
+    /// The message a client may see on a channel without a status line (a
+    /// stream's error event); internal details go to the log only.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal { detail } => {
+                logged_request_id(detail, "internal error");
+                "Internal server error".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
     pub fn internal(err: impl std::fmt::Display) -> ApiError {
         ApiError::Internal {
             detail: err.to_string(),

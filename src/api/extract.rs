@@ -3,7 +3,8 @@
 //! says what is wrong.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -74,5 +75,28 @@ where
         serde_json::from_slice(&bytes)
             .map(JsonOrEmpty)
             .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+    }
+}
+
+/// A query-string extractor whose rejections are our 400 naming the problem.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "invalid query string: {}",
+                rejection
+                    .body_text()
+                    .trim_start_matches("Failed to deserialize query string: ")
+            ))),
+        }
     }
 }

@@ -11,7 +11,9 @@ mod keys;
 mod mcp;
 mod repl;
 mod rpc;
+mod pty;
 mod run;
+mod run_stream;
 mod snapshots;
 pub mod stats;
 pub mod v1;
@@ -61,6 +63,8 @@ pub fn app(state: AppState) -> Router {
         .route("/vms/{name}/run", post(run::run))
         .route("/vms/{name}/stop", post(vms::stop))
         .route("/vms/{name}/start", post(vms::start))
+        .route("/vms/{name}/run/ws", get(run_stream::ws))
+        .route("/vms/{name}/pty", get(pty::pty))
         .route("/vms/{name}/wipe", post(run::wipe))
         .route("/vms/{name}/repl", post(repl::repl))
         .route(
@@ -216,6 +220,18 @@ fn pool_full() -> ApiError {
          or grow storage.pool_size_gb"
             .into(),
     )
+}
+
+/// A WebSocket upgrade, or our 400 when the request is not one.
+fn ws_upgrade(
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<axum::extract::ws::WebSocketUpgrade, ApiError> {
+    upgrade.map_err(|e| {
+        ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text()))
+    })
 }
 
 /// The innermost useful message of a wrapped error.

@@ -9,7 +9,9 @@ use crate::db::{Db, SandboxRow, SandboxStatus};
 impl Sandboxes {
     pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), SandboxError> {
         let row = self.find(caller, name).await?;
-        // Wait for a running command to finish, then keep the lock to the end.
+        // Wait for a running command to finish (a terminal session is told
+        // to end now), then keep the lock to the end.
+        self.terminals.hang_up(&row.name);
         let entry = self.entry(&row.name);
         let _guard = match &entry {
             Some(e) => Some(e.lock().await),

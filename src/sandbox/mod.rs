@@ -1,10 +1,12 @@
 //! Sandbox orchestration: the operations behind the API, one file each
 //! (`create.rs`, `run.rs`, `restore.rs`, `wipe.rs`, `delete.rs`,
-//! `snapshots.rs`), plus `recover.rs` for startup reconciliation.
+//! `snapshots.rs`, `pty.rs`), plus `recover.rs` for startup reconciliation.
 //!
 //! Every operation on one sandbox holds that sandbox's async lock, so each
 //! snapshot belongs to exactly one command; different sandboxes proceed in
-//! parallel. The lock order is always: registry map (never across an await)
+//! parallel. A terminal session is one long command: it holds the lock for
+//! its whole life, and while it is open other operations on the sandbox are
+//! refused with a conflict instead of queueing behind it. The lock order is always: registry map (never across an await)
 //! → sandbox lock → database/storage calls.
 
 mod archive;
@@ -16,6 +18,7 @@ mod file_io;
 mod forward;
 pub mod health;
 mod metrics;
+mod pty;
 mod recover;
 mod repl;
 mod restore;
@@ -42,8 +45,9 @@ pub use archive::ExportStream;
 pub use disk::DiskView;
 pub use forward::NewForward;
 pub use metrics::Metrics;
+pub use pty::{PtyEnd, PtyEndReason, PtyInput, PtyOptions, PtySession, MAX_TERMINAL_SIDE};
 pub use repl::{parse_language, ReplRequest, ReplResult};
-pub use run::{RunOutput, RunRequest};
+pub use run::{RunEvent, RunOutput, RunRequest, RunStream, RunSummary};
 pub use snapshots::{CreateSnapshot, SnapshotView};
 
 /// Failure of a sandbox operation; the API maps each variant to a status.
@@ -117,6 +121,8 @@ pub struct Sandboxes {
     egress_allow: Option<Arc<crate::runtime::egress::AllowList>>,
     /// Serialises stop and start (a stopped sandbox has no live entry to lock).
     lifecycle: Arc<AsyncMutex<()>>,
+    /// Sandboxes with an open terminal session.
+    terminals: pty::Terminals,
 }
 
 impl Sandboxes {
@@ -132,6 +138,7 @@ impl Sandboxes {
             egress: Default::default(),
             egress_allow,
             lifecycle: Default::default(),
+            terminals: Default::default(),
         }
     }
 
@@ -225,6 +232,12 @@ impl Sandboxes {
         }
     }
 
+    /// 404 / 409 exactly as a run would get them, without running anything
+    /// (checked before upgrading a connection to a WebSocket).
+    pub async fn check_live(&self, caller: &Caller, name: &str) -> Result<(), SandboxError> {
+        self.find_live(caller, name).await.map(|_| ())
+    }
+
     /// Find a sandbox and return its live entry, refusing failed sandboxes.
     async fn find_live(
         &self,
@@ -242,6 +255,7 @@ impl Sandboxes {
                     .unwrap_or_else(|| "not ready".into()),
             });
         }
+        self.terminals.refuse_if_open(&row.name)?;
         let entry = self
             .entry(&row.name)
             .ok_or_else(|| SandboxError::NotRunning {

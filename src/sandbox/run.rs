@@ -1,12 +1,24 @@
 //! Run one command, then snapshot the workspace: exec → quiesce → Btrfs
 //! snapshot → thaw (also on every error path) → snapshot row → response.
+//!
+//! Two shapes share one core ([`Sandboxes::execute`]): [`Sandboxes::run`]
+//! collects the output; [`Sandboxes::run_stream`] yields it as
+//! [`RunEvent`]s while the command runs. When the consumer of a stream goes
+//! away (the HTTP client disconnected), the command's process group is
+//! killed, and the workspace is still snapshotted and recorded (exit code
+//! 137), so the sandbox is never left locked or unrecorded.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use rewind_agent::protocol::ExecRequest;
+use base64::Engine as _;
+use rewind_agent::client::{AgentError, ExecEvent, Stream};
+use rewind_agent::protocol::{ExecRequest, ExitStatus};
 use rewind_storage::{SnapshotKind, SnapshotName};
 use serde::Deserialize;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -19,7 +31,7 @@ pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(10);
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
 /// Body of `POST /vms/:name/run`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub command: String,
@@ -32,6 +44,13 @@ pub struct RunRequest {
     /// Working directory inside the sandbox (extension; default `/workspace`).
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Text fed to the command's stdin, then closed (extension; default:
+    /// stdin is `/dev/null`).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Bytes fed to stdin, base64-encoded (extension; excludes `stdin`).
+    #[serde(default, rename = "stdinBase64", alias = "stdin_base64")]
+    pub stdin_base64: Option<String>,
 }
 
 /// What a run produced.
@@ -48,6 +67,30 @@ pub struct RunOutput {
     pub snapshot_ms: u64,
 }
 
+/// How a run ended, without its output.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub exit_code: i32,
+    pub snapshot: String,
+    pub timed_out: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub exec_ms: u64,
+    pub snapshot_ms: u64,
+}
+
+/// What a streamed run reports, in order: output chunks, then exactly one
+/// `Finished` or `Failed`.
+#[derive(Debug)]
+pub enum RunEvent {
+    Output(Stream, Vec<u8>),
+    Finished(RunSummary),
+    Failed(SandboxError),
+}
+
+/// The events of one streamed run; dropping it kills the command.
+pub type RunStream = mpsc::UnboundedReceiver<RunEvent>;
+
 impl Sandboxes {
     pub async fn run(
         &self,
@@ -55,51 +98,107 @@ impl Sandboxes {
         name: &str,
         req: RunRequest,
     ) -> Result<RunOutput, SandboxError> {
-        let mut exec = self.exec_request(&req)?;
+        let exec = self.exec_request(&req)?;
+        let note = timeout_note(&exec);
         let (row, entry) = self.find_live(caller, name).await?;
-        let mut env = self.egress_env(&row.name);
-        env.append(&mut exec.env);
-        exec.env = env;
         let mut live = entry.lock().await;
-        let started = Instant::now();
-        let output = match live.agent.exec_collect(exec.clone()).await {
-            Ok(out) => out,
-            Err(e) => {
-                let ping =
-                    tokio::time::timeout(std::time::Duration::from_secs(3), live.agent.ping())
-                        .await;
-                if matches!(ping, Ok(Ok(_))) {
-                    return Err(e.into());
-                }
-                let reason = match self.runtime.failure(&live.ctx) {
-                    Some(why) => format!("sandbox died: {why}"),
-                    None => format!("agent unreachable during run: {e}"),
-                };
-                self.mark_failed(row.id, reason).await;
-                return Err(e.into());
-            }
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let collect = |stream, data: &[u8]| match stream {
+            Stream::Stdout => stdout.extend_from_slice(data),
+            Stream::Stderr => stderr.extend_from_slice(data),
         };
-        let exec_ms = started.elapsed().as_millis() as u64;
-        let snap_started = Instant::now();
-        let snapshot = self
-            .snapshot_after(&mut live, &req.command, output.status.exit_code)
+        let s = self
+            .execute(&mut live, row.id, &req.command, exec, collect, never())
             .await?;
-        let status = output.status;
-        let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        if status.timed_out {
-            let secs = exec.timeout_ms.unwrap_or_default() as f64 / 1000.0;
-            stderr.push_str(&format!(
-                "\n[rewind] command timed out after {secs}s; its process group was killed\n"
-            ));
+        if s.timed_out {
+            stderr.extend_from_slice(note.as_bytes());
         }
         Ok(RunOutput {
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr,
-            exit_code: if status.timed_out {
-                TIMEOUT_EXIT_CODE
-            } else {
-                status.exit_code
-            },
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            exit_code: s.exit_code,
+            snapshot: s.snapshot,
+            timed_out: s.timed_out,
+            stdout_truncated: s.stdout_truncated,
+            stderr_truncated: s.stderr_truncated,
+            exec_ms: s.exec_ms,
+            snapshot_ms: s.snapshot_ms,
+        })
+    }
+
+    /// Starts a run whose output arrives as it is produced. Validation,
+    /// lookup and the sandbox lock happen before this returns (so their
+    /// errors are plain errors); the command then runs in its own task,
+    /// which holds the lock until the snapshot is recorded.
+    pub async fn run_stream(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: RunRequest,
+    ) -> Result<RunStream, SandboxError> {
+        let exec = self.exec_request(&req)?;
+        let (row, entry) = self.find_live(caller, name).await?;
+        let live = entry.lock_owned().await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let this = self.clone();
+        tokio::spawn(async move { this.stream_run(live, row.id, req.command, exec, tx).await });
+        Ok(rx)
+    }
+
+    async fn stream_run(
+        self,
+        mut live: OwnedMutexGuard<Live>,
+        sandbox_id: i64,
+        command: String,
+        exec: ExecRequest,
+        tx: mpsc::UnboundedSender<RunEvent>,
+    ) {
+        let note = timeout_note(&exec);
+        let forward = |stream, data: &[u8]| {
+            let _ = tx.send(RunEvent::Output(stream, data.to_vec()));
+        };
+        let result = self
+            .execute(&mut live, sandbox_id, &command, exec, forward, tx.closed())
+            .await;
+        let event = match result {
+            Ok(summary) => {
+                if summary.timed_out {
+                    let _ = tx.send(RunEvent::Output(Stream::Stderr, note.into_bytes()));
+                }
+                RunEvent::Finished(summary)
+            }
+            Err(e) => RunEvent::Failed(e),
+        };
+        let _ = tx.send(event);
+    }
+
+    /// exec (until it ends or `cancel` fires) → snapshot → record.
+    async fn execute(
+        &self,
+        live: &mut Live,
+        sandbox_id: i64,
+        command: &str,
+        mut exec: ExecRequest,
+        on_output: impl FnMut(Stream, &[u8]),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<RunSummary, SandboxError> {
+        let mut env = self.egress_env(&live.ctx.name);
+        env.append(&mut exec.env);
+        exec.env = env;
+        let started = Instant::now();
+        let status = match exec_or_cancel(live, exec, on_output, cancel).await {
+            Ok(status) => status,
+            Err(e) => return Err(self.exec_failed(live, sandbox_id, e).await),
+        };
+        let exec_ms = started.elapsed().as_millis() as u64;
+        let exit_code = match status.timed_out {
+            true => TIMEOUT_EXIT_CODE,
+            false => status.exit_code,
+        };
+        let snap_started = Instant::now();
+        let snapshot = self.snapshot_after(live, command, exit_code).await?;
+        Ok(RunSummary {
+            exit_code,
             snapshot,
             timed_out: status.timed_out,
             stdout_truncated: status.stdout_truncated,
@@ -107,6 +206,24 @@ impl Sandboxes {
             exec_ms,
             snapshot_ms: snap_started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// An exec failed: mark the sandbox failed unless its agent still answers.
+    pub(super) async fn exec_failed(
+        &self,
+        live: &Live,
+        sandbox_id: i64,
+        e: AgentError,
+    ) -> SandboxError {
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(3), live.agent.ping()).await;
+        if !matches!(ping, Ok(Ok(_))) {
+            let reason = match self.runtime.failure(&live.ctx) {
+                Some(why) => format!("sandbox died: {why}"),
+                None => format!("agent unreachable during run: {e}"),
+            };
+            self.mark_failed(sandbox_id, reason).await;
+        }
+        e.into()
     }
 
     /// Validate a run request against the config and build the agent request.
@@ -148,12 +265,39 @@ impl Sandboxes {
         }
         Ok(ExecRequest {
             shell: Some(req.command.clone()),
+            stdin: self.stdin_bytes(req)?,
             cwd: req.cwd.clone(),
             env: req.env.clone(),
             timeout_ms: Some((timeout * 1000.0) as u64),
             max_output_bytes: Some(e.max_output_bytes),
             ..Default::default()
         })
+    }
+
+    /// The decoded `stdin`/`stdinBase64` of a request, within the cap.
+    fn stdin_bytes(&self, req: &RunRequest) -> Result<Option<Vec<u8>>, SandboxError> {
+        let invalid = |field, message: String| SandboxError::Invalid { field, message };
+        let (field, bytes) = match (&req.stdin, &req.stdin_base64) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "stdin",
+                    "give stdin or stdinBase64, not both".into(),
+                ))
+            }
+            (Some(text), None) => ("stdin", text.as_bytes().to_vec()),
+            (None, Some(b64)) => (
+                "stdinBase64",
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| invalid("stdinBase64", format!("is not valid base64: {e}")))?,
+            ),
+        };
+        let cap = self.config.exec.max_stdin_bytes;
+        if bytes.len() > cap {
+            return Err(invalid(field, format!("is longer than {cap} bytes")));
+        }
+        Ok(Some(bytes))
     }
 
     /// Snapshot the workspace as `cmd_<ms>` and record it.
@@ -203,4 +347,45 @@ impl Sandboxes {
         thawed?;
         Ok(info)
     }
+}
+
+/// Runs the exec; when `cancel` fires first, kills its process group and
+/// waits for it to end (the agent reports the kill as exit code 137).
+async fn exec_or_cancel(
+    live: &Live,
+    exec: ExecRequest,
+    mut on_output: impl FnMut(Stream, &[u8]),
+    cancel: impl Future<Output = ()>,
+) -> Result<ExitStatus, AgentError> {
+    let exec_id = OnceLock::new();
+    let run = live.agent.exec_events(exec, |event| match event {
+        ExecEvent::Started { exec_id: id, .. } => {
+            let _ = exec_id.set(id);
+        }
+        ExecEvent::Output(stream, data) => on_output(stream, data),
+    });
+    tokio::pin!(run);
+    tokio::select! {
+        status = &mut run => status,
+        () = cancel => {
+            let Some(&id) = exec_id.get() else {
+                // Not started yet: dropping the connection makes the agent kill it.
+                return Err(AgentError::Closed { op: "exec" });
+            };
+            tracing::info!(exec_id = id, "client went away; killing the command");
+            if let Err(e) = live.agent.signal(id, libc::SIGKILL).await {
+                tracing::warn!(error = %e, "cannot kill the abandoned command");
+            }
+            run.await
+        }
+    }
+}
+
+fn never() -> impl Future<Output = ()> {
+    std::future::pending()
+}
+
+fn timeout_note(exec: &ExecRequest) -> String {
+    let secs = exec.timeout_ms.unwrap_or_default() as f64 / 1000.0;
+    format!("\n[rewind] command timed out after {secs}s; its process group was killed\n")
 }

@@ -6,7 +6,7 @@ use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::listen::Conn;
-use super::{entropy, exec, files, quiesce, repl, workspace, Agent, OpError};
+use super::{entropy, exec, files, pty, quiesce, repl, workspace, Agent, OpError};
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 
@@ -46,6 +46,7 @@ async fn serve_requests(
         let request = request?;
         let response = match request {
             Request::Exec(req) => exec::run(agent, req, writer, requests).await?,
+            Request::Pty(req) => pty::run(agent, req, writer, requests).await?,
             other => dispatch(agent, other).await,
         };
         if let Some(response) = response_or_error(response) {
@@ -111,6 +112,12 @@ async fn dispatch(agent: &Arc<Agent>, request: Request) -> Result<Option<Respons
         Request::Hello { .. } => return Err(OpError::BadRequest("hello sent twice".into())),
         Request::Unknown => return Err(OpError::BadRequest("unknown op".into())),
         Request::Exec(_) => return Err(OpError::BadRequest("exec must be streamed".into())),
+        Request::Pty(_) => return Err(OpError::BadRequest("pty must be streamed".into())),
+        Request::PtyInput { .. } | Request::PtyResize { .. } | Request::PtyHangup => {
+            return Err(OpError::BadRequest(
+                "no terminal session on this connection".into(),
+            ))
+        }
         file_request => files::handle(agent, file_request).await?,
     };
     Ok(Some(response))

@@ -153,7 +153,7 @@ pub(super) fn build_command(agent: &Agent, req: &ExecRequest) -> Result<Command,
     Ok(cmd)
 }
 
-fn environment(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub(super) fn environment(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = [
         ("PATH", DEFAULT_PATH),
         ("HOME", "/root"),

@@ -6,6 +6,7 @@ mod entropy;
 mod exec;
 mod files;
 pub mod listen;
+mod pty;
 mod quiesce;
 mod reaper;
 mod repl;

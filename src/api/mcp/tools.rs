@@ -159,6 +159,7 @@ impl Rewind {
             timeout: a.timeout,
             env: Default::default(),
             cwd: None,
+            ..Default::default()
         };
         let out = self.sandboxes.run(&caller, &a.sandbox, req).await;
         reply(out.map(|o| RunReply {

@@ -129,6 +129,7 @@ async fn start(state: &AppState, caller: &Caller, p: StartParams) -> Result<Stri
             timeout: None,
             env: Default::default(),
             cwd: None,
+            ..Default::default()
         };
         state.sandboxes.run(caller, &name, req).await?;
     }
@@ -292,6 +293,7 @@ async fn command(
         timeout: p.timeout,
         env: Default::default(),
         cwd: None,
+        ..Default::default()
     };
     let out = state.sandboxes.run(caller, &name, req).await?;
     Ok(CommandReply {

@@ -60,6 +60,7 @@ pub async fn execute(
         timeout: body.timeout_seconds.or(body.timeout),
         env: body.environment,
         cwd: body.working_directory,
+        ..Default::default()
     };
     let out = state
         .sandboxes
