@@ -63,6 +63,7 @@ fn run(vm: &str, command: &str, timeout: f64) -> RunOutput {
         timeout: Some(timeout),
         env: Default::default(),
         cwd: None,
+        changes: false,
     };
     e.rt.block_on(e.sandboxes.run(&CALLER, vm, req)).unwrap()
 }

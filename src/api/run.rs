@@ -10,7 +10,7 @@ use crate::sandbox::RunRequest;
 
 /// Reference fields (`stdout`, `stderr`, `exitCode`, `snapshot`) plus
 /// extensions: `timedOut`, `stdoutTruncated`, `stderrTruncated`, `execMs`,
-/// `snapshotMs`.
+/// `snapshotMs`, and `changes` when the request asked `"changes": true`.
 pub async fn run(
     State(state): State<AppState>,
     caller: Auth,
@@ -18,7 +18,7 @@ pub async fn run(
     Body(body): Body<RunRequest>,
 ) -> AppResult<Json<Value>> {
     let out = state.sandboxes.run(&caller, &name, body).await?;
-    Ok(Json(json!({
+    let mut response = json!({
         "stdout": out.stdout,
         "stderr": out.stderr,
         "exitCode": out.exit_code,
@@ -28,7 +28,11 @@ pub async fn run(
         "stderrTruncated": out.stderr_truncated,
         "execMs": out.exec_ms,
         "snapshotMs": out.snapshot_ms,
-    })))
+    });
+    if let Some(changes) = out.changes {
+        response["changes"] = json!(changes);
+    }
+    Ok(Json(response))
 }
 
 pub async fn wipe(

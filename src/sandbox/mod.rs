@@ -1,6 +1,7 @@
 //! Sandbox orchestration: the operations behind the API, one file each
 //! (`create.rs`, `run.rs`, `restore.rs`, `wipe.rs`, `delete.rs`,
-//! `snapshots.rs`), plus `recover.rs` for startup reconciliation.
+//! `snapshots.rs`, `files.rs` + `snapshot_files.rs`, `diff.rs`), plus
+//! `recover.rs` for startup reconciliation.
 //!
 //! Every operation on one sandbox holds that sandbox's async lock, so each
 //! snapshot belongs to exactly one command; different sandboxes proceed in
@@ -9,12 +10,15 @@
 
 mod create;
 mod delete;
+mod diff;
 mod disk;
 mod egress;
+mod files;
 mod forward;
 mod recover;
 mod restore;
 mod run;
+mod snapshot_files;
 mod snapshots;
 mod wipe;
 mod workspace;
@@ -31,7 +35,9 @@ use crate::config::Config;
 use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
 use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
 
+pub use diff::{Change, ChangeKind, ChangeSummary, Diff};
 pub use disk::DiskView;
+pub use files::{parse_mode, FileChange, FileDownload, FileEntry, SandboxPath, WriteFile};
 pub use forward::NewForward;
 pub use run::{RunOutput, RunRequest};
 pub use snapshots::{CreateSnapshot, SnapshotView};
@@ -46,6 +52,15 @@ pub enum SandboxError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// Over a configured size cap (413); nothing was changed.
+    #[error("{field}: {message}")]
+    TooLarge {
+        field: &'static str,
+        message: String,
+    },
+    /// The request body broke off while it was being read.
+    #[error("body: the upload could not be read")]
+    Upload(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Conflict(String),
     #[error("sandbox \"{name}\" is {status}: {reason}")]

@@ -32,6 +32,9 @@ pub struct RunRequest {
     /// Working directory inside the sandbox (extension; default `/workspace`).
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Report what the command changed (extension; see `diff.rs`).
+    #[serde(default)]
+    pub changes: bool,
 }
 
 /// What a run produced.
@@ -46,6 +49,8 @@ pub struct RunOutput {
     pub stderr_truncated: bool,
     pub exec_ms: u64,
     pub snapshot_ms: u64,
+    /// What the command changed, when the request asked for it.
+    pub changes: Option<super::ChangeSummary>,
 }
 
 impl Sandboxes {
@@ -61,6 +66,10 @@ impl Sandboxes {
         env.append(&mut exec.env);
         exec.env = env;
         let mut live = entry.lock().await;
+        let before = match req.changes {
+            true => self.latest_snapshot(live.id).await?,
+            false => None,
+        };
         let started = Instant::now();
         let output = match live.agent.exec_collect(exec.clone()).await {
             Ok(out) => out,
@@ -84,6 +93,11 @@ impl Sandboxes {
         let snapshot = self
             .snapshot_after(&mut live, &req.command, output.status.exit_code)
             .await?;
+        let snapshot_ms = snap_started.elapsed().as_millis() as u64;
+        let changes = match before {
+            Some(before) => Some(self.changes_since(&live, &before, &snapshot).await?),
+            None => None,
+        };
         let status = output.status;
         let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if status.timed_out {
@@ -105,8 +119,32 @@ impl Sandboxes {
             stdout_truncated: status.stdout_truncated,
             stderr_truncated: status.stderr_truncated,
             exec_ms,
-            snapshot_ms: snap_started.elapsed().as_millis() as u64,
+            snapshot_ms,
+            changes,
         })
+    }
+
+    /// The newest snapshot of a sandbox (the state a command starts from).
+    async fn latest_snapshot(&self, sandbox_id: i64) -> Result<Option<String>, SandboxError> {
+        let rows = self
+            .db
+            .call(move |c| Db::list_snapshots(c, sandbox_id))
+            .await?;
+        Ok(rows.into_iter().last().map(|r| r.name))
+    }
+
+    /// What changed from snapshot `before` to `after` of the live sandbox.
+    async fn changes_since(
+        &self,
+        live: &Live,
+        before: &str,
+        after: &str,
+    ) -> Result<super::ChangeSummary, SandboxError> {
+        let sandbox = super::parse_sandbox_name(&live.ctx.name)?;
+        let from = super::parse_snapshot_name("snapshot", before)?;
+        let to = super::parse_snapshot_name("snapshot", after)?;
+        let diff = self.diff_snapshots(&sandbox, &from, &to, None).await?;
+        Ok(diff.summary(self.config.files.max_change_paths))
     }
 
     /// Validate a run request against the config and build the agent request.

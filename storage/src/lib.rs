@@ -187,6 +187,7 @@ mod pool;
 mod qgroup;
 mod quota;
 mod recovery;
+mod send_stream;
 mod storage;
 
 pub use error::StorageError;
@@ -194,4 +195,5 @@ pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
 pub use ops::{CreateOptions, SnapshotInfo, SnapshotKind};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
+pub use send_stream::{ChangeKind, RawChange};
 pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};

@@ -2,6 +2,7 @@
 
 mod create;
 pub(crate) mod delete;
+mod diff;
 mod list;
 pub(crate) mod restore;
 mod snapshot;
