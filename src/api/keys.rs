@@ -83,7 +83,7 @@ pub async fn create(
 }
 
 async fn has_keys(db: &Db) -> AppResult<bool> {
-    db.call(|c| Db::count_active_keys(c))
+    db.call(Db::count_active_keys)
         .await
         .map(|n| n > 0)
         .map_err(|e| ApiError::internal_chain(&e))
