@@ -141,8 +141,10 @@ fn files_multipart_upload_with_permissions() {
                 .as_bytes(),
         );
     }
+    // Over 2 MiB: past the 1 MiB JSON body limit, which file routes lift.
+    let script = format!("echo multipart-ok\n#{}\n", "x".repeat(2 << 20));
     body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.sh\"\r\nContent-Type: application/octet-stream\r\n\r\necho multipart-ok\r\n--{boundary}--\r\n")
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.sh\"\r\nContent-Type: application/octet-stream\r\n\r\n{script}\r\n--{boundary}--\r\n")
             .as_bytes(),
     );
     let req = Request::post(format!("/vms/{vm}/files"))
@@ -154,7 +156,9 @@ fn files_multipart_upload_with_permissions() {
         .body(Body::from(body))
         .unwrap();
     let (status, _, answer) = send(&svc().state, req);
-    assert_eq!(status, StatusCode::OK, "{}", json_of(&answer));
+    let answer = json_of(&answer);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["size_bytes"], script.len());
     let out = svc().run(&key, &vm, "./tool.sh");
     assert_eq!(out["stdout"], "multipart-ok\n");
 }
