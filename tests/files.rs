@@ -411,6 +411,27 @@ fn diff_lists_exactly_the_files_a_command_touched() {
         (&json!(2), &json!(7))
     );
     assert!(a["diff"].as_str().unwrap().contains("+more"), "{a}");
+
+    let (status, _) = svc().call(
+        "POST",
+        &format!("/vms/{vm}/restore"),
+        Some(&key),
+        Some(json!({"snapshot": diff["from"]})),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (_, after_restore) = svc().call(
+        "POST",
+        &format!("/vms/{vm}/run"),
+        Some(&key),
+        Some(json!({"command": "echo q > q", "changes": true})),
+    );
+    let changes = &after_restore["changes"];
+    assert_eq!(
+        (&changes["added"], &changes["modified"], &changes["deleted"]),
+        (&json!(1), &json!(0), &json!(0)),
+        "changes are measured from the restored snapshot: {changes}"
+    );
+    assert_eq!(changes["paths"][0]["path"], "/workspace/q");
 }
 
 #[test]

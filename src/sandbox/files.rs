@@ -452,6 +452,7 @@ impl Sandboxes {
         let started = Instant::now();
         let ms = super::now_ms().max(live.last_cmd_ms + 1);
         live.last_cmd_ms = ms;
+        live.restored_to = None;
         let name = format!("file_{ms}");
         self.take_snapshot(live, &name, SnapshotKind::Auto).await?;
         let new = NewSnapshot {

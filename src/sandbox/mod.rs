@@ -105,6 +105,10 @@ pub struct Live {
     pub agent: AgentClient,
     /// Last `cmd_<ms>` used, so names stay unique within a millisecond.
     pub last_cmd_ms: i64,
+    /// The snapshot the workspace was restored to, until the next snapshot
+    /// that changes it: what a run's `changes` are measured from (else the
+    /// newest snapshot).
+    pub restored_to: Option<String>,
 }
 
 type Entry = Arc<AsyncMutex<Live>>;
@@ -195,6 +199,7 @@ impl Sandboxes {
             state,
             agent,
             last_cmd_ms: 0,
+            restored_to: None,
         }
     }
 

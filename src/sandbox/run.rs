@@ -66,9 +66,10 @@ impl Sandboxes {
         env.append(&mut exec.env);
         exec.env = env;
         let mut live = entry.lock().await;
-        let before = match req.changes {
-            true => self.latest_snapshot(live.id).await?,
-            false => None,
+        let before = match (req.changes, live.restored_to.clone()) {
+            (true, Some(restored)) => Some(restored),
+            (true, None) => self.latest_snapshot(live.id).await?,
+            (false, _) => None,
         };
         let started = Instant::now();
         let output = match live.agent.exec_collect(exec.clone()).await {
@@ -95,7 +96,7 @@ impl Sandboxes {
             .await?;
         let snapshot_ms = snap_started.elapsed().as_millis() as u64;
         let changes = match before {
-            Some(before) => Some(self.changes_since(&live, &before, &snapshot).await?),
+            Some(before) => self.changes_since(&live, &before, &snapshot).await,
             None => None,
         };
         let status = output.status;
@@ -134,17 +135,33 @@ impl Sandboxes {
     }
 
     /// What changed from snapshot `before` to `after` of the live sandbox.
+    /// Best effort: the command ran and its snapshot is recorded, so a
+    /// failure here (e.g. retention pruned `before`) is logged and the
+    /// run answers without `changes`.
     async fn changes_since(
         &self,
         live: &Live,
         before: &str,
         after: &str,
-    ) -> Result<super::ChangeSummary, SandboxError> {
-        let sandbox = super::parse_sandbox_name(&live.ctx.name)?;
-        let from = super::parse_snapshot_name("snapshot", before)?;
-        let to = super::parse_snapshot_name("snapshot", after)?;
-        let diff = self.diff_snapshots(&sandbox, &from, &to, None).await?;
-        Ok(diff.summary(self.config.files.max_change_paths))
+    ) -> Option<super::ChangeSummary> {
+        let names = (
+            super::parse_sandbox_name(&live.ctx.name),
+            super::parse_snapshot_name("snapshot", before),
+            super::parse_snapshot_name("snapshot", after),
+        );
+        let diffed = match names {
+            (Ok(sandbox), Ok(from), Ok(to)) => {
+                self.diff_snapshots(&sandbox, &from, &to, None).await
+            }
+            _ => return None,
+        };
+        match diffed {
+            Ok(diff) => Some(diff.summary(self.config.files.max_change_paths)),
+            Err(e) => {
+                tracing::warn!(sandbox = %live.ctx.name, from = %before, error = %crate::runtime::chain(&e), "changes of a run could not be computed");
+                None
+            }
+        }
     }
 
     /// Validate a run request against the config and build the agent request.
@@ -203,6 +220,7 @@ impl Sandboxes {
     ) -> Result<String, SandboxError> {
         let ms = super::now_ms().max(live.last_cmd_ms + 1);
         live.last_cmd_ms = ms;
+        live.restored_to = None;
         let name = format!("cmd_{ms}");
         self.take_snapshot(live, &name, SnapshotKind::Auto).await?;
         let new = NewSnapshot {
