@@ -358,7 +358,7 @@ fn diff_lists_exactly_the_files_a_command_touched() {
         &format!("/vms/{vm}/run"),
         Some(&key),
         Some(json!({
-            "command": "echo more >> keep/a; rm b; mkdir -p n/m; echo z > n/m/z; rm -r d",
+            "command": "echo more >> keep/a; rm b; mkdir -p n/m; echo z > n/m/z; rm -r d; echo new > t && mv t keep/same",
             "changes": true
         })),
     );
@@ -366,7 +366,7 @@ fn diff_lists_exactly_the_files_a_command_touched() {
     let changes = &body["changes"];
     assert_eq!(
         (&changes["added"], &changes["modified"], &changes["deleted"]),
-        (&json!(3), &json!(1), &json!(3)),
+        (&json!(3), &json!(2), &json!(3)),
         "{changes}"
     );
     let snap = body["snapshot"].as_str().unwrap();
@@ -391,6 +391,7 @@ fn diff_lists_exactly_the_files_a_command_touched() {
         ("/workspace/d", "deleted"),
         ("/workspace/d/x", "deleted"),
         ("/workspace/keep/a", "modified"),
+        ("/workspace/keep/same", "modified"),
         ("/workspace/n", "added"),
         ("/workspace/n/m", "added"),
         ("/workspace/n/m/z", "added"),

@@ -245,11 +245,18 @@ impl Fold {
                 times_only,
             })
         };
-        for path in &self.created {
+        // A path deleted and created again (a file replaced by `mv`) is
+        // reported as modified.
+        let replaced: BTreeSet<String> =
+            self.created.intersection(&self.deleted).cloned().collect();
+        for path in self.created.difference(&replaced) {
             push(path, ChangeKind::Added, false);
         }
-        for path in &self.deleted {
+        for path in self.deleted.difference(&replaced) {
             push(path, ChangeKind::Deleted, false);
+        }
+        for path in &replaced {
+            push(path, ChangeKind::Modified, false);
         }
         for (path, times_only) in &self.modified {
             if !self.created.contains(path) && !self.deleted.contains(path) {
@@ -369,6 +376,20 @@ mod tests {
                 ("dir".into(), ChangeKind::Deleted, false),
                 ("dir/x".into(), ChangeKind::Deleted, false),
             ]
+        );
+    }
+
+    #[test]
+    fn changes_file_replaced_by_rename_is_modified() {
+        let s = stream(&[
+            (cmd::MKFILE, &[(ATTR_PATH, "o261-9-0")]),
+            (cmd::RENAME, &[(ATTR_PATH, "a"), (ATTR_PATH_TO, "o257-5-0")]),
+            (cmd::RENAME, &[(ATTR_PATH, "o261-9-0"), (ATTR_PATH_TO, "a")]),
+            (cmd::UNLINK, &[(ATTR_PATH, "o257-5-0")]),
+        ]);
+        assert_eq!(
+            summary(&changes(&s).unwrap()),
+            [("a".into(), ChangeKind::Modified, false)]
         );
     }
 
