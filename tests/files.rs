@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use common::service::Service;
 use rewind::api::{app, AppState};
+use rewind::db::{Db, SandboxStatus};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -485,4 +486,34 @@ fn open_key_creation_off_by_default_and_plain_keys_when_on() {
         .unwrap();
     let (status, _, _) = send(&open, admin);
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// Set a sandbox's recorded status (as the service does when its runtime dies).
+fn set_status(vm: &str, status: SandboxStatus) {
+    let db = svc().state.sandboxes.db.clone();
+    let vm = vm.to_owned();
+    svc()
+        .rt
+        .block_on(db.call(move |c| {
+            let row = Db::sandbox_by_name(c, &vm)?.expect("sandbox row");
+            Db::set_sandbox_status(c, row.id, status, Some("marked failed by the test"))
+        }))
+        .unwrap();
+}
+
+#[test]
+fn files_of_a_failed_sandbox_are_409_but_its_snapshots_stay_readable() {
+    let (key, vm) = vm("ffail");
+    let snap = svc().run(&key, &vm, "echo kept > k")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    set_status(&vm, SandboxStatus::Failed);
+    let (status, body) = put(&key, &vm, "path=x", b"x".to_vec());
+    let (live, _) = get_json(&key, &format!("/vms/{vm}/files?path=k"));
+    let (old, _, bytes) = get(&key, &format!("/vms/{vm}/snapshots/{snap}/files?path=k"));
+    set_status(&vm, SandboxStatus::Running);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(live, StatusCode::CONFLICT);
+    assert_eq!((old, bytes), (StatusCode::OK, b"kept\n".to_vec()));
 }
