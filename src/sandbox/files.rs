@@ -392,7 +392,7 @@ impl Sandboxes {
             .await
             .map_err(|e| path_error(&req.path, e))?;
         let mut total = 0u64;
-        let mut pending: Vec<u8> = Vec::new();
+        let mut pending = bytes::BytesMut::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| SandboxError::Upload(Box::new(e)))?;
             total += chunk.len() as u64;
@@ -401,13 +401,12 @@ impl Sandboxes {
             }
             pending.extend_from_slice(&chunk);
             while pending.len() >= CHUNK_BYTES {
-                let rest = pending.split_off(CHUNK_BYTES);
-                let full = std::mem::replace(&mut pending, rest);
-                agent.append_file(temp, full).await?;
+                let full = pending.split_to(CHUNK_BYTES);
+                agent.append_file(temp, full.to_vec()).await?;
             }
         }
         if !pending.is_empty() {
-            agent.append_file(temp, pending).await?;
+            agent.append_file(temp, pending.to_vec()).await?;
         }
         Ok(total)
     }
