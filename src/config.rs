@@ -77,6 +77,31 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// File transfer and diff caps; see `sandbox/files.rs` and `sandbox/diff.rs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Largest file one upload may write (bigger: 413, nothing written).
+    pub max_upload_bytes: u64,
+    /// Most entries one listing returns (more: 413).
+    pub max_list_entries: usize,
+    /// Largest file (either side) a diff shows content changes of.
+    pub max_diff_content_bytes: u64,
+    /// Most paths a run's `changes` summary names (counts are always given).
+    pub max_change_paths: usize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 256 * 1024 * 1024,
+            max_list_entries: 100_000,
+            max_diff_content_bytes: 64 * 1024,
+            max_change_paths: 100,
+        }
+    }
+}
+
 /// Sandbox networking; see [`crate::runtime::network`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -100,10 +125,14 @@ impl Default for NetworkConfig {
     }
 }
 
-/// Users and tokens of the MicroVM Sandbox API (`/api/v1`).
+/// API keys, and the users and tokens of the MicroVM Sandbox API (`/api/v1`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// `POST /api-keys` without a key always creates a (non-admin) key, as
+    /// the original OpenSandbox service does. Off by default; a warning is
+    /// logged at start-up when on.
+    pub open_key_creation: bool,
     /// Lifetime of a JWT from `POST /api/v1/auth/login` (seconds).
     pub jwt_expiry_secs: u64,
     /// Failed logins per username+IP before backoff starts.
@@ -113,6 +142,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            open_key_creation: false,
             jwt_expiry_secs: 3600,
             login_failures_free: 5,
         }
@@ -136,6 +166,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub server: ServerConfig,
     pub network: NetworkConfig,
+    pub files: FilesConfig,
     pub auth: AuthConfig,
 }
 
@@ -202,6 +233,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             server: ServerConfig::default(),
             network: NetworkConfig::default(),
+            files: FilesConfig::default(),
             auth: AuthConfig::default(),
         }
     }
@@ -331,6 +363,12 @@ impl Config {
         }
         if self.auth.jwt_expiry_secs == 0 || self.auth.jwt_expiry_secs > 30 * 86_400 {
             return invalid("auth.jwt_expiry_secs", "must be 1-2592000");
+        }
+        if self.files.max_upload_bytes == 0 || self.files.max_list_entries == 0 {
+            return invalid(
+                "files.max_upload_bytes",
+                "upload and listing caps must be positive",
+            );
         }
         self.validate_exec()?;
         self.validate_limits()

@@ -21,6 +21,11 @@ use crate::sandbox::Sandboxes;
 /// Open everything the service needs and run startup recovery.
 pub async fn build(config: Config) -> anyhow::Result<Sandboxes> {
     let config = Arc::new(config);
+    if config.auth.open_key_creation {
+        tracing::warn!(
+            "auth.open_key_creation is on: anyone who can reach this service can create an API key"
+        );
+    }
     let db = Db::open(&config.db_path).context("opening the database")?;
     let storage = open_storage(&config).await?;
     let runtime = choose_runtime(&config, &storage).await?;

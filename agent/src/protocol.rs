@@ -65,13 +65,30 @@ pub enum Request {
         mode: u32,
         #[serde(default)]
         create_dirs: bool,
+        /// Append `data` to an existing file instead of replacing it (the
+        /// host sends a large file as one write, then appends, each frame
+        /// under [`MAX_FRAME_BYTES`]). `mode` and `create_dirs` are ignored.
+        #[serde(default)]
+        append: bool,
     },
-    /// Read up to `max_bytes` of a file.
+    /// Read up to `max_bytes` of a file, starting at byte `offset` (so a
+    /// large file is read in chunks under [`MAX_FRAME_BYTES`]).
     ReadFile {
         path: String,
         #[serde(default)]
         max_bytes: Option<u64>,
+        #[serde(default)]
+        offset: u64,
     },
+    /// Remove a file, symlink or empty directory; a directory with its
+    /// contents when `recursive` (symlinks are removed, never followed).
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// `rename(2)`: replaces `to` atomically (used to land an upload).
+    Rename { from: String, to: String },
     /// Stat one path (does not follow a final symlink).
     Stat { path: String },
     /// List a directory, optionally recursively.

@@ -51,6 +51,14 @@ impl Client {
         resp.json().await.expect("json")
     }
 
+    /// `GET path`, the raw body (asserts success).
+    #[allow(dead_code)] // used by some bench binaries only
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let resp = self.request(reqwest::Method::GET, path).await;
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.bytes().await.expect("body").to_vec()
+    }
+
     /// `DELETE path`; the status (callers decide whether failure matters).
     pub async fn delete(&self, path: &str) -> reqwest::StatusCode {
         self.request(reqwest::Method::DELETE, path).await.status()
@@ -123,9 +131,15 @@ pub async fn start(config: Config) -> (Client, tokio::task::JoinHandle<()>) {
     (Client { http, base, key }, server)
 }
 
+/// Where the bench `name` keeps its data.
+#[allow(dead_code)] // used by some bench binaries only
+pub fn data_dir_path(name: &str) -> PathBuf {
+    PathBuf::from("/var/tmp/rewind-bench").join(name)
+}
+
 /// A fresh data dir for a bench (its database removed; the pool is reused).
 pub fn data_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from("/var/tmp/rewind-bench").join(name);
+    let dir = data_dir_path(name);
     std::fs::create_dir_all(&dir).unwrap();
     let _ = std::fs::remove_file(dir.join("rewind.db"));
     dir

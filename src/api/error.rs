@@ -20,6 +20,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Over a size cap; the message names the field and the cap.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The sandbox cannot do this in its current state (e.g. failed).
     #[error("{0}")]
     Unavailable(String),
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,

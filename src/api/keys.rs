@@ -48,8 +48,18 @@ pub async fn create(
         ));
     }
     let key = auth::generate()?;
-    let bootstrap = caller.is_none();
-    let admin = bootstrap || body.admin;
+    // Without a key: the first key (an admin) — or, with
+    // `auth.open_key_creation`, a plain key whenever keys already exist.
+    let open = caller.is_none() && state.sandboxes.config.auth.open_key_creation;
+    let open_plain = open && has_keys(&db).await?;
+    if open_plain && body.admin {
+        return Err(ApiError::Forbidden(
+            "admin: creating an admin key needs an admin key".into(),
+        ));
+    }
+    let first = caller.is_none() && !open_plain;
+    let bootstrap = first;
+    let admin = first || body.admin;
     let (name, prefix, hash) = (body.name.clone(), key.prefix.clone(), key.hash.clone());
     let row = db
         .call(move |c| Db::insert_key(c, name.as_deref(), &prefix, &hash, admin, bootstrap))
@@ -70,6 +80,13 @@ pub async fn create(
             "message": "Save your API key - it won't be shown again!",
         })),
     ))
+}
+
+async fn has_keys(db: &Db) -> AppResult<bool> {
+    db.call(Db::count_active_keys)
+        .await
+        .map(|n| n > 0)
+        .map_err(|e| ApiError::internal_chain(&e))
 }
 
 fn require_admin(caller: &Caller) -> AppResult<()> {

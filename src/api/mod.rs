@@ -5,6 +5,7 @@
 mod archive;
 pub mod error;
 pub mod extract;
+mod files;
 mod forwards;
 mod health;
 mod keys;
@@ -67,6 +68,25 @@ pub fn app(state: AppState) -> Router {
         .route("/vms/{name}/pty", get(pty::pty))
         .route("/vms/{name}/wipe", post(run::wipe))
         .route("/vms/{name}/repl", post(repl::repl))
+        .route("/vms/{name}/restore", post(snapshots::restore_alias))
+        .route(
+            "/vms/{name}/files",
+            get(files::get)
+                .put(files::put)
+                .post(files::upload)
+                .delete(files::remove)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/vms/{name}/files/list", get(files::list))
+        .route(
+            "/vms/{name}/snapshots/{snapshot}/files",
+            get(files::snapshot_get),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}/files/list",
+            get(files::snapshot_list),
+        )
+        .route("/vms/{name}/snapshots/{snapshot}/diff", get(files::diff))
         .route(
             "/vms/{name}/snapshots",
             get(snapshots::list).post(snapshots::create),
@@ -178,6 +198,8 @@ impl From<SandboxError> for ApiError {
         match e {
             SandboxError::Invalid { .. } => ApiError::BadRequest(e.to_string()),
             SandboxError::NotFound(m) => ApiError::NotFound(m),
+            SandboxError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            SandboxError::Upload(_) => ApiError::BadRequest(e.to_string()),
             SandboxError::Conflict(m) => ApiError::Conflict(m),
             SandboxError::NotRunning { .. } => ApiError::Conflict(e.to_string()),
             SandboxError::Storage(S::NotFound { .. }) => ApiError::NotFound(storage_message(&e)),

@@ -21,8 +21,8 @@ pub struct RunQuery {
 
 /// Reference fields (`stdout`, `stderr`, `exitCode`, `snapshot`) plus
 /// extensions: `timedOut`, `stdoutTruncated`, `stderrTruncated`, `execMs`,
-/// `snapshotMs`. Streamed as server-sent events when asked (see
-/// `run_stream.rs`).
+/// `snapshotMs`, and `changes` when the request asked `"changes": true`.
+/// Streamed as server-sent events when asked (see `run_stream.rs`).
 pub async fn run(
     State(state): State<AppState>,
     caller: Auth,
@@ -35,7 +35,7 @@ pub async fn run(
         return run_stream::sse(&state, &caller, &name, body).await;
     }
     let out = state.sandboxes.run(&caller, &name, body).await?;
-    Ok(Json(json!({
+    let mut response = json!({
         "stdout": out.stdout,
         "stderr": out.stderr,
         "exitCode": out.exit_code,
@@ -45,8 +45,11 @@ pub async fn run(
         "stderrTruncated": out.stderr_truncated,
         "execMs": out.exec_ms,
         "snapshotMs": out.snapshot_ms,
-    }))
-    .into_response())
+    });
+    if let Some(changes) = out.changes {
+        response["changes"] = json!(changes);
+    }
+    Ok(Json(response).into_response())
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {

@@ -90,6 +90,25 @@ pub async fn restore(
     ))
 }
 
+/// Body of `POST /vms/:name/restore` (the original OpenSandbox service's
+/// route).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    snapshot: String,
+}
+
+/// `POST /vms/:name/restore` with `{"snapshot"}`: the same operation,
+/// answer and status codes as `POST /vms/:name/snapshots/:snapshot/restore`.
+pub async fn restore_alias(
+    state: State<AppState>,
+    caller: Auth,
+    Path(name): Path<String>,
+    Body(body): Body<RestoreBody>,
+) -> AppResult<Json<Value>> {
+    restore(state, caller, Path((name, body.snapshot))).await
+}
+
 /// Body of `POST /vms/:name/snapshots/:snapshot/fork`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,5 @@
-//! Read and write one workspace file through the agent (used by the MCP
-//! tools). A write snapshots the workspace afterwards, like a run, so it can
+//! Read and write one small workspace file through the agent in a single
+//! request (the MCP tools; `files.rs` streams files of any size). A write snapshots the workspace afterwards, like a run, so it can
 //! be undone.
 
 use super::{SandboxError, Sandboxes};
@@ -10,7 +10,7 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 impl Sandboxes {
     /// Up to [`MAX_FILE_BYTES`] of `path`: (bytes, truncated).
-    pub async fn read_file(
+    pub async fn read_small_file(
         &self,
         caller: &Caller,
         name: &str,
@@ -28,7 +28,7 @@ impl Sandboxes {
     }
 
     /// Writes `path` (creating parents) and returns the snapshot taken after.
-    pub async fn write_file(
+    pub async fn write_small_file(
         &self,
         caller: &Caller,
         name: &str,

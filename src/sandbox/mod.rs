@@ -1,6 +1,7 @@
 //! Sandbox orchestration: the operations behind the API, one file each
 //! (`create.rs`, `run.rs`, `restore.rs`, `wipe.rs`, `delete.rs`,
-//! `snapshots.rs`, `pty.rs`), plus `recover.rs` for startup reconciliation.
+//! `snapshots.rs`, `pty.rs`, `files.rs` + `snapshot_files.rs`, `diff.rs`),
+//! plus `recover.rs` for startup reconciliation.
 //!
 //! Every operation on one sandbox holds that sandbox's async lock, so each
 //! snapshot belongs to exactly one command; different sandboxes proceed in
@@ -12,9 +13,11 @@
 mod archive;
 mod create;
 mod delete;
+mod diff;
 mod disk;
 mod egress;
 mod file_io;
+mod files;
 mod forward;
 pub mod health;
 mod metrics;
@@ -23,6 +26,7 @@ mod recover;
 mod repl;
 mod restore;
 mod run;
+mod snapshot_files;
 mod snapshots;
 mod start;
 mod stop;
@@ -42,7 +46,9 @@ use crate::db::{Db, DbError, SandboxRow, SandboxStatus};
 use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext};
 
 pub use archive::ExportStream;
+pub use diff::{Change, ChangeKind, ChangeSummary, Diff};
 pub use disk::DiskView;
+pub use files::{parse_mode, FileChange, FileDownload, FileEntry, SandboxPath, WriteFile};
 pub use forward::NewForward;
 pub use metrics::Metrics;
 pub use pty::{PtyEnd, PtyEndReason, PtyInput, PtyOptions, PtySession, MAX_TERMINAL_SIDE};
@@ -60,6 +66,15 @@ pub enum SandboxError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// Over a configured size cap (413); nothing was changed.
+    #[error("{field}: {message}")]
+    TooLarge {
+        field: &'static str,
+        message: String,
+    },
+    /// The request body broke off while it was being read.
+    #[error("body: the upload could not be read")]
+    Upload(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Conflict(String),
     #[error("sandbox \"{name}\" is {status}: {reason}")]
@@ -104,6 +119,10 @@ pub struct Live {
     pub agent: AgentClient,
     /// Last `cmd_<ms>` used, so names stay unique within a millisecond.
     pub last_cmd_ms: i64,
+    /// The snapshot the workspace was restored to, until the next snapshot
+    /// that changes it: what a run's `changes` are measured from (else the
+    /// newest snapshot).
+    pub restored_to: Option<String>,
 }
 
 type Entry = Arc<AsyncMutex<Live>>;
@@ -214,6 +233,7 @@ impl Sandboxes {
             state,
             agent,
             last_cmd_ms: 0,
+            restored_to: None,
         }
     }
 

@@ -44,6 +44,7 @@ impl Sandboxes {
             self.swap_workspace(&mut live, &sandbox, move |s, n| s.restore(n, &snap))
                 .await?;
         }
+        live.restored_to = Some(snapshot.to_owned());
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
         tracing::info!(sandbox = %row.name, snapshot = %snapshot, "workspace restored");
         Ok(())

@@ -51,6 +51,9 @@ pub struct RunRequest {
     /// Bytes fed to stdin, base64-encoded (extension; excludes `stdin`).
     #[serde(default, rename = "stdinBase64", alias = "stdin_base64")]
     pub stdin_base64: Option<String>,
+    /// Report what the command changed (extension; see `diff.rs`).
+    #[serde(default)]
+    pub changes: bool,
 }
 
 /// What a run produced.
@@ -65,6 +68,8 @@ pub struct RunOutput {
     pub stderr_truncated: bool,
     pub exec_ms: u64,
     pub snapshot_ms: u64,
+    /// What the command changed, when the request asked for it.
+    pub changes: Option<super::ChangeSummary>,
 }
 
 /// How a run ended, without its output.
@@ -102,6 +107,11 @@ impl Sandboxes {
         let note = timeout_note(&exec);
         let (row, entry) = self.find_live(caller, name).await?;
         let mut live = entry.lock().await;
+        let before = match (req.changes, live.restored_to.clone()) {
+            (true, Some(restored)) => Some(restored),
+            (true, None) => self.latest_snapshot(live.id).await?,
+            (false, _) => None,
+        };
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let collect = |stream, data: &[u8]| match stream {
             Stream::Stdout => stdout.extend_from_slice(data),
@@ -110,6 +120,10 @@ impl Sandboxes {
         let s = self
             .execute(&mut live, row.id, &req.command, exec, collect, never())
             .await?;
+        let changes = match before {
+            Some(before) => self.changes_since(&live, &before, &s.snapshot).await,
+            None => None,
+        };
         if s.timed_out {
             stderr.extend_from_slice(note.as_bytes());
         }
@@ -123,6 +137,7 @@ impl Sandboxes {
             stderr_truncated: s.stderr_truncated,
             exec_ms: s.exec_ms,
             snapshot_ms: s.snapshot_ms,
+            changes,
         })
     }
 
@@ -226,6 +241,45 @@ impl Sandboxes {
         e.into()
     }
 
+    /// The newest snapshot of a sandbox (the state a command starts from).
+    async fn latest_snapshot(&self, sandbox_id: i64) -> Result<Option<String>, SandboxError> {
+        let rows = self
+            .db
+            .call(move |c| Db::list_snapshots(c, sandbox_id))
+            .await?;
+        Ok(rows.into_iter().last().map(|r| r.name))
+    }
+
+    /// What changed from snapshot `before` to `after` of the live sandbox.
+    /// Best effort: the command ran and its snapshot is recorded, so a
+    /// failure here (e.g. retention pruned `before`) is logged and the
+    /// run answers without `changes`.
+    async fn changes_since(
+        &self,
+        live: &Live,
+        before: &str,
+        after: &str,
+    ) -> Option<super::ChangeSummary> {
+        let names = (
+            super::parse_sandbox_name(&live.ctx.name),
+            super::parse_snapshot_name("snapshot", before),
+            super::parse_snapshot_name("snapshot", after),
+        );
+        let diffed = match names {
+            (Ok(sandbox), Ok(from), Ok(to)) => {
+                self.diff_snapshots(&sandbox, &from, &to, None).await
+            }
+            _ => return None,
+        };
+        match diffed {
+            Ok(diff) => Some(diff.summary(self.config.files.max_change_paths)),
+            Err(e) => {
+                tracing::warn!(sandbox = %live.ctx.name, from = %before, error = %crate::runtime::chain(&e), "changes of a run could not be computed");
+                None
+            }
+        }
+    }
+
     /// Validate a run request against the config and build the agent request.
     fn exec_request(&self, req: &RunRequest) -> Result<ExecRequest, SandboxError> {
         let e = &self.config.exec;
@@ -309,6 +363,7 @@ impl Sandboxes {
     ) -> Result<String, SandboxError> {
         let ms = super::now_ms().max(live.last_cmd_ms + 1);
         live.last_cmd_ms = ms;
+        live.restored_to = None;
         let name = format!("cmd_{ms}");
         self.take_snapshot(live, &name, SnapshotKind::Auto).await?;
         let new = NewSnapshot {

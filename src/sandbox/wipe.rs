@@ -19,6 +19,7 @@ impl Sandboxes {
         let ms = super::now_ms().max(live.last_cmd_ms + 1);
         live.last_cmd_ms = ms;
         let snap = format!("wipe_{ms}");
+        live.restored_to = None;
         self.take_snapshot(&live, &snap, SnapshotKind::Auto).await?;
         let new = NewSnapshot {
             name: snap.clone(),

@@ -70,6 +70,19 @@ pub enum StorageError {
     },
     #[error("bad snapshot archive: {reason}")]
     BadArchive { reason: String },
+    #[error("btrfs send from {from} to {to} failed: {stderr}")]
+    Send {
+        from: PathBuf,
+        to: PathBuf,
+        stderr: String,
+    },
+    #[error("could not read the send stream from {from} to {to}")]
+    SendStream {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: crate::send_stream::StreamError,
+    },
     #[error("{path} is not a Btrfs pool: {reason}")]
     NotAPool { path: PathBuf, reason: &'static str },
 }

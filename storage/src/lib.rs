@@ -201,6 +201,7 @@ mod pool;
 mod qgroup;
 mod quota;
 mod recovery;
+mod send_stream;
 mod storage;
 mod thinning;
 
@@ -209,5 +210,6 @@ pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
 pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, ARCHIVE_MAGIC};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
+pub use send_stream::{ChangeKind, RawChange};
 pub use storage::{PoolConfig, Storage, DEFAULT_IMAGE_SIZE, DEFAULT_MAX_AUTO_SNAPSHOTS};
 pub use thinning::{Retention, Thinning, DEFAULT_KEEP_RECENT};

@@ -207,9 +207,63 @@ impl AgentClient {
                 data,
                 mode,
                 create_dirs,
+                append: false,
             },
         )
         .await
+    }
+
+    /// Appends `data` to an existing file.
+    pub async fn append_file(&self, path: &str, data: Vec<u8>) -> Result<(), AgentError> {
+        let req = Request::WriteFile {
+            path: path.to_owned(),
+            data,
+            mode: 0,
+            create_dirs: false,
+            append: true,
+        };
+        self.call_ok("append_file", req).await
+    }
+
+    /// Reads up to `max_bytes` of a file from byte `offset`: (data, info,
+    /// truncated), where `truncated` means bytes follow the returned ones.
+    pub async fn read_file_at(
+        &self,
+        path: &str,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, FileInfo, bool), AgentError> {
+        let req = Request::ReadFile {
+            path: path.to_owned(),
+            max_bytes: Some(max_bytes),
+            offset,
+        };
+        match self.call("read_file", &req).await? {
+            Response::File {
+                data,
+                info,
+                truncated,
+            } => Ok((data, info, truncated)),
+            other => Err(unexpected("read_file", other)),
+        }
+    }
+
+    /// Removes a path (a directory tree when `recursive`).
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), AgentError> {
+        let req = Request::Remove {
+            path: path.to_owned(),
+            recursive,
+        };
+        self.call_ok("remove", req).await
+    }
+
+    /// Renames `from` to `to`, replacing `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), AgentError> {
+        let req = Request::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        self.call_ok("rename", req).await
     }
 
     /// Reads up to `max_bytes` of a file: (data, info, truncated).
@@ -221,6 +275,7 @@ impl AgentClient {
         let req = Request::ReadFile {
             path: path.to_owned(),
             max_bytes,
+            offset: 0,
         };
         match self.call("read_file", &req).await? {
             Response::File {

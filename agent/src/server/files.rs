@@ -1,8 +1,10 @@
-//! File requests: write, read, stat, list. Relative paths are taken relative
-//! to the workspace. All work happens on the blocking pool.
+//! File requests: write (or append), read (from an offset), stat, list,
+//! remove, rename. Relative paths are taken relative to the workspace. The
+//! agent runs inside the sandbox's root, so every path resolves there. All
+//! work happens on the blocking pool.
 
 use std::fs::{self, Metadata, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,8 +21,23 @@ pub async fn handle(agent: &Arc<Agent>, request: Request) -> Result<Response, Op
             data,
             mode,
             create_dirs,
+            append: false,
         } => write_file(&resolve(&workspace, &path), &data, mode, create_dirs),
-        Request::ReadFile { path, max_bytes } => read_file(&resolve(&workspace, &path), max_bytes),
+        Request::WriteFile {
+            path,
+            data,
+            append: true,
+            ..
+        } => append_file(&resolve(&workspace, &path), &data),
+        Request::ReadFile {
+            path,
+            max_bytes,
+            offset,
+        } => read_file(&resolve(&workspace, &path), offset, max_bytes),
+        Request::Remove { path, recursive } => remove(&resolve(&workspace, &path), recursive),
+        Request::Rename { from, to } => {
+            rename(&resolve(&workspace, &from), &resolve(&workspace, &to))
+        }
         Request::Stat { path } => {
             stat(&resolve(&workspace, &path)).map(|info| Response::Stat { info })
         }
@@ -57,7 +74,33 @@ fn write_file(path: &Path, data: &[u8], mode: u32, create_dirs: bool) -> Result<
     Ok(Response::Ok)
 }
 
-fn read_file(path: &Path, max_bytes: Option<u64>) -> Result<Response, OpError> {
+fn append_file(path: &Path, data: &[u8]) -> Result<Response, OpError> {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(OpError::io("open for appending", path))?;
+    file.write_all(data).map_err(OpError::io("append", path))?;
+    Ok(Response::Ok)
+}
+
+fn remove(path: &Path, recursive: bool) -> Result<Response, OpError> {
+    let info = stat(path)?;
+    let removed = match (info.kind, recursive) {
+        (FileKind::Dir, true) => fs::remove_dir_all(path),
+        (FileKind::Dir, false) => fs::remove_dir(path),
+        _ => fs::remove_file(path),
+    };
+    removed.map_err(OpError::io("remove", path))?;
+    Ok(Response::Ok)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<Response, OpError> {
+    fs::rename(from, to).map_err(OpError::io("rename", from))?;
+    Ok(Response::Ok)
+}
+
+fn read_file(path: &Path, offset: u64, max_bytes: Option<u64>) -> Result<Response, OpError> {
     let info = stat(path)?;
     if info.kind == FileKind::Dir {
         return Err(OpError::BadRequest(format!(
@@ -66,7 +109,9 @@ fn read_file(path: &Path, max_bytes: Option<u64>) -> Result<Response, OpError> {
         )));
     }
     let limit = max_bytes.unwrap_or(crate::protocol::MAX_FRAME_BYTES as u64 / 2);
-    let file = fs::File::open(path).map_err(OpError::io("open", path))?;
+    let mut file = fs::File::open(path).map_err(OpError::io("open", path))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(OpError::io("seek", path))?;
     let mut data = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut data)
@@ -166,7 +211,7 @@ mod tests {
             data,
             truncated,
             info,
-        } = read_file(&path, Some(4)).unwrap()
+        } = read_file(&path, 0, Some(4)).unwrap()
         else {
             panic!("not a file response")
         };
@@ -174,6 +219,43 @@ mod tests {
             (data.as_slice(), truncated, info.size),
             (&b"0123"[..], true, 10)
         );
+    }
+
+    #[test]
+    fn read_file_from_offset_returns_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"0123456789").unwrap();
+        let Response::File {
+            data, truncated, ..
+        } = read_file(&path, 6, Some(100)).unwrap()
+        else {
+            panic!("not a file response")
+        };
+        assert_eq!((data.as_slice(), truncated), (&b"6789"[..], false));
+    }
+
+    #[test]
+    fn append_file_extends_and_remove_recursive_removes_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d/f");
+        write_file(&path, b"ab", 0o600, true).unwrap();
+        append_file(&path, b"cd").unwrap();
+        let content = fs::read(&path).unwrap();
+        remove(&dir.path().join("d"), true).unwrap();
+        assert_eq!(
+            (content.as_slice(), dir.path().join("d").exists()),
+            (&b"abcd"[..], false)
+        );
+    }
+
+    #[test]
+    fn remove_non_empty_dir_without_recursive_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        fs::write(dir.path().join("d/x"), b"").unwrap();
+        let err = remove(&dir.path().join("d"), false).unwrap_err();
+        assert_eq!(err.code(), crate::protocol::ErrorCode::Io);
     }
 
     #[test]

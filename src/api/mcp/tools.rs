@@ -201,7 +201,7 @@ impl Rewind {
         Parameters(a): Parameters<FileArgs>,
     ) -> ToolResult {
         let caller = caller(&parts)?;
-        let read = self.sandboxes.read_file(&caller, &a.sandbox, &a.path).await;
+        let read = self.sandboxes.read_small_file(&caller, &a.sandbox, &a.path).await;
         reply(read.map(|(data, truncated)| {
             serde_json::json!({
                 "content": String::from_utf8_lossy(&data), "truncated": truncated,
@@ -220,7 +220,7 @@ impl Rewind {
         let caller = caller(&parts)?;
         let written = self
             .sandboxes
-            .write_file(&caller, &a.sandbox, &a.path, a.content.into_bytes())
+            .write_small_file(&caller, &a.sandbox, &a.path, a.content.into_bytes())
             .await;
         reply(written.map(|snapshot| serde_json::json!({"snapshot": snapshot})))
     }

@@ -3,6 +3,7 @@
 mod archive;
 mod create;
 pub(crate) mod delete;
+mod diff;
 mod list;
 pub(crate) mod restore;
 mod snapshot;
