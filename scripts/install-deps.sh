@@ -47,11 +47,16 @@ fi
 CRIU_VERSION=4.1.1
 CRIU_BUILD_PACKAGES=(
   build-essential libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
-  python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev
+  patch python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev
   libgnutls28-dev pkg-config uuid-dev curl xz-utils
 )
+# Upstream fixes CRIU 4.1.1 lacks, applied to the tarball (scripts/criu/).
+# 0001 (upstream c7395f4, in 4.2): restoring a sandbox whose background
+# process lost its process-group leader fails without it.
+CRIU_STAMP=/usr/local/lib/rewind/criu-${CRIU_VERSION}-patched
 criu_works() {
-  command -v criu >/dev/null 2>&1 && criu check 2>&1 | grep -q "Looks good"
+  command -v criu >/dev/null 2>&1 && criu check 2>&1 | grep -q "Looks good" &&
+    { [ -e "$CRIU_STAMP" ] || ! criu --version | grep -q "Version: [0-3]\.\|Version: 4\.[01]\b"; }
 }
 install_criu() {
   local src=/etc/apt/sources.list.d/rewind-trixie-src.sources
@@ -80,8 +85,12 @@ SOURCES
   curl -fsSL -o "$work/$tarball" "http://deb.debian.org/debian/$dir/$tarball"
   echo "$sha  $work/$tarball" | sha256sum -c --quiet -
   tar -xJf "$work/$tarball" -C "$work"
+  for p in "$(dirname "${BASH_SOURCE[0]}")"/criu/*.patch; do
+    patch -d "$work/criu-${CRIU_VERSION}" -p1 -s <"$p"
+  done
   make -C "$work/criu-${CRIU_VERSION}" -j"$(nproc)" criu
   install -m 0755 "$work/criu-${CRIU_VERSION}/criu/criu" /usr/local/sbin/criu
+  install -D -m 0644 /dev/null "$CRIU_STAMP"
   rm -rf "$work"
 }
 if ! criu_works; then

@@ -48,6 +48,9 @@ pub enum SandboxError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The operation exists but this host cannot do it (e.g. no CRIU).
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("sandbox \"{name}\" is {status}: {reason}")]
     NotRunning {
         name: String,
