@@ -38,7 +38,9 @@ fn base_image() -> PathBuf {
 fn skip_reason(test: &str, key: &str, vm: &str) -> Option<String> {
     let probe = env().run(key, vm, "command -v python3 >/dev/null && echo yes");
     if probe["stdout"] != "yes\n" {
-        return Some(format!("SKIPPED {test}: no python3 in the base image (set REWIND_TEST_BASE_IMAGE)"));
+        return Some(format!(
+            "SKIPPED {test}: no python3 in the base image (set REWIND_TEST_BASE_IMAGE)"
+        ));
     }
     let (status, body) = snapshot(key, vm, "probe-mem");
     match status {
@@ -88,7 +90,10 @@ fn poke(key: &str, vm: &str, expect: u32) {
         if count["stdout"] == expect.to_string() {
             return;
         }
-        assert!(Instant::now() < deadline, "count stuck at {count}, want {expect}");
+        assert!(
+            Instant::now() < deadline,
+            "count stuck at {count}, want {expect}"
+        );
     }
 }
 
@@ -96,7 +101,11 @@ fn poke(key: &str, vm: &str, expect: u32) {
 fn memory_restore_brings_back_the_counter_and_its_pid() {
     let key = env().user_key();
     let vm = env().create_vm(&key, "mem");
-    if let Some(skip) = skip_reason("memory_restore_brings_back_the_counter_and_its_pid", &key, &vm) {
+    if let Some(skip) = skip_reason(
+        "memory_restore_brings_back_the_counter_and_its_pid",
+        &key,
+        &vm,
+    ) {
         eprintln!("{skip}");
         return;
     }
@@ -108,12 +117,21 @@ fn memory_restore_brings_back_the_counter_and_its_pid() {
     assert!(body["checksum"].as_str().unwrap().starts_with("sha256:"));
     (4..=7).for_each(|n| poke(&key, &vm, n));
 
-    let (status, body) = env().call("POST", &format!("/vms/{vm}/snapshots/at-3/restore"), Some(&key), None);
+    let (status, body) = env().call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/at-3/restore"),
+        Some(&key),
+        None,
+    );
 
     assert_eq!(status, StatusCode::OK, "{body}");
     poke(&key, &vm, 4);
     assert_eq!(env().run(&key, &vm, "cat /tmp/pid")["stdout"], pid);
-    let alive = env().run(&key, &vm, &format!("kill -0 {} && echo alive", pid.as_str().unwrap()));
+    let alive = env().run(
+        &key,
+        &vm,
+        &format!("kill -0 {} && echo alive", pid.as_str().unwrap()),
+    );
     assert_eq!(alive["stdout"], "alive\n");
 }
 
@@ -148,16 +166,29 @@ fn memory_fork_runs_two_independent_copies() {
 fn memory_snapshot_restore_keeps_the_workspace_in_step() {
     let key = env().user_key();
     let vm = env().create_vm(&key, "memw");
-    if let Some(skip) = skip_reason("memory_snapshot_restore_keeps_the_workspace_in_step", &key, &vm) {
+    if let Some(skip) = skip_reason(
+        "memory_snapshot_restore_keeps_the_workspace_in_step",
+        &key,
+        &vm,
+    ) {
         eprintln!("{skip}");
         return;
     }
-    env().run(&key, &vm, "echo before > /workspace/f; echo upper > /etc/rewind-test");
+    env().run(
+        &key,
+        &vm,
+        "echo before > /workspace/f; echo upper > /etc/rewind-test",
+    );
     let (status, body) = snapshot(&key, &vm, "files");
     assert_eq!(status, StatusCode::CREATED, "{body}");
     env().run(&key, &vm, "echo after > /workspace/f; rm /etc/rewind-test");
 
-    let (status, body) = env().call("POST", &format!("/vms/{vm}/snapshots/files/restore"), Some(&key), None);
+    let (status, body) = env().call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/files/restore"),
+        Some(&key),
+        None,
+    );
 
     assert_eq!(status, StatusCode::OK, "{body}");
     let files = env().run(&key, &vm, "cat /workspace/f /etc/rewind-test");

@@ -67,13 +67,18 @@ const AGENT_RUN: &str = "/.rewind/run";
 /// its mappings, its stdio) lives in the sandbox's own mounts and its memory
 /// belongs to the sandbox's user namespace, which is what CRIU needs to
 /// checkpoint the sandbox. Returns only on failure.
+///
+/// When the binary cannot run in this root (e.g. a busybox image without
+/// the C library it links), PID 1 serves from its own image instead: the
+/// sandbox works, but a memory snapshot of it is refused (CRIU cannot reach
+/// that image from inside).
 fn exec_agent(listener: RawFd, allow_nested_userns: bool) -> i32 {
-    let err = match reopen_stdio().and_then(|()| exec_serve(listener, allow_nested_userns)) {
+    let err = match exec_serve(listener, allow_nested_userns) {
         Ok(never) => match never {},
         Err(err) => err,
     };
-    tracing::error!(error = %chain(&err), "cannot exec the sandbox agent");
-    1
+    tracing::warn!(error = %chain(&err), "cannot exec the in-sandbox agent; serving from the launcher's image");
+    serve(listener, allow_nested_userns)
 }
 
 fn reopen_stdio() -> Result<(), SandboxError> {
@@ -98,6 +103,18 @@ fn exec_serve(
 ) -> Result<std::convert::Infallible, SandboxError> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     use std::ffi::CString;
+    let runnable = std::process::Command::new(AGENT_BIN)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runnable {
+        return Err(SandboxError::Init(format!(
+            "{AGENT_BIN} does not run in this root"
+        )));
+    }
+    reopen_stdio()?;
     // SAFETY: `listener` is the open socket fd this process owns (kept by
     // `close_other_fds`); it is only borrowed for the fcntl.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener) };
