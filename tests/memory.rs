@@ -87,7 +87,7 @@ fn poke(key: &str, vm: &str, expect: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let count = env().run(key, vm, "cat /tmp/count 2>/dev/null");
-        if count["stdout"] == expect.to_string() {
+        if count["stdout"].as_str() == Some(expect.to_string().as_str()) {
             return;
         }
         assert!(
