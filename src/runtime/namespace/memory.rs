@@ -150,6 +150,11 @@ impl NamespaceRuntime {
         let starttime = proc_starttime(pid)
             .ok_or_else(|| start_err(sb, format!("restored PID {pid} exited at once")))?;
         wait_ready(Transport::Unix(socket.clone())).await?;
+        // The restored agent remembers the workspace mount it had at the
+        // dump; the one now at /workspace is the restored subvolume: tell it.
+        rewind_agent::client::AgentClient::new(Transport::Unix(socket.clone()))
+            .mount_workspace()
+            .await?;
         tracing::info!(sandbox = %sb.name, pid, "namespace sandbox restored from memory");
         let state = NsState {
             pid,
