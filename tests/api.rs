@@ -650,7 +650,10 @@ fn named_snapshot_create_list_delete() {
 }
 
 #[test]
-fn named_snapshot_with_memory_on_namespace_is_400() {
+fn named_snapshot_with_memory_on_busybox_root_is_refused_and_leaves_nothing() {
+    // In the busybox root the agent binary cannot run, so PID 1 serves from
+    // the host's image and CRIU refuses the dump (409); without CRIU: 501.
+    // Memory snapshots themselves are tested in tests/memory.rs.
     let key = user_key();
     let vm = create_vm(&key, "mem");
     let (status, body) = call(
@@ -659,15 +662,12 @@ fn named_snapshot_with_memory_on_namespace_is_400() {
         Some(&key),
         Some(json!({"name": "m", "include_memory": true})),
     );
-    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("include_memory"),
-        "{body}"
+        [StatusCode::CONFLICT, StatusCode::NOT_IMPLEMENTED].contains(&status),
+        "{status}: {body}"
     );
     assert!(!snapshot_names(&key, &vm).contains(&"m".to_string()));
+    assert_eq!(run(&key, &vm, "echo alive")["stdout"], "alive\n");
 }
 
 #[test]

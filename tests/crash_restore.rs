@@ -249,7 +249,7 @@ fn exec_directly(dir: &Path, vm: &str) -> Result<ExecOutput, AgentError> {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(vm.as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let socket = dir.join("run").join(format!("{hex}.sock"));
+    let socket = dir.join("run").join(hex).join("agent.sock");
     let agent = AgentClient::new(Transport::Unix(socket));
     let req = ExecRequest {
         shell: Some("echo lost > /workspace/f".into()),

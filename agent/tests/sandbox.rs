@@ -99,6 +99,7 @@ fn spec_in(dir: &Path, cgroups: Vec<PathBuf>) -> LaunchSpec {
         uid_count: 65_536,
         cgroups,
         log: dir.join("agent.log"),
+        agent_binary: None,
     }
 }
 

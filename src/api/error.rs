@@ -29,6 +29,10 @@ pub enum ApiError {
     /// The storage pool is full (507).
     #[error("{0}")]
     InsufficientStorage(String),
+    /// This host cannot do what was asked (e.g. memory snapshots without
+    /// CRIU); the message says why.
+    #[error("{0}")]
+    NotImplemented(String),
     /// The sandbox's runtime (hypervisor, namespaces) failed: the message
     /// carries its error chain (e.g. Cloud Hypervisor's), so the client sees
     /// why, and the log has it with the request id.
@@ -50,6 +54,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

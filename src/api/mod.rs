@@ -225,8 +225,15 @@ impl From<SandboxError> for ApiError {
             SandboxError::Agent(ref a) => {
                 ApiError::Unavailable(format!("the sandbox did not answer: {a}"))
             }
+            SandboxError::NotImplemented(m) => ApiError::NotImplemented(m),
             SandboxError::Runtime(crate::runtime::RuntimeError::Unsupported { .. }) => {
                 ApiError::BadRequest(storage_message(&e))
+            }
+            SandboxError::Runtime(ref r @ crate::runtime::RuntimeError::Unavailable { .. }) => {
+                ApiError::NotImplemented(r.to_string())
+            }
+            SandboxError::Runtime(ref r @ crate::runtime::RuntimeError::Checkpoint { .. }) => {
+                ApiError::Conflict(r.to_string())
             }
             SandboxError::Runtime(ref r) => ApiError::Runtime(crate::runtime::chain(r)),
             other => ApiError::internal_chain(&other),

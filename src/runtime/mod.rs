@@ -150,6 +150,10 @@ pub enum RuntimeError {
     },
     #[error("operation not supported by the {runtime} runtime: {what}")]
     Unsupported { runtime: &'static str, what: String },
+    /// A memory checkpoint of the sandbox's processes was refused or failed
+    /// (e.g. CRIU cannot dump one of them); the message names what and why.
+    #[error("cannot checkpoint sandbox {sandbox}: {message}")]
+    Checkpoint { sandbox: String, message: String },
     #[error("hypervisor error during {op}: {message}")]
     Hypervisor { op: String, message: String },
     #[error("agent error")]
@@ -275,6 +279,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`Runtime::start_from_state`]. Use [`full_snapshot`] to drive them.
     fn supports_memory_snapshots(&self) -> bool {
         false
+    }
+
+    /// Why memory snapshots cannot be taken on this host right now although
+    /// the runtime supports them (e.g. CRIU missing); `None` when they can.
+    fn memory_unavailable(&self) -> Option<String> {
+        None
     }
 
     /// Freeze the sandbox (vCPUs and devices) so storage can be snapshotted

@@ -77,6 +77,9 @@ pub enum SandboxError {
     Upload(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Conflict(String),
+    /// The operation exists but this host cannot do it (e.g. no CRIU).
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("sandbox \"{name}\" is {status}: {reason}")]
     NotRunning {
         name: String,

@@ -37,6 +37,14 @@ impl Sandboxes {
         let id = row.id;
         let found = self.snapshot_row(id, &snap, false).await?;
         let with_memory = found.include_memory && self.runtime.supports_memory_snapshots();
+        if let Some(reason) = with_memory
+            .then(|| self.runtime.memory_unavailable())
+            .flatten()
+        {
+            return Err(SandboxError::NotImplemented(format!(
+                "snapshot {snap} holds memory: {reason}"
+            )));
+        }
         let sandbox = super::parse_sandbox_name(&row.name)?;
         if with_memory {
             self.restore_full(&mut live, &sandbox, &snap).await?;

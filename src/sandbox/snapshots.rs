@@ -124,8 +124,17 @@ impl Sandboxes {
                 ),
             });
         }
+        if let Some(reason) = req
+            .include_memory
+            .then(|| self.runtime.memory_unavailable())
+            .flatten()
+        {
+            return Err(SandboxError::NotImplemented(format!(
+                "include_memory: {reason}"
+            )));
+        }
         let (row, entry) = self.find_live(caller, name).await?;
-        let live = entry.lock().await;
+        let mut live = entry.lock().await;
         let (id, key) = (row.id, snap.to_string());
         if self
             .db
@@ -139,7 +148,7 @@ impl Sandboxes {
         }
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let info = if req.include_memory {
-            self.full_snapshot(&live, &sandbox, &snap).await?
+            self.full_snapshot(&mut live, &sandbox, &snap).await?
         } else {
             self.take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept)
                 .await?
@@ -173,10 +182,13 @@ impl Sandboxes {
     /// deletes the half-made snapshot; the sandbox keeps running.
     async fn full_snapshot(
         &self,
-        live: &super::Live,
+        live: &mut super::Live,
         sb: &SandboxName,
         snap: &SnapshotName,
     ) -> Result<SnapshotInfo, SandboxError> {
+        // Close the pooled agent connections: a process checkpoint (CRIU)
+        // cannot hold the host's ends of them.
+        live.agent = self.agent_for(&live.ctx, &live.state);
         let dir = self.storage.snapshot_aux_path(sb, snap).join(VM_STATE_DIR);
         let (storage, s, n) = (self.storage.clone(), sb.clone(), snap.clone());
         let take = async move {

@@ -29,6 +29,10 @@ enum Command {
         /// Apply no_new_privs + the sandbox seccomp filter to every exec.
         #[arg(long)]
         seccomp: bool,
+        /// Let commands create user namespaces (the seccomp filter denies it
+        /// otherwise).
+        #[arg(long)]
+        allow_nested_userns: bool,
     },
     /// Start a namespace sandbox from a JSON LaunchSpec (host side, as root).
     Launch {
@@ -81,12 +85,13 @@ fn main() -> anyhow::Result<()> {
             workspace,
             workspace_device,
             seccomp,
+            allow_nested_userns,
         } => {
             let config = ServerConfig {
                 workspace,
                 workspace_device,
                 seccomp,
-                allow_nested_userns: false,
+                allow_nested_userns,
             };
             run_server(config, &listen)
         }

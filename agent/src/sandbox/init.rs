@@ -12,22 +12,128 @@ use super::{chain, io, sys, LaunchSpec, SandboxError};
 use crate::server::{ListenSpec, ServerConfig};
 
 /// Device nodes bound from the host into the sandbox's `/dev`.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Runs PID 1: set up, report, serve. Returns the process exit code.
-pub fn run(spec: &LaunchSpec, listener: RawFd, mut status: File) -> i32 {
-    close_other_fds(&[listener, status.as_raw_fd()]);
+/// Runs PID 1: set up, report, serve. `listener` is the agent socket bound
+/// by `launch` on the host, or `None` when PID 1 binds it inside (see
+/// [`bind_inside`]). Returns the process exit code.
+pub fn run(spec: &LaunchSpec, listener: Option<RawFd>, mut status: File) -> i32 {
+    close_other_fds(&[listener.unwrap_or(-1), status.as_raw_fd()]);
     let setup = nix::unistd::setsid()
         .map_err(sys("setsid"))
         .and_then(|_| setup_root(spec))
-        .and_then(|()| loopback_up());
-    if let Err(err) = setup {
-        super::report(&mut status, &format!("err {}", chain(&err)));
-        return 1;
-    }
+        .and_then(|()| loopback_up())
+        .and_then(|()| listener.map_or_else(|| bind_inside(spec), Ok));
+    let listener = match setup {
+        Ok(fd) => fd,
+        Err(err) => {
+            super::report(&mut status, &format!("err {}", chain(&err)));
+            return 1;
+        }
+    };
     super::report(&mut status, "ok");
     drop(status);
-    serve(listener, spec.allow_nested_userns)
+    match spec.agent_binary {
+        Some(_) => exec_agent(listener, spec.allow_nested_userns),
+        None => serve(listener, spec.allow_nested_userns),
+    }
+}
+
+/// Binds the agent socket from inside the sandbox, in the directory of
+/// `spec.socket` bound at [`AGENT_RUN`]: the socket then belongs to the
+/// sandbox's network namespace and has a name inside it (CRIU dumps and
+/// re-binds it), while the host reaches the same inode at `spec.socket`.
+fn bind_inside(spec: &LaunchSpec) -> Result<RawFd, SandboxError> {
+    let name = spec
+        .socket
+        .file_name()
+        .ok_or_else(|| SandboxError::Init("agent socket path has no file name".into()))?;
+    let path = Path::new(AGENT_RUN).join(name);
+    let _ = fs::remove_file(&path);
+    let listener =
+        std::os::unix::net::UnixListener::bind(&path).map_err(io("bind agent socket", &path))?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(listener))
+}
+
+/// Where the agent binary is bound inside the sandbox, and its log there.
+pub const AGENT_DIR: &str = "/.rewind";
+const AGENT_BIN: &str = "/.rewind/rewind-agent";
+const AGENT_LOG: &str = "/.rewind/agent.log";
+/// The host directory of the agent socket, bound inside.
+const AGENT_RUN: &str = "/.rewind/run";
+
+/// Replace this process with the agent binary bound inside the sandbox, its
+/// stdio opened inside too: then every file PID 1 holds (its executable,
+/// its mappings, its stdio) lives in the sandbox's own mounts and its memory
+/// belongs to the sandbox's user namespace, which is what CRIU needs to
+/// checkpoint the sandbox. Returns only on failure.
+///
+/// When the binary cannot run in this root (e.g. a busybox image without
+/// the C library it links), PID 1 serves from its own image instead: the
+/// sandbox works, but a memory snapshot of it is refused (CRIU cannot reach
+/// that image from inside).
+fn exec_agent(listener: RawFd, allow_nested_userns: bool) -> i32 {
+    let err = match exec_serve(listener, allow_nested_userns) {
+        Ok(never) => match never {},
+        Err(err) => err,
+    };
+    tracing::warn!(error = %chain(&err), "cannot exec the in-sandbox agent; serving from the launcher's image");
+    serve(listener, allow_nested_userns)
+}
+
+fn reopen_stdio() -> Result<(), SandboxError> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    let null = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(sys("open /dev/null"))?;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_APPEND;
+    let log =
+        open(AGENT_LOG, flags, Mode::from_bits_truncate(0o600)).map_err(sys("open agent log"))?;
+    for (from, to) in [(&null, 0), (&log, 1), (&log, 2)] {
+        // SAFETY: dup2 onto a standard fd from an fd we own; both are open.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return Err(sys("dup2")(nix::errno::Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+fn exec_serve(
+    listener: RawFd,
+    allow_nested_userns: bool,
+) -> Result<std::convert::Infallible, SandboxError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::ffi::CString;
+    let runnable = std::process::Command::new(AGENT_BIN)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runnable {
+        return Err(SandboxError::Init(format!(
+            "{AGENT_BIN} does not run in this root"
+        )));
+    }
+    reopen_stdio()?;
+    // SAFETY: `listener` is the open socket fd this process owns (kept by
+    // `close_other_fds`); it is only borrowed for the fcntl.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener) };
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(sys("clear FD_CLOEXEC"))?;
+    let arg = |s: String| CString::new(s).map_err(|_| SandboxError::Init("NUL in argument".into()));
+    let mut argv = vec![
+        arg("rewind-agent".into())?,
+        arg("serve".into())?,
+        arg("--seccomp".into())?,
+        arg("--listen".into())?,
+        arg(format!("fd:{listener}"))?,
+    ];
+    if allow_nested_userns {
+        argv.push(arg("--allow-nested-userns".into())?);
+    }
+    let env = [arg(
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    )?];
+    nix::unistd::execve(&arg(AGENT_BIN.into())?, &argv, &env).map_err(sys("execve agent"))
 }
 
 /// Closes every fd above stderr except `keep`: PID 1 must not hold the
@@ -80,6 +186,9 @@ fn setup_root(spec: &LaunchSpec) -> Result<(), SandboxError> {
     mount_overlay(spec)?;
     let root = &spec.merged_dir;
     bind_workspace(&spec.workspace, root)?;
+    if let Some(agent) = &spec.agent_binary {
+        bind_agent(agent, &spec.socket, root)?;
+    }
     mount_dev(root)?;
     mount_fs(
         root,
@@ -129,6 +238,25 @@ fn bind_workspace(workspace: &Path, root: &Path) -> Result<(), SandboxError> {
     let none = None::<&str>;
     mount(Some(workspace), &target, none, MsFlags::MS_BIND, none)
         .map_err(|e| io("bind workspace at", &target)(e.into()))
+}
+
+/// The agent binary (host file owned by host root: read-only inside) at
+/// [`AGENT_BIN`], and the host directory of the agent socket at [`AGENT_RUN`].
+fn bind_agent(agent: &Path, socket: &Path, root: &Path) -> Result<(), SandboxError> {
+    let dir = root.join(AGENT_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let target = root.join(AGENT_BIN.trim_start_matches('/'));
+    File::create(&target).map_err(io("create", &target))?;
+    let none = None::<&str>;
+    mount(Some(agent), &target, none, MsFlags::MS_BIND, none)
+        .map_err(|e| io("bind agent binary at", &target)(e.into()))?;
+    let Some(run) = socket.parent() else {
+        return Ok(());
+    };
+    let target = root.join(AGENT_RUN.trim_start_matches('/'));
+    fs::create_dir_all(&target).map_err(io("create", &target))?;
+    mount(Some(run), &target, none, MsFlags::MS_BIND, none)
+        .map_err(|e| io("bind agent socket dir at", &target)(e.into()))
 }
 
 /// Mounts a fresh `fstype` at `root/dir`.

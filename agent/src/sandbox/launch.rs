@@ -24,7 +24,11 @@ use super::{chain, init, io, sys, LaunchSpec, SandboxError};
 /// Starts the sandbox; returns the host PID of its PID 1 once it serves.
 pub fn launch(spec: &LaunchSpec) -> Result<i32, SandboxError> {
     prepare_host_dirs(spec)?;
-    let listener = bind_socket(&spec.socket)?;
+    // With an agent binary, PID 1 binds the socket itself, inside (init.rs).
+    let listener = match spec.agent_binary {
+        None => Some(bind_socket(&spec.socket)?),
+        Some(_) => None,
+    };
     join_cgroups(spec)?;
     let log = OpenOptions::new()
         .create(true)
@@ -103,7 +107,14 @@ fn prepare_host_dirs(spec: &LaunchSpec) -> Result<(), SandboxError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         nix::unistd::chown(dir, owner.0, owner.1).map_err(|e| io("chown", dir)(e.into()))?;
     }
-    std::fs::create_dir_all(&spec.merged_dir).map_err(io("create", &spec.merged_dir))
+    std::fs::create_dir_all(&spec.merged_dir).map_err(io("create", &spec.merged_dir))?;
+    if let (Some(_), Some(run)) = (&spec.agent_binary, spec.socket.parent()) {
+        // PID 1 binds the socket in here, from inside (init.rs).
+        std::fs::create_dir_all(run).map_err(io("create", run))?;
+        nix::unistd::chown(run, owner.0, owner.1).map_err(|e| io("chown", run)(e.into()))?;
+        let _ = std::fs::remove_file(&spec.socket);
+    }
+    Ok(())
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, SandboxError> {
@@ -170,7 +181,12 @@ fn read_verdict(status: File) -> Result<i32, SandboxError> {
 }
 
 /// Child A: become root of a new user namespace, unshare the rest, fork PID 1.
-fn intermediate(spec: &LaunchSpec, listener: UnixListener, log: File, mut ends: ChildEnds) -> i32 {
+fn intermediate(
+    spec: &LaunchSpec,
+    listener: Option<UnixListener>,
+    log: File,
+    mut ends: ChildEnds,
+) -> i32 {
     match intermediate_steps(spec, listener, log, &mut ends) {
         Ok(pid) => {
             super::report(&mut ends.status, &format!("pid {pid}"));
@@ -185,7 +201,7 @@ fn intermediate(spec: &LaunchSpec, listener: UnixListener, log: File, mut ends: 
 
 fn intermediate_steps(
     spec: &LaunchSpec,
-    listener: UnixListener,
+    listener: Option<UnixListener>,
     log: File,
     ends: &mut ChildEnds,
 ) -> Result<i32, SandboxError> {
@@ -215,7 +231,7 @@ fn intermediate_steps(
                 .status
                 .try_clone()
                 .map_err(io("dup", Path::new("pipe")))?;
-            let code = init::run(spec, listener.into_raw_fd(), status);
+            let code = init::run(spec, listener.map(IntoRawFd::into_raw_fd), status);
             // SAFETY: as in `launch`: leave without the parent's exit handlers.
             unsafe { libc::_exit(code) }
         }
@@ -228,7 +244,12 @@ fn become_root() -> Result<(), SandboxError> {
     let root_g = Gid::from_raw(0);
     nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
     nix::unistd::setresgid(root_g, root_g, root_g).map_err(sys("setresgid(0)"))?;
-    nix::unistd::setresuid(root_u, root_u, root_u).map_err(sys("setresuid(0)"))
+    nix::unistd::setresuid(root_u, root_u, root_u).map_err(sys("setresuid(0)"))?;
+    // The uid change cleared the dumpable flag, and our mm still belongs to
+    // the host's user namespace: without this, nothing inside the sandbox's
+    // user namespace may open /proc/<pid 1>/ns/* — which CRIU's dump does
+    // from inside it to check that every namespace is owned by it.
+    nix::sys::prctl::set_dumpable(true).map_err(sys("prctl(PR_SET_DUMPABLE)"))
 }
 
 /// stdin ← /dev/null; stdout, stderr → the log. The service reads launch's

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use init::{AGENT_DIR, DEVICES};
 pub use launch::launch;
 pub use mount_into::mount_into;
 
@@ -42,12 +43,18 @@ pub struct LaunchSpec {
     /// cgroup directories (created and limited by the host) the sandbox joins.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
-    /// File the agent's stderr (its log) is appended to.
+    /// File the agent's stderr (its log) is appended to until PID 1 execs
+    /// the agent binary; from then on it logs to `/.rewind/agent.log` inside.
     pub log: PathBuf,
     /// Let sandbox commands create user namespaces (seccomp denies it
     /// otherwise; `limits.allow_nested_userns`).
     #[serde(default)]
     pub allow_nested_userns: bool,
+    /// Host path of the agent binary PID 1 execs, bound read-only at
+    /// `/.rewind/rewind-agent` inside (so the sandbox can be checkpointed
+    /// with CRIU). `None`: PID 1 serves from the launcher's own image.
+    #[serde(default)]
+    pub agent_binary: Option<PathBuf>,
 }
 
 fn default_uid_base() -> u32 {

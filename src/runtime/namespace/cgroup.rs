@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use crate::runtime::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
-/// `cpuacct` only counts CPU time (for metrics); the others enforce limits.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
+/// `cpuacct` only counts CPU time (for metrics) and `freezer` pauses the
+/// sandbox for memory snapshots; the others enforce limits.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "freezer"];
 const CFS_PERIOD_US: u64 = 100_000;
 
 /// The cgroup hierarchy in use, and the parent group (`rewind-<hash of the
@@ -42,7 +43,9 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cgroup {path} still has processes after {secs}s")]
+    #[error("this host has no cgroup freezer")]
+    NoFreezer,
+    #[error("cgroup {path} still has processes (or did not freeze) after {secs}s")]
     Busy { path: PathBuf, secs: u64 },
 }
 
@@ -71,6 +74,16 @@ impl Cgroups {
             Layout::V1 { mounts }
         };
         Cgroups { group, layout }
+    }
+
+    /// CRIU `--cgroup-root` values placing a restored tree in the sandbox's
+    /// cgroups (per controller on v1; other controllers stay as dumped).
+    pub fn criu_roots(&self, name: &str) -> Vec<String> {
+        let path = format!("/{}/{name}", self.group);
+        match &self.layout {
+            Layout::V2 { .. } => vec![path],
+            Layout::V1 { mounts } => mounts.iter().map(|(c, _)| format!("{c}:{path}")).collect(),
+        }
     }
 
     /// `v1` or `v2`, for logs.
@@ -149,8 +162,60 @@ impl Cgroups {
         }
     }
 
+    /// The cgroup whose freezer pauses the sandbox (CRIU's `--freeze-cgroup`).
+    pub fn freezer(&self, name: &str) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V2 { root } => Some(root.join(&self.group).join(name)),
+            Layout::V1 { mounts } => mounts
+                .iter()
+                .find(|(ctrl, _)| *ctrl == "freezer")
+                .map(|(_, m)| m.join(&self.group).join(name)),
+        }
+    }
+
+    /// Freeze (or thaw) every process of the sandbox; returns once the
+    /// kernel reports the whole cgroup frozen (bounded wait).
+    pub fn set_frozen(&self, name: &str, frozen: bool) -> Result<(), CgroupError> {
+        let Some(dir) = self.freezer(name) else {
+            return Err(CgroupError::NoFreezer);
+        };
+        let v2 = matches!(self.layout, Layout::V2 { .. });
+        let (file, value) = match (v2, frozen) {
+            (true, f) => ("cgroup.freeze", if f { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        write(&dir.join(file), value)?;
+        if !frozen {
+            return Ok(());
+        }
+        let done = || match v2 {
+            true => fs::read_to_string(dir.join("cgroup.events"))
+                .is_ok_and(|e| e.lines().any(|l| l == "frozen 1")),
+            false => {
+                fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            if Instant::now() > deadline {
+                let _ = write(&dir.join(file), if v2 { "0" } else { "THAWED" });
+                return Err(CgroupError::Busy {
+                    path: dir,
+                    secs: 10,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Kill whatever is left in the sandbox's cgroups and remove them.
     pub fn remove(&self, name: &str) -> Result<(), CgroupError> {
+        // Frozen tasks do not die of SIGKILL until thawed.
+        if self.freezer(name).is_some_and(|d| d.exists()) {
+            let _ = self.set_frozen(name, false);
+        }
         for dir in self.dirs(name) {
             if dir.exists() {
                 kill_all(&dir)?;

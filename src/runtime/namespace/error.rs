@@ -28,4 +28,8 @@ pub enum LaunchError {
     Output(#[source] serde_json::Error),
     #[error("sandbox PID {pid} exited right after launch")]
     Exited { pid: i32 },
+    /// `criu restore` (or what prepares it) failed: CRIU's own error lines
+    /// (text from another process).
+    #[error("memory restore failed: {message}")]
+    Restore { message: String },
 }

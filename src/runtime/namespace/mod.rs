@@ -16,7 +16,9 @@
 //! range ([`rootfs`]).
 
 mod cgroup;
+mod criu;
 mod error;
+mod memory;
 mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -52,10 +54,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct NamespaceRuntime {
     agent_bin: PathBuf,
+    /// The copy of `agent_bin` that PID 1 of every sandbox execs ([`stage_agent`]).
+    agent_image: PathBuf,
     lower: PathBuf,
     sock_dir: PathBuf,
     cgroups: Cgroups,
     allow_nested_userns: bool,
+    /// A working CRIU, or why memory snapshots are unavailable.
+    criu: Result<criu::Criu, String>,
 }
 
 /// What we remember about a running sandbox (stored in the database).
@@ -94,6 +100,7 @@ impl NamespaceRuntime {
         // The sandbox's own credentials (uid UID_BASE) mount the overlay and
         // the workspace, so every directory on those paths must be searchable.
         allow_traverse(&config.data_dir)?;
+        let agent_image = stage_agent(&agent_bin, &config.data_dir)?;
         let sock_dir = config.data_dir.join("run");
         std::fs::create_dir_all(&sock_dir).map_err(|source| RuntimeError::Io {
             op: format!("create {}", sock_dir.display()),
@@ -113,21 +120,32 @@ impl NamespaceRuntime {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(error = %e, "cannot become a child subreaper; stopped sandboxes may linger as zombies");
         }
+        let criu = tokio::task::spawn_blocking(criu::Criu::detect)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match &criu {
+            Ok(c) => tracing::info!(version = %c.version, "CRIU ready: memory snapshots available"),
+            Err(reason) => tracing::warn!(%reason, "no memory snapshots for namespace sandboxes"),
+        }
         tracing::info!(cgroups = cgroups.version(), lower = %lower.display(), "namespace runtime ready");
         Ok(NamespaceRuntime {
             agent_bin,
+            agent_image,
             lower,
             sock_dir,
             cgroups,
             allow_nested_userns: config.limits.allow_nested_userns,
+            criu,
         })
     }
 
-    /// Unix socket paths are limited to 108 bytes: name them by a hash.
+    /// Unix socket paths are limited to 108 bytes: name them by a hash. Each
+    /// sandbox has its own directory, bound inside it (the agent binds the
+    /// socket there, from inside).
     fn socket_path(&self, name: &str) -> PathBuf {
         let digest = Sha256::digest(name.as_bytes());
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.sock_dir.join(format!("{hex}.sock"))
+        self.sock_dir.join(hex).join("agent.sock")
     }
 
     fn launch_spec(
@@ -162,6 +180,7 @@ impl NamespaceRuntime {
             cgroups,
             log: ns.join("agent.log"),
             allow_nested_userns: self.allow_nested_userns,
+            agent_binary: Some(self.agent_image.clone()),
         })
     }
 
@@ -422,6 +441,40 @@ impl Runtime for NamespaceRuntime {
         Ok(state.clone())
     }
 
+    /// With CRIU ([`criu`]); [`Runtime::memory_unavailable`] says why not.
+    fn supports_memory_snapshots(&self) -> bool {
+        true
+    }
+
+    fn memory_unavailable(&self) -> Option<String> {
+        self.criu().err().map(|e| e.to_string())
+    }
+
+    async fn pause(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
+        self.freeze(sb, state).await
+    }
+
+    async fn resume(&self, sb: &SandboxContext, _state: &RuntimeState) -> Result<(), RuntimeError> {
+        self.thaw(sb).await
+    }
+
+    async fn save_state(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+        dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        self.dump(sb, state, dir).await
+    }
+
+    async fn start_from_state(
+        &self,
+        sb: &SandboxContext,
+        dir: &Path,
+    ) -> Result<RuntimeState, RuntimeError> {
+        self.restore_tree(sb, dir).await
+    }
+
     async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
         let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
         self.teardown(&sb.name, known.as_ref()).await
@@ -439,20 +492,51 @@ impl Runtime for NamespaceRuntime {
                 }
             }
         }
-        let known_sockets: Vec<PathBuf> = known.iter().map(|n| self.socket_path(n)).collect();
+        let known_dirs: Vec<PathBuf> = known
+            .iter()
+            .filter_map(|n| Some(self.socket_path(n).parent()?.to_owned()))
+            .collect();
         for entry in std::fs::read_dir(&self.sock_dir)
             .into_iter()
             .flatten()
             .flatten()
         {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "sock") && !known_sockets.contains(&path) {
-                let _ = std::fs::remove_file(&path);
+            // Socket files of older versions sat directly in the run dir.
+            let stale = match path.extension().is_some_and(|e| e == "sock") {
+                true => std::fs::remove_file(&path).is_ok(),
+                false => !known_dirs.contains(&path) && std::fs::remove_dir_all(&path).is_ok(),
+            };
+            if stale {
                 cleaned.push(format!("removed stale socket {}", path.display()));
             }
         }
         cleaned
     }
+}
+
+/// A copy of the agent binary under `data_dir/images/agent/<size>-<mtime>/`,
+/// made once per build: a memory snapshot maps the exact binary it was taken
+/// with, so a rebuild of `agent_bin` must not change the file it restores.
+fn stage_agent(agent_bin: &Path, data_dir: &Path) -> Result<PathBuf, RuntimeError> {
+    let io_err = |op: String| move |source| RuntimeError::Io { op, source };
+    let meta =
+        std::fs::metadata(agent_bin).map_err(io_err(format!("stat {}", agent_bin.display())))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let dir = data_dir.join(format!("images/agent/{}-{mtime}", meta.len()));
+    let dest = dir.join("rewind-agent");
+    if dest.exists() {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let tmp = dir.join(format!(".rewind-agent.{}", std::process::id()));
+    std::fs::copy(agent_bin, &tmp).map_err(io_err(format!("copy {}", agent_bin.display())))?;
+    std::fs::rename(&tmp, &dest).map_err(io_err(format!("rename {}", tmp.display())))?;
+    Ok(dest)
 }
 
 /// Make `dir` and its ancestors searchable by others (o+x) where they are not.

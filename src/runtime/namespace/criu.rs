@@ -1,0 +1,262 @@
+//! Memory snapshots of namespace sandboxes with CRIU: `criu dump
+//! --leave-running` of the sandbox's whole process tree (its PID 1, the
+//! agent, and everything under it) into a snapshot's aux dir, and `criu
+//! restore` of such a dump into fresh namespaces.
+//!
+//! What makes a sandbox dumpable (see `rewind-agent launch`): every namespace
+//! is owned by the sandbox's user namespace, PID 1 is dumpable, and every
+//! file the tree holds lives in the sandbox's own mounts — the agent binary
+//! is bound at `/.rewind/rewind-agent`, its socket is bound from inside in a
+//! host directory mounted at `/.rewind/run`. The host's agent connections
+//! are closed before a dump (their accepted ends belong to the host's network
+//! namespace, which CRIU cannot dump). Mounts that come from the host are
+//! declared external and mapped back on restore: the workspace, the agent
+//! binary, the socket directory and the device nodes.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rewind_agent::sandbox::DEVICES;
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+/// How long one `criu dump` or `criu restore` may take.
+const CRIU_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Written next to the images: what a restore needs besides them.
+pub const META_FILE: &str = "rewind-criu.json";
+
+/// A `criu` that passed `criu check`.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    bin: PathBuf,
+    pub version: String,
+}
+
+/// Recorded with every dump ([`META_FILE`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpMeta {
+    pub criu_version: String,
+    /// Host path of the agent binary the dumped PID 1 runs (mapped at restore).
+    pub agent_binary: PathBuf,
+    /// Total size of the image files in bytes.
+    pub image_bytes: u64,
+}
+
+/// Host paths the sandbox's external mounts map to.
+#[derive(Debug, Clone)]
+pub struct HostMounts {
+    pub workspace: PathBuf,
+    pub agent_binary: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+/// One restore: images, the prepared root, where the pid goes.
+pub struct RestoreSpec<'a> {
+    pub images: &'a Path,
+    pub root: &'a Path,
+    pub mounts: &'a HostMounts,
+    pub cgroup_roots: &'a [String],
+    pub pidfile: &'a Path,
+    pub log: &'a Path,
+}
+
+impl Criu {
+    /// Finds `criu` on PATH and runs `criu check`; the error is the reason
+    /// memory snapshots are unavailable.
+    pub fn detect() -> Result<Criu, String> {
+        let bin = super::which(Path::new("criu")).ok_or_else(|| {
+            "criu is not installed (scripts/install-deps.sh builds it)".to_owned()
+        })?;
+        let check = std::process::Command::new(&bin)
+            .arg("check")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let said = String::from_utf8_lossy(&check.stdout).into_owned()
+            + &String::from_utf8_lossy(&check.stderr);
+        if !said.contains("Looks good") {
+            return Err(format!(
+                "`criu check` fails on this host: {}",
+                last_lines(&said, 3)
+            ));
+        }
+        let version = std::process::Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let version = version
+            .lines()
+            .find_map(|l| l.strip_prefix("Version: "))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned();
+        Ok(Criu { bin, version })
+    }
+
+    /// `criu dump --leave-running` of the tree under `pid` into `images`
+    /// (created). The cgroup `freezer` is frozen by the caller; CRIU
+    /// finds it frozen and leaves it frozen. The error carries CRIU's errors.
+    pub async fn dump(
+        &self,
+        pid: i32,
+        freezer: &Path,
+        images: &Path,
+        log: &Path,
+    ) -> Result<(), String> {
+        std::fs::create_dir_all(images).map_err(|e| format!("create {}: {e}", images.display()))?;
+        let mut args: Vec<OsString> = vec!["dump".into(), "-t".into(), pid.to_string().into()];
+        args.extend(common_args(images, log));
+        args.extend([
+            "--leave-running".into(),
+            "--freeze-cgroup".into(),
+            freezer.into(),
+        ]);
+        args.extend(["--network-lock".into(), "nftables".into()]);
+        for (inside, key) in external_mounts() {
+            args.push("--external".into());
+            args.push(format!("mnt[{inside}]:{key}").into());
+        }
+        self.run(&args, log).await
+    }
+
+    /// `criu restore --restore-detached` of `spec.images` onto `spec.root`;
+    /// returns the host pid of the restored PID 1 (the service, a child
+    /// subreaper, adopts it when CRIU exits).
+    pub async fn restore(&self, spec: &RestoreSpec<'_>) -> Result<i32, String> {
+        let _ = std::fs::remove_file(spec.pidfile);
+        let mut args: Vec<OsString> = vec!["restore".into()];
+        args.extend(common_args(spec.images, spec.log));
+        args.extend([
+            "--restore-detached".into(),
+            "--root".into(),
+            spec.root.into(),
+        ]);
+        args.extend(["--pidfile".into(), spec.pidfile.into()]);
+        for root in spec.cgroup_roots {
+            args.extend(["--cgroup-root".into(), root.into()]);
+        }
+        for (inside, key) in external_mounts() {
+            let host = host_path(spec.mounts, &inside);
+            args.push("--external".into());
+            let mut arg = OsString::from(format!("mnt[{key}]:"));
+            arg.push(host);
+            args.push(arg);
+        }
+        self.run(&args, spec.log).await?;
+        let text = std::fs::read_to_string(spec.pidfile)
+            .map_err(|e| format!("read {}: {e}", spec.pidfile.display()))?;
+        text.trim()
+            .parse()
+            .map_err(|_| format!("bad pid file {:?}", text.trim()))
+    }
+
+    async fn run(&self, args: &[OsString], log: &Path) -> Result<(), String> {
+        let run = Command::new(&self.bin)
+            .args(args)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(CRIU_TIMEOUT, run)
+            .await
+            .map_err(|_| format!("criu did not finish within {}s", CRIU_TIMEOUT.as_secs()))?
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
+            .collect();
+        Err(format!(
+            "criu {}: {}",
+            out.status,
+            last_lines(&errors.join("\n"), 4)
+        ))
+    }
+}
+
+fn common_args(images: &Path, log: &Path) -> Vec<OsString> {
+    vec![
+        "-D".into(),
+        images.into(),
+        "-o".into(),
+        log.into(),
+        "-v2".into(),
+        "--tcp-established".into(),
+    ]
+}
+
+/// (mount point inside the sandbox, CRIU key) of every host mount.
+fn external_mounts() -> Vec<(String, String)> {
+    let agent = rewind_agent::sandbox::AGENT_DIR;
+    let mut mounts = vec![
+        (
+            rewind_agent::protocol::WORKSPACE_DIR.to_owned(),
+            "workspace".to_owned(),
+        ),
+        (format!("{agent}/rewind-agent"), "agent".to_owned()),
+        (format!("{agent}/run"), "run".to_owned()),
+    ];
+    mounts.extend(
+        DEVICES
+            .iter()
+            .map(|d| (format!("/dev/{d}"), format!("dev-{d}"))),
+    );
+    mounts
+}
+
+fn host_path(mounts: &HostMounts, inside: &str) -> PathBuf {
+    let agent = rewind_agent::sandbox::AGENT_DIR;
+    match inside {
+        p if p == rewind_agent::protocol::WORKSPACE_DIR => mounts.workspace.clone(),
+        p if p == format!("{agent}/rewind-agent") => mounts.agent_binary.clone(),
+        p if p == format!("{agent}/run") => mounts.run_dir.clone(),
+        dev => PathBuf::from(dev),
+    }
+}
+
+/// Total size of the files directly in `dir`.
+pub fn image_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_mounts_map_back_to_host_paths() {
+        let mounts = HostMounts {
+            workspace: "/pool/ws".into(),
+            agent_binary: "/img/agent".into(),
+            run_dir: "/run/x".into(),
+        };
+        let mapped: Vec<PathBuf> = external_mounts()
+            .iter()
+            .map(|(inside, _)| host_path(&mounts, inside))
+            .collect();
+        assert_eq!(
+            mapped[..3],
+            [
+                PathBuf::from("/pool/ws"),
+                "/img/agent".into(),
+                "/run/x".into()
+            ]
+        );
+        assert_eq!(mapped[3], PathBuf::from("/dev/null"));
+    }
+}

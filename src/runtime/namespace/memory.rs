@@ -1,0 +1,296 @@
+//! The namespace runtime's side of memory snapshots ([`super::criu`]):
+//! pause = close out host connections, then freeze the sandbox's cgroup;
+//! save = `criu dump --leave-running` of the frozen tree; resume = thaw;
+//! start from state = fresh cgroups, the overlay root mounted on the host,
+//! `criu restore` into new namespaces, then the agent must answer.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rewind_agent::client::Transport;
+
+use super::criu::{self, Criu, DumpMeta, HostMounts, RestoreSpec};
+use super::{proc_starttime, wait_ready, NamespaceRuntime, NsState, UID_BASE};
+use crate::runtime::{RuntimeError, RuntimeState, SandboxContext};
+
+/// How long the agent has to close the host's connections before a dump.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl NamespaceRuntime {
+    pub(super) fn criu(&self) -> Result<&Criu, RuntimeError> {
+        self.criu
+            .as_ref()
+            .map_err(|reason| RuntimeError::Unavailable {
+                reason: format!("memory snapshots need CRIU: {reason}"),
+            })
+    }
+
+    pub(super) async fn freeze(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<(), RuntimeError> {
+        self.criu()?;
+        let s = ns_state(sb, state)?;
+        let (cgroups, name) = (self.cgroups.clone(), sb.name.clone());
+        let err = |message: String| RuntimeError::Checkpoint {
+            sandbox: sb.name.clone(),
+            message,
+        };
+        tokio::task::spawn_blocking(move || {
+            wait_host_sockets_closed(&cgroups, &name, s.pid)?;
+            cgroups.set_frozen(&name, true).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(err)
+    }
+
+    pub(super) async fn thaw(&self, sb: &SandboxContext) -> Result<(), RuntimeError> {
+        let (cgroups, name) = (self.cgroups.clone(), sb.name.clone());
+        let thawed = tokio::task::spawn_blocking(move || cgroups.set_frozen(&name, false))
+            .await
+            .map_err(|e| RuntimeError::Checkpoint {
+                sandbox: sb.name.clone(),
+                message: format!("thaw: {e}"),
+            })?;
+        thawed.map_err(|e| RuntimeError::Stop {
+            sandbox: sb.name.clone(),
+            source: e.into(),
+        })
+    }
+
+    /// Dump the frozen tree into `dir`; on failure nothing is left there.
+    pub(super) async fn dump(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+        dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        let criu = self.criu()?;
+        let s = ns_state(sb, state)?;
+        let freezer = self
+            .cgroups
+            .freezer(&sb.name)
+            .ok_or_else(|| RuntimeError::Unavailable {
+                reason: "memory snapshots need a cgroup freezer".into(),
+            })?;
+        let log = self.criu_log(&sb.name, "dump");
+        let dumped = criu.dump(s.pid, &freezer, dir, &log).await.and_then(|()| {
+            let meta = DumpMeta {
+                criu_version: criu.version.clone(),
+                agent_binary: self.agent_image.clone(),
+                image_bytes: criu::image_bytes(dir),
+            };
+            write_meta(dir, &meta)
+        });
+        dumped.map_err(|message| {
+            let _ = std::fs::remove_dir_all(dir);
+            RuntimeError::Checkpoint {
+                sandbox: sb.name.clone(),
+                message,
+            }
+        })
+    }
+
+    /// Restore the tree dumped in `dir` as sandbox `sb` (stopped; its
+    /// storage already holds the matching workspace and state).
+    pub(super) async fn restore_tree(
+        &self,
+        sb: &SandboxContext,
+        dir: &Path,
+    ) -> Result<RuntimeState, RuntimeError> {
+        let criu = self.criu()?;
+        let meta = read_meta(dir).map_err(|m| start_err(sb, m))?;
+        let cgroups = self
+            .cgroups
+            .create(&sb.name, &sb.limits)
+            .map_err(|e| start_err(sb, format!("cgroups: {e}")))?;
+        let spec = self.launch_spec(sb, cgroups)?;
+        let run_dir = prepare_run_dir(&spec.socket).map_err(|m| start_err(sb, m))?;
+        mount_root(&spec).map_err(|m| start_err(sb, m))?;
+        let mounts = HostMounts {
+            workspace: sb.workspace.clone(),
+            agent_binary: meta.agent_binary,
+            run_dir,
+        };
+        let (pidfile, log) = (
+            self.criu_log(&sb.name, "pid"),
+            self.criu_log(&sb.name, "restore"),
+        );
+        let restored = criu
+            .restore(&RestoreSpec {
+                images: dir,
+                root: &spec.merged_dir,
+                mounts: &mounts,
+                cgroup_roots: &self.cgroups.criu_roots(&sb.name),
+                pidfile: &pidfile,
+                log: &log,
+            })
+            .await;
+        // The restored mount namespace holds its own reference to the root.
+        let _ = nix::mount::umount2(&spec.merged_dir, nix::mount::MntFlags::MNT_DETACH);
+        let started = match restored {
+            Ok(pid) => self.adopt(sb, pid, spec.socket).await,
+            Err(message) => Err(start_err(sb, message)),
+        };
+        if started.is_err() {
+            let _ = self.teardown(&sb.name, None).await;
+        }
+        started
+    }
+
+    async fn adopt(
+        &self,
+        sb: &SandboxContext,
+        pid: i32,
+        socket: PathBuf,
+    ) -> Result<RuntimeState, RuntimeError> {
+        let starttime = proc_starttime(pid)
+            .ok_or_else(|| start_err(sb, format!("restored PID {pid} exited at once")))?;
+        wait_ready(Transport::Unix(socket.clone())).await?;
+        // The restored agent remembers the workspace mount it had at the
+        // dump; the one now at /workspace is the restored subvolume: tell it.
+        rewind_agent::client::AgentClient::new(Transport::Unix(socket.clone()))
+            .mount_workspace()
+            .await?;
+        tracing::info!(sandbox = %sb.name, pid, "namespace sandbox restored from memory");
+        let state = NsState {
+            pid,
+            starttime,
+            socket,
+        };
+        serde_json::to_value(&state).map_err(|e| start_err(sb, e.to_string()))
+    }
+
+    /// Host-side CRIU files of a sandbox (logs, pid file), next to its socket
+    /// directory — never in the state dir, which memory snapshots capture.
+    fn criu_log(&self, name: &str, what: &str) -> PathBuf {
+        let socket = self.socket_path(name);
+        let dir = socket.parent().unwrap_or(&self.sock_dir);
+        dir.with_extension(format!("criu-{what}.log"))
+    }
+}
+
+fn ns_state(sb: &SandboxContext, state: &RuntimeState) -> Result<NsState, RuntimeError> {
+    let s: NsState =
+        serde_json::from_value(state.clone()).map_err(|e| RuntimeError::Checkpoint {
+            sandbox: sb.name.clone(),
+            message: e.to_string(),
+        })?;
+    match proc_starttime(s.pid) == Some(s.starttime) {
+        true => Ok(s),
+        false => Err(RuntimeError::Checkpoint {
+            sandbox: sb.name.clone(),
+            message: format!("its PID 1 ({}) is gone", s.pid),
+        }),
+    }
+}
+
+fn start_err(sb: &SandboxContext, message: String) -> RuntimeError {
+    RuntimeError::Start {
+        sandbox: sb.name.clone(),
+        source: super::LaunchError::Restore { message }.into(),
+    }
+}
+
+/// The accepted ends of the host's agent connections live in the host's
+/// network namespace, which CRIU cannot dump: the service dropped its
+/// connections, so wait until the agent has closed its ends.
+fn wait_host_sockets_closed(cgroups: &super::Cgroups, name: &str, pid: i32) -> Result<(), String> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let host = unix_inodes(Path::new("/proc/self/net/unix"));
+        let held = held_sockets(cgroups, name, pid);
+        let Some((holder, ino)) = held.into_iter().find(|(_, ino)| host.contains(ino)) else {
+            return Ok(());
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "process {holder} holds a Unix socket (inode {ino}) of the host's network namespace"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// (pid, socket inode) of every socket fd held by the sandbox's processes.
+fn held_sockets(cgroups: &super::Cgroups, name: &str, pid: i32) -> Vec<(i32, u64)> {
+    let procs = cgroups
+        .freezer(name)
+        .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .unwrap_or_else(|| pid.to_string());
+    let mut held = Vec::new();
+    for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let fds = std::fs::read_dir(format!("/proc/{p}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for fd in fds {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            let ino = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok());
+            held.extend(ino.map(|ino| (p, ino)));
+        }
+    }
+    held
+}
+
+/// Inodes listed in a `/proc/.../net/unix` table.
+fn unix_inodes(table: &Path) -> HashSet<u64> {
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(6)?.parse().ok())
+        .collect()
+}
+
+fn write_meta(dir: &Path, meta: &DumpMeta) -> Result<(), String> {
+    let text = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+    let path = dir.join(criu::META_FILE);
+    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn read_meta(dir: &Path) -> Result<DumpMeta, String> {
+    let path = dir.join(criu::META_FILE);
+    let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The socket directory, owned by the sandbox's root, without a stale socket
+/// (CRIU binds the restored listener there).
+fn prepare_run_dir(socket: &Path) -> Result<PathBuf, String> {
+    let dir = socket
+        .parent()
+        .ok_or("socket path has no directory")?
+        .to_owned();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    std::os::unix::fs::chown(&dir, Some(UID_BASE), Some(UID_BASE))
+        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(socket);
+    Ok(dir)
+}
+
+/// The sandbox's overlay root, mounted on the host at its merged dir for
+/// `criu restore --root` (the same options PID 1 mounts it with).
+fn mount_root(spec: &rewind_agent::sandbox::LaunchSpec) -> Result<(), String> {
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        spec.rootfs_lower.display(),
+        spec.upper_dir.display(),
+        spec.work_dir.display()
+    );
+    let _ = nix::mount::umount2(&spec.merged_dir, nix::mount::MntFlags::MNT_DETACH);
+    nix::mount::mount(
+        Some("overlay"),
+        &spec.merged_dir,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("mount overlay on {}: {e}", spec.merged_dir.display()))
+}

@@ -1,0 +1,196 @@
+//! Memory snapshots of namespace sandboxes with CRIU, end to end: the real
+//! service (through its router), real Btrfs, real agent, real `criu`.
+//!
+//! Needs python3 in the base image (`REWIND_TEST_BASE_IMAGE`, the debootstrap
+//! image) and a working CRIU (`scripts/install-deps.sh` builds one). Without
+//! CRIU, every test asserts the 501 that names the reason and prints
+//! `SKIPPED <name>: <reason>` for the rest; without python3 it prints
+//! `SKIPPED` by name.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use common::service::Service;
+
+fn env() -> &'static Service {
+    static ENV: OnceLock<Service> = OnceLock::new();
+    ENV.get_or_init(|| Service::start("memory", base_image(), |_| {}))
+}
+
+fn base_image() -> PathBuf {
+    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
+    match real.join(".rewind-image-complete").exists() {
+        true => real,
+        false => common::busybox_rootfs(),
+    }
+}
+
+/// Why these tests cannot run here, if they cannot: no python3 in the
+/// image, or (after asserting the 501 that says so) no CRIU.
+fn skip_reason(test: &str, key: &str, vm: &str) -> Option<String> {
+    let probe = env().run(key, vm, "command -v python3 >/dev/null && echo yes");
+    if probe["stdout"] != "yes\n" {
+        return Some(format!(
+            "SKIPPED {test}: no python3 in the base image (set REWIND_TEST_BASE_IMAGE)"
+        ));
+    }
+    let (status, body) = snapshot(key, vm, "probe-mem");
+    match status {
+        StatusCode::CREATED => None,
+        StatusCode::NOT_IMPLEMENTED => {
+            let reason = body["error"].as_str().unwrap_or_default().to_owned();
+            assert!(reason.contains("CRIU"), "{body}");
+            Some(format!("SKIPPED {test}: {reason}"))
+        }
+        other => panic!("memory snapshot probe answered {other}: {body}"),
+    }
+}
+
+fn snapshot(key: &str, vm: &str, name: &str) -> (StatusCode, Value) {
+    env().call(
+        "POST",
+        &format!("/vms/{vm}/snapshots"),
+        Some(key),
+        Some(json!({"name": name, "include_memory": true})),
+    )
+}
+
+/// A python process keeping a counter in memory only: each line written to
+/// /tmp/poke adds one and publishes the count to /tmp/count.
+const COUNTER: &str = r#"cat > /tmp/counter.py <<'PY'
+import os
+os.mkfifo('/tmp/poke')
+poke = os.open('/tmp/poke', os.O_RDWR)
+open('/tmp/pid', 'w').write(str(os.getpid()))
+n = 0
+while True:
+    os.read(poke, 1)
+    n += 1
+    with open('/tmp/count.new', 'w') as f:
+        f.write(str(n))
+    os.rename('/tmp/count.new', '/tmp/count')
+PY
+nohup python3 /tmp/counter.py >/dev/null 2>&1 &
+while [ ! -e /tmp/pid ]; do sleep 0.01; done; cat /tmp/pid"#;
+
+/// Poke the counter once and wait until it published `expect`.
+fn poke(key: &str, vm: &str, expect: u32) {
+    env().run(key, vm, "echo >> /tmp/poke");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = env().run(key, vm, "cat /tmp/count 2>/dev/null");
+        if count["stdout"].as_str() == Some(expect.to_string().as_str()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "count stuck at {count}, want {expect}"
+        );
+    }
+}
+
+#[test]
+fn memory_restore_brings_back_the_counter_and_its_pid() {
+    let key = env().user_key();
+    let vm = env().create_vm(&key, "mem");
+    if let Some(skip) = skip_reason(
+        "memory_restore_brings_back_the_counter_and_its_pid",
+        &key,
+        &vm,
+    ) {
+        eprintln!("{skip}");
+        return;
+    }
+    let pid = env().run(&key, &vm, COUNTER)["stdout"].clone();
+    (1..=3).for_each(|n| poke(&key, &vm, n));
+    let (status, body) = snapshot(&key, &vm, "at-3");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["include_memory"], true);
+    assert!(body["checksum"].as_str().unwrap().starts_with("sha256:"));
+    (4..=7).for_each(|n| poke(&key, &vm, n));
+
+    let (status, body) = env().call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/at-3/restore"),
+        Some(&key),
+        None,
+    );
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    poke(&key, &vm, 4);
+    assert_eq!(env().run(&key, &vm, "cat /tmp/pid")["stdout"], pid);
+    let alive = env().run(
+        &key,
+        &vm,
+        &format!("kill -0 {} && echo alive", pid.as_str().unwrap()),
+    );
+    assert_eq!(alive["stdout"], "alive\n");
+}
+
+#[test]
+fn memory_fork_runs_two_independent_copies() {
+    let key = env().user_key();
+    let vm = env().create_vm(&key, "memf");
+    if let Some(skip) = skip_reason("memory_fork_runs_two_independent_copies", &key, &vm) {
+        eprintln!("{skip}");
+        return;
+    }
+    env().run(&key, &vm, COUNTER);
+    (1..=2).for_each(|n| poke(&key, &vm, n));
+    let (status, body) = snapshot(&key, &vm, "at-2");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let fork = common::unique("memf-copy");
+
+    let (status, body) = env().call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/at-2/fork"),
+        Some(&key),
+        Some(json!({"name": fork})),
+    );
+
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (3..=5).for_each(|n| poke(&key, &fork, n));
+    poke(&key, &vm, 3);
+    assert_eq!(env().run(&key, &fork, "cat /tmp/count")["stdout"], "5");
+}
+
+#[test]
+fn memory_snapshot_restore_keeps_the_workspace_in_step() {
+    let key = env().user_key();
+    let vm = env().create_vm(&key, "memw");
+    if let Some(skip) = skip_reason(
+        "memory_snapshot_restore_keeps_the_workspace_in_step",
+        &key,
+        &vm,
+    ) {
+        eprintln!("{skip}");
+        return;
+    }
+    env().run(
+        &key,
+        &vm,
+        "echo before > /workspace/f; echo upper > /etc/rewind-test",
+    );
+    let (status, body) = snapshot(&key, &vm, "files");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    env().run(&key, &vm, "echo after > /workspace/f; rm /etc/rewind-test");
+
+    let (status, body) = env().call(
+        "POST",
+        &format!("/vms/{vm}/snapshots/files/restore"),
+        Some(&key),
+        None,
+    );
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let files = env().run(&key, &vm, "cat /workspace/f /etc/rewind-test");
+    assert_eq!(files["stdout"], "before\nupper\n");
+}
