@@ -112,6 +112,61 @@ impl Default for AuthConfig {
     }
 }
 
+/// The audit log (`GET /audit-logs`); see [`crate::api::audit`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Delete rows older than this many days (0 = keep forever).
+    pub retention_days: u64,
+    /// Keep at most this many rows, the newest (0 = no cap).
+    pub retention_rows: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            retention_rows: 1_000_000,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `GET /metrics` (Prometheus text format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` to an admin key on the API port.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 /// The whole configuration. Field docs live in `config/rewind.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -130,6 +185,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub network: NetworkConfig,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for StorageConfig {
@@ -192,6 +250,9 @@ impl Default for Config {
             server: ServerConfig::default(),
             network: NetworkConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

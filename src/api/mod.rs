@@ -2,11 +2,13 @@
 //! paths, fields, status codes and `{"error": "..."}` shape. One file per
 //! resource; [`app`] builds the router so tests can drive it without a socket.
 
+pub mod audit;
 pub mod error;
 pub mod extract;
 mod forwards;
 mod health;
 mod keys;
+pub mod metrics;
 mod run;
 mod snapshots;
 pub mod stats;
@@ -35,6 +37,7 @@ pub struct AppState {
     pub started: Instant,
     pub v1: v1::V1State,
     pub stats: std::sync::Arc<stats::RequestStats>,
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -44,6 +47,8 @@ impl AppState {
             sandboxes,
             started: Instant::now(),
             stats: Default::default(),
+            // Only fails on a duplicate or malformed metric name: a bug.
+            metrics: metrics::Metrics::new().expect("metric definitions are valid"),
         }
     }
 }
@@ -84,16 +89,31 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api-keys", get(keys::list))
         .route("/api-keys/{id}", delete(keys::revoke))
+        .route("/audit-logs", get(audit::list));
+    let authed = with_metrics_route(authed, &state)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health::health))
         .route("/api-keys", post(keys::create))
         .merge(authed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .nest("/api/v1", v1::router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
+}
+
+fn with_metrics_route(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    if state.sandboxes.config.metrics.enabled {
+        router.route("/metrics", get(metrics::scrape))
+    } else {
+        router
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -137,7 +157,10 @@ async fn require_key(
         .map(str::to_owned);
     let caller = auth::verify(&state.sandboxes.db, presented.as_deref()).await?;
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    let mut response = next.run(req).await;
+    // For the audit layer, which runs outside this one.
+    response.extensions_mut().insert(caller);
+    Ok(response)
 }
 
 impl From<AuthError> for ApiError {
