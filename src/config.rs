@@ -131,6 +131,27 @@ impl Default for AuditConfig {
     }
 }
 
+/// Per-owner rate limits; see [`crate::api::ratelimit`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Requests an owner may make per hour (sustained rate).
+    pub per_hour: u32,
+    /// Requests an owner may make at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_hour: 1000,
+            burst: 100,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,6 +209,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for StorageConfig {
@@ -253,6 +275,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -374,6 +397,19 @@ impl Config {
         }
         if self.auth.jwt_expiry_secs == 0 || self.auth.jwt_expiry_secs > 30 * 86_400 {
             return invalid("auth.jwt_expiry_secs", "must be 1-2592000");
+        }
+        let r = &self.rate_limit;
+        if r.enabled && r.per_hour == 0 {
+            return invalid(
+                "rate_limit.per_hour",
+                "must be at least 1 (or set enabled = false)",
+            );
+        }
+        if r.enabled && r.burst == 0 {
+            return invalid(
+                "rate_limit.burst",
+                "must be at least 1 (or set enabled = false)",
+            );
         }
         self.validate_exec()?;
         self.validate_limits()

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The sandbox cannot do this in its current state (e.g. failed).
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's rate limit is spent (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The storage pool is full (507).
     #[error("{0}")]
     InsufficientStorage(String),
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -9,6 +9,7 @@ mod forwards;
 mod health;
 mod keys;
 pub mod metrics;
+pub mod ratelimit;
 mod run;
 mod snapshots;
 pub mod stats;
@@ -38,12 +39,14 @@ pub struct AppState {
     pub v1: v1::V1State,
     pub stats: std::sync::Arc<stats::RequestStats>,
     pub metrics: metrics::Metrics,
+    pub limits: ratelimit::Limits,
 }
 
 impl AppState {
     pub fn new(sandboxes: Sandboxes) -> Self {
         AppState {
             v1: v1::V1State::new(&sandboxes.config),
+            limits: ratelimit::Limits::new(&sandboxes.config.rate_limit),
             sandboxes,
             started: Instant::now(),
             stats: Default::default(),
@@ -91,6 +94,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api-keys/{id}", delete(keys::revoke))
         .route("/audit-logs", get(audit::list));
     let authed = with_metrics_route(authed, &state)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health::health))
