@@ -149,6 +149,82 @@ impl Default for AuthConfig {
     }
 }
 
+/// The audit log (`GET /audit-logs`); see [`crate::api::audit`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Delete rows older than this many days (0 = keep forever).
+    pub retention_days: u64,
+    /// Keep at most this many rows, the newest (0 = no cap).
+    pub retention_rows: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            retention_rows: 1_000_000,
+        }
+    }
+}
+
+/// Per-owner rate limits; see [`crate::api::ratelimit`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Requests an owner may make per hour (sustained rate).
+    pub per_hour: u32,
+    /// Requests an owner may make at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_hour: 1000,
+            burst: 100,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `GET /metrics` (Prometheus text format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` to an admin key on the API port.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 /// The whole configuration. Field docs live in `config/rewind.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -168,6 +244,10 @@ pub struct Config {
     pub network: NetworkConfig,
     pub files: FilesConfig,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for StorageConfig {
@@ -235,6 +315,10 @@ impl Default for Config {
             network: NetworkConfig::default(),
             files: FilesConfig::default(),
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -368,6 +452,19 @@ impl Config {
             return invalid(
                 "files.max_upload_bytes",
                 "upload and listing caps must be positive",
+            );
+        }
+        let r = &self.rate_limit;
+        if r.enabled && r.per_hour == 0 {
+            return invalid(
+                "rate_limit.per_hour",
+                "must be at least 1 (or set enabled = false)",
+            );
+        }
+        if r.enabled && r.burst == 0 {
+            return invalid(
+                "rate_limit.burst",
+                "must be at least 1 (or set enabled = false)",
             );
         }
         self.validate_exec()?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rewind::cli::{Client, ClientCommand, Target};
-use rewind::config::{Config, Overrides};
+use rewind::config::{Config, LogFormat, Overrides};
 use rewind::db::Db;
 
 #[derive(Parser)]
@@ -48,6 +48,9 @@ struct OverrideArgs {
     agent_binary: Option<PathBuf>,
     #[arg(long, env = "REWIND_CH_BINARY", global = true)]
     ch_binary: Option<PathBuf>,
+    /// `text` or `json` (overrides `log.format`).
+    #[arg(long, env = "REWIND_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -80,15 +83,9 @@ enum KeysCommand {
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let command = cli.command.take().unwrap_or(Command::Serve);
     if let Command::Client(command) = command {
+        init_tracing(LogFormat::Text);
         let flags = Target {
             url: cli.url,
             api_key: cli.api_key,
@@ -96,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         return client(flags, command, cli.json);
     }
     let config = load_config(&cli)?;
+    init_tracing(config.log.format);
     match command {
         Command::Serve => tokio::runtime::Runtime::new()?.block_on(rewind::server::serve(config)),
         Command::Keys { command } => keys(&config, command),
@@ -128,6 +126,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Text lines for a terminal, or one JSON object per line (`log.format =
+/// "json"`) carrying the fields of the enclosing spans — the request id
+/// of every line logged while serving a request.
+fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let default = PathBuf::from("config/rewind.toml");
     let path = cli
@@ -145,7 +165,15 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         agent_binary: o.agent_binary.clone(),
         ch_binary: o.ch_binary.clone(),
     };
-    Ok(Config::load(path.as_deref(), &overrides)?)
+    let mut config = Config::load(path.as_deref(), &overrides)?;
+    if let Some(format) = &o.log_format {
+        config.log.format = match format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => anyhow::bail!("invalid value for `log.format`: `{other}` is not json or text"),
+        };
+    }
+    Ok(config)
 }
 
 fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {

@@ -115,7 +115,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .tap_io(no_delay);
     tracing::info!(%addr, "rewind listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // The peer address feeds the login backoff of /api/v1/auth/login.
+    // The peer address feeds the login backoff of /api/v1/auth/login and
+    // the source_ip of audit rows.
     let router = router.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;

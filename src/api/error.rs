@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The sandbox cannot do this in its current state (e.g. failed).
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's rate limit is spent (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The storage pool is full (507).
     #[error("{0}")]
     InsufficientStorage(String),
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,

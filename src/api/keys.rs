@@ -3,10 +3,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::CreatedResource;
 use super::extract::JsonOrEmpty;
 use super::{ApiError, AppResult, AppState, Auth};
 use crate::auth::{self, Caller};
@@ -28,7 +30,7 @@ pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonOrEmpty(body): JsonOrEmpty<CreateKey>,
-) -> AppResult<(StatusCode, Json<Value>)> {
+) -> AppResult<Response> {
     if let Some(name) = &body.name {
         if name.len() > MAX_NAME || name.chars().any(char::is_control) {
             return Err(ApiError::BadRequest(format!(
@@ -69,7 +71,7 @@ pub async fn create(
         return Err(ApiError::Unauthorized);
     };
     tracing::info!(key_id = row.id, admin, bootstrap, "api key created");
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         Json(json!({
             "id": row.id,
@@ -79,7 +81,14 @@ pub async fn create(
             "created_at": row.created_at,
             "message": "Save your API key - it won't be shown again!",
         })),
-    ))
+    )
+        .into_response();
+    let extensions = response.extensions_mut();
+    extensions.insert(CreatedResource(row.id.to_string()));
+    if let Some(caller) = caller {
+        extensions.insert(caller);
+    }
+    Ok(response)
 }
 
 async fn has_keys(db: &Db) -> AppResult<bool> {

@@ -3,6 +3,7 @@
 //! resource; [`app`] builds the router so tests can drive it without a socket.
 
 mod archive;
+pub mod audit;
 pub mod error;
 pub mod extract;
 mod files;
@@ -13,6 +14,8 @@ mod mcp;
 mod repl;
 mod rpc;
 mod pty;
+pub mod metrics;
+pub mod ratelimit;
 mod run;
 mod run_stream;
 mod snapshots;
@@ -42,15 +45,20 @@ pub struct AppState {
     pub started: Instant,
     pub v1: v1::V1State,
     pub stats: std::sync::Arc<stats::RequestStats>,
+    pub metrics: metrics::Metrics,
+    pub limits: ratelimit::Limits,
 }
 
 impl AppState {
     pub fn new(sandboxes: Sandboxes) -> Self {
         AppState {
             v1: v1::V1State::new(&sandboxes.config),
+            limits: ratelimit::Limits::new(&sandboxes.config.rate_limit),
             sandboxes,
             started: Instant::now(),
             stats: Default::default(),
+            // Only fails on a duplicate or malformed metric name: a bug.
+            metrics: metrics::Metrics::new().expect("metric definitions are valid"),
         }
     }
 }
@@ -118,6 +126,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api-keys", get(keys::list))
         .route("/api-keys/{id}", delete(keys::revoke))
+        .route("/audit-logs", get(audit::list));
+    let authed = with_metrics_route(authed, &state)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let mcp = Router::new()
         .nest_service("/mcp", mcp::service(&state))
@@ -130,12 +144,25 @@ pub fn app(state: AppState) -> Router {
         .route("/api-keys", post(keys::create))
         .route("/api/v1/rpc", post(rpc::handle))
         .merge(authed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .nest("/api/v1", v1::router(state.clone()))
         .merge(mcp)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
+}
+
+fn with_metrics_route(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    if state.sandboxes.config.metrics.enabled {
+        router.route("/metrics", get(metrics::scrape))
+    } else {
+        router
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -179,7 +206,10 @@ async fn require_key(
         .map(str::to_owned);
     let caller = auth::verify(&state.sandboxes.db, presented.as_deref()).await?;
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    let mut response = next.run(req).await;
+    // For the audit layer, which runs outside this one.
+    response.extensions_mut().insert(caller);
+    Ok(response)
 }
 
 impl From<AuthError> for ApiError {

@@ -77,6 +77,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sandboxes ADD COLUMN memory_mb INTEGER;
     ALTER TABLE sandboxes ADD COLUMN disk_gb INTEGER;
     "#,
+    // 4: audit log of state-changing requests (never a key or a secret)
+    r#"
+    CREATE TABLE audit_log (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp     TEXT NOT NULL,
+        ts_ms         INTEGER NOT NULL,
+        action_type   TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id   TEXT,
+        key_id        INTEGER,
+        source_ip     TEXT,
+        status        INTEGER NOT NULL,
+        request_id    TEXT,
+        details       TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_log_ts ON audit_log(ts_ms);
+    CREATE INDEX audit_log_key ON audit_log(key_id, ts_ms);
+    "#,
 ];
 
 /// Bring the schema up to the newest version.

@@ -5,11 +5,13 @@
 //! twice: `created_at` as the reference API's text form
 //! (`YYYY-MM-DDTHH:MM:SS`, UTC) and `created_ms` for ordering.
 
+mod audit;
 mod forwards;
 mod keys;
 mod migrations;
 mod sandboxes;
 mod snapshots;
+mod stats;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
+pub use audit::{AuditFilter, AuditRow, NewAudit, Retention};
 pub use forwards::ForwardRow;
 pub use keys::ApiKeyRow;
 pub use sandboxes::{SandboxRow, SandboxSpec, SandboxStatus};

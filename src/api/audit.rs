@@ -1,0 +1,310 @@
+//! The audit log at the API edge: [`record`] appends one row for every
+//! state-changing request (any method but GET/HEAD/OPTIONS) once its
+//! response is known, and `GET /audit-logs` queries them (admins see all,
+//! others their own rows).
+//!
+//! Rows never hold a key, an environment variable or command output; the
+//! command of a run is kept, capped at [`MAX_COMMAND_CHARS`].
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppResult, AppState, Auth};
+use crate::auth::Caller;
+use crate::db::{AuditFilter, AuditRow, Db, NewAudit, Retention};
+
+/// Longest command kept in a row's details (characters).
+pub const MAX_COMMAND_CHARS: usize = 256;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// The id of a resource a handler created (e.g. a new key's id), put in the
+/// response extensions for [`record`] when the path does not name it.
+#[derive(Debug, Clone)]
+pub struct CreatedResource(pub String);
+
+/// The fields of a request body worth keeping (a sandbox's name, a run's
+/// command); everything else in the body is ignored.
+#[derive(Debug, Default, Deserialize)]
+struct BodyPeek {
+    name: Option<String>,
+    command: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Details {
+    method: String,
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+}
+
+/// Middleware (a route layer, so the matched route is known).
+pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let Some((action, resource_type)) = action_of(req.method(), &template) else {
+        return next.run(req).await;
+    };
+    let source_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let (req, peek) = peek_body(req, state.sandboxes.config.server.max_body_bytes).await;
+    let response = next.run(req).await;
+    let caller = response.extensions().get::<Caller>().copied();
+    let created = response.extensions().get::<CreatedResource>().cloned();
+    let resource_id = created
+        .map(|c| c.0)
+        .or_else(|| resource_of(&template, &path, peek.name));
+    let row = NewAudit {
+        action_type: action.into(),
+        resource_type: resource_type.into(),
+        resource_id,
+        key_id: caller.map(|c| c.key_id),
+        source_ip,
+        status: response.status().as_u16(),
+        request_id: super::error::REQUEST_ID.try_with(Clone::clone).ok(),
+        details: details_json(method, path, peek.command),
+    };
+    append(&state, row).await;
+    response
+}
+
+/// Buffer a small JSON body to read its name/command, then put it back.
+async fn peek_body(req: Request, max: usize) -> (Request, BodyPeek) {
+    let is_json = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return (req, BodyPeek::default());
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, max).await {
+        Ok(bytes) => {
+            let peek = serde_json::from_slice(&bytes).unwrap_or_default();
+            (Request::from_parts(parts, bytes.into()), peek)
+        }
+        // Too large or unreadable: the handler answers 413/400 on its own.
+        Err(_) => (
+            Request::from_parts(parts, axum::body::Body::empty()),
+            BodyPeek::default(),
+        ),
+    }
+}
+
+fn details_json(method: String, path: String, command: Option<String>) -> String {
+    let command = command.map(|c| c.chars().take(MAX_COMMAND_CHARS).collect());
+    let details = Details {
+        method,
+        path,
+        command,
+    };
+    serde_json::to_string(&details).unwrap_or_else(|_| "{}".into())
+}
+
+async fn append(state: &AppState, row: NewAudit) {
+    let audit = &state.sandboxes.config.audit;
+    let retention = Retention {
+        days: audit.retention_days,
+        rows: audit.retention_rows,
+    };
+    let result = state
+        .sandboxes
+        .db
+        .call(move |c| Db::insert_audit(c, &row, retention))
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %crate::runtime::chain(&e), "cannot write the audit log");
+    }
+}
+
+/// `(action_type, resource_type)` of a state-changing route.
+fn action_of(method: &Method, template: &str) -> Option<(&'static str, &'static str)> {
+    let post = *method == Method::POST;
+    let delete = *method == Method::DELETE;
+    Some(match template {
+        "/api-keys" if post => ("api_key_create", "api_key"),
+        "/api-keys/{id}" if delete => ("api_key_revoke", "api_key"),
+        "/vms" if post => ("vm_create", "vm"),
+        "/vms/{name}" if delete => ("vm_delete", "vm"),
+        "/vms/{name}/run" if post => ("vm_run", "vm"),
+        "/vms/{name}/wipe" if post => ("vm_wipe", "vm"),
+        "/vms/{name}/snapshots" if post => ("snapshot_create", "snapshot"),
+        "/vms/{name}/snapshots/{snapshot}" if delete => ("snapshot_delete", "snapshot"),
+        "/vms/{name}/snapshots/{snapshot}/fork" if post => ("snapshot_fork", "snapshot"),
+        "/vms/{name}/snapshots/{snapshot}/restore" if post => ("snapshot_restore", "snapshot"),
+        "/vms/{name}/port-forwards" if post => ("port_forward_create", "port_forward"),
+        "/vms/{name}/port-forwards/{host_port}" if delete => {
+            ("port_forward_delete", "port_forward")
+        }
+        _ => return None,
+    })
+}
+
+/// The resource named by the path's parameters (`box`, `box/snap`), or the
+/// `name` of the body when the path has none (`POST /vms`).
+fn resource_of(template: &str, path: &str, body_name: Option<String>) -> Option<String> {
+    let params: Vec<&str> = template
+        .split('/')
+        .zip(path.split('/'))
+        .filter(|(t, _)| t.starts_with('{'))
+        .map(|(_, p)| p)
+        .collect();
+    if params.is_empty() {
+        return body_name;
+    }
+    Some(params.join("/"))
+}
+
+/// Query parameters of `GET /audit-logs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    start_time: Option<String>,
+    end_time: Option<String>,
+    action_type: Option<String>,
+    resource_type: Option<String>,
+    user_id: Option<i64>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditPage {
+    audit_logs: Vec<AuditRow>,
+    total: i64,
+    limit: u32,
+    offset: u32,
+}
+
+/// `GET /audit-logs`: admins see every row (and may filter by `user_id`),
+/// others only their own.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Auth,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<AuditPage>> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let filter = filter_of(q, &caller)?;
+    let (limit, offset) = (filter.limit, filter.offset);
+    let (rows, total) = state
+        .sandboxes
+        .db
+        .call(move |c| Db::query_audit(c, &filter))
+        .await
+        .map_err(|e| ApiError::internal_chain(&e))?;
+    Ok(Json(AuditPage {
+        audit_logs: rows,
+        total,
+        limit,
+        offset,
+    }))
+}
+
+fn filter_of(q: AuditQuery, caller: &Caller) -> AppResult<AuditFilter> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!(
+            "limit: must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    for (field, value) in [("start_time", &q.start_time), ("end_time", &q.end_time)] {
+        if value.as_deref().is_some_and(|v| !is_time(v)) {
+            return Err(ApiError::BadRequest(format!(
+                "{field}: expected YYYY-MM-DDTHH:MM:SS (UTC)"
+            )));
+        }
+    }
+    if !caller.admin && q.user_id.is_some_and(|u| u != caller.key_id) {
+        return Err(ApiError::Forbidden(
+            "user_id: only an admin key may read another owner's audit log".into(),
+        ));
+    }
+    Ok(AuditFilter {
+        start_time: q.start_time,
+        end_time: q.end_time,
+        action_type: q.action_type,
+        resource_type: q.resource_type,
+        key_id: if caller.admin {
+            q.user_id
+        } else {
+            Some(caller.key_id)
+        },
+        limit,
+        offset: q.offset.unwrap_or(0),
+    })
+}
+
+fn is_time(v: &str) -> bool {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    time::PrimitiveDateTime::parse(v, &fmt).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_of_joins_path_parameters() {
+        let id = resource_of(
+            "/vms/{name}/snapshots/{snapshot}/fork",
+            "/vms/box/snapshots/cmd-1/fork",
+            None,
+        );
+        assert_eq!(id.as_deref(), Some("box/cmd-1"));
+    }
+
+    #[test]
+    fn resource_of_without_parameters_uses_the_body_name() {
+        let id = resource_of("/vms", "/vms", Some("box".into()));
+        assert_eq!(id.as_deref(), Some("box"));
+    }
+
+    #[test]
+    fn details_json_caps_the_command() {
+        let long = "x".repeat(MAX_COMMAND_CHARS + 10);
+        let json = details_json("POST".into(), "/vms/a/run".into(), Some(long));
+        assert!(json.contains(&"x".repeat(MAX_COMMAND_CHARS)));
+        assert!(!json.contains(&"x".repeat(MAX_COMMAND_CHARS + 1)));
+    }
+
+    #[test]
+    fn filter_of_pins_a_non_admin_to_its_own_rows() {
+        let caller = Caller {
+            key_id: 7,
+            admin: false,
+        };
+        let filter = filter_of(AuditQuery::default(), &caller).unwrap();
+        assert_eq!(filter.key_id, Some(7));
+    }
+
+    #[test]
+    fn filter_of_rejects_a_bad_start_time() {
+        let q = AuditQuery {
+            start_time: Some("yesterday".into()),
+            ..Default::default()
+        };
+        let caller = Caller {
+            key_id: 1,
+            admin: true,
+        };
+        let err = filter_of(q, &caller).unwrap_err();
+        assert!(err.to_string().contains("start_time"), "{err}");
+    }
+}
