@@ -158,6 +158,9 @@ impl From<SandboxError> for ApiError {
             SandboxError::Runtime(crate::runtime::RuntimeError::Unsupported { .. }) => {
                 ApiError::BadRequest(storage_message(&e))
             }
+            SandboxError::Runtime(crate::runtime::RuntimeError::SavedStateDamaged { .. }) => {
+                ApiError::Conflict(storage_message(&e))
+            }
             SandboxError::Runtime(ref r) => ApiError::Runtime(crate::runtime::chain(r)),
             other => ApiError::internal_chain(&other),
         }

@@ -31,7 +31,7 @@ use crate::runtime::{Limits, Runtime, RuntimeError, RuntimeState, SandboxContext
 
 pub use forward::NewForward;
 pub use run::{RunOutput, RunRequest};
-pub use snapshots::{CreateSnapshot, SnapshotView};
+pub use snapshots::{tree_sha256, CreateSnapshot, SnapshotView};
 
 /// Failure of a sandbox operation; the API maps each variant to a status.
 #[derive(Debug, thiserror::Error)]
