@@ -7,6 +7,7 @@ PACKAGES=(
   btrfs-progs libbtrfsutil-dev   # the storage pool (mkfs at pool creation) and the libbtrfsutil crate
   clang libclang-dev pkg-config  # bindgen for libbtrfsutil-sys
   debootstrap                    # images/build-rootfs.sh
+  binutils                       # as/ld: tests/payload, the PVH test guest of tests/ch_memory.rs
   busybox-static cpio            # guest initramfs, test rootfs
   linux-image-amd64              # guest kernel (bzImage)
   qemu-system-x86                # guest image test under software emulation

@@ -265,6 +265,9 @@ impl From<SandboxError> for ApiError {
             SandboxError::Runtime(ref r @ crate::runtime::RuntimeError::Checkpoint { .. }) => {
                 ApiError::Conflict(r.to_string())
             }
+            SandboxError::Runtime(crate::runtime::RuntimeError::SavedStateDamaged { .. }) => {
+                ApiError::Conflict(storage_message(&e))
+            }
             SandboxError::Runtime(ref r) => ApiError::Runtime(crate::runtime::chain(r)),
             other => ApiError::internal_chain(&other),
         }

@@ -156,6 +156,9 @@ pub enum RuntimeError {
     Checkpoint { sandbox: String, message: String },
     #[error("hypervisor error during {op}: {message}")]
     Hypervisor { op: String, message: String },
+    /// A memory snapshot's saved state failed [`Runtime::verify_state`].
+    #[error("the snapshot's saved memory state is damaged: {message}")]
+    SavedStateDamaged { message: String },
     #[error("agent error")]
     Agent(#[from] rewind_agent::client::AgentError),
     #[error("I/O error during {op}")]
@@ -313,10 +316,19 @@ pub trait Runtime: Send + Sync + 'static {
         Err(unsupported(self.kind(), "memory snapshots"))
     }
 
+    /// Check state saved by [`Runtime::save_state`] before a restore or fork
+    /// changes anything: every file present and intact, else
+    /// [`RuntimeError::SavedStateDamaged`] naming the damaged file. By
+    /// default nothing is checked (the runtime's own restore reports damage).
+    async fn verify_state(&self, _dir: &Path) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Start `sb` from state saved by [`Runtime::save_state`] (of `sb` itself
     /// = restore, or of another sandbox = fork) and resume it; returns once
     /// the agent's transport answers. `sb`'s storage must already hold the
-    /// matching workspace, and `sb` must be stopped. `dir` is only read.
+    /// matching workspace, and `sb` must be stopped. `dir` is only read;
+    /// callers check it with [`Runtime::verify_state`] first.
     async fn start_from_state(
         &self,
         _sb: &SandboxContext,

@@ -224,6 +224,7 @@ impl Sandboxes {
             .storage
             .snapshot_aux_path(&from.sandbox, &from.snapshot)
             .join(super::snapshots::VM_STATE_DIR);
+        self.runtime.verify_state(&dir).await?;
         let state = self.runtime.start_from_state(ctx, &dir).await?;
         let mut seed = vec![0u8; 64];
         let reseeded = match rand::rngs::OsRng.try_fill_bytes(&mut seed) {

@@ -54,7 +54,7 @@ pub use metrics::Metrics;
 pub use pty::{PtyEnd, PtyEndReason, PtyInput, PtyOptions, PtySession, MAX_TERMINAL_SIDE};
 pub use repl::{parse_language, ReplRequest, ReplResult};
 pub use run::{RunEvent, RunOutput, RunRequest, RunStream, RunSummary};
-pub use snapshots::{CreateSnapshot, SnapshotView};
+pub use snapshots::{tree_sha256, CreateSnapshot, SnapshotView};
 
 /// Failure of a sandbox operation; the API maps each variant to a status.
 #[derive(Debug, thiserror::Error)]

@@ -70,14 +70,16 @@ impl Sandboxes {
         sandbox: &SandboxName,
         snap: &rewind_storage::SnapshotName,
     ) -> Result<(), SandboxError> {
-        self.close_egress(&live.ctx.name);
-        self.runtime.stop(&live.ctx, &live.state).await?;
-        let (n, s) = (sandbox.clone(), snap.clone());
-        let restored = self.blocking(move |st| st.restore(&n, &s)).await;
         let dir = self
             .storage
             .snapshot_aux_path(sandbox, snap)
             .join(super::snapshots::VM_STATE_DIR);
+        // A damaged memory image is refused while the sandbox still runs.
+        self.runtime.verify_state(&dir).await?;
+        self.close_egress(&live.ctx.name);
+        self.runtime.stop(&live.ctx, &live.state).await?;
+        let (n, s) = (sandbox.clone(), snap.clone());
+        let restored = self.blocking(move |st| st.restore(&n, &s)).await;
         let started = match &restored {
             Ok(()) => self.runtime.start_from_state(&live.ctx, &dir).await,
             Err(_) => self.runtime.start(&live.ctx).await,

@@ -57,13 +57,16 @@ pub enum LayoutError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuestImage {
     pub kernel: PathBuf,
-    pub initramfs: PathBuf,
+    /// `None` for a kernel that needs none (a PVH payload such as the tests'
+    /// `tests/payload/pvh-counter.S`).
+    pub initramfs: Option<PathBuf>,
     pub rootfs: PathBuf,
     pub cmdline: String,
 }
 
 impl GuestImage {
-    /// Load `vmlinuz`, `initrd.img`, `rootfs.ext4` and `cmdline` from `dir`.
+    /// Load `vmlinuz`, `initrd.img` (optional), `rootfs.ext4` and `cmdline`
+    /// from `dir`.
     pub fn load(dir: &Path) -> Result<GuestImage, LayoutError> {
         let file = |name: &str| {
             let path = dir.join(name);
@@ -79,7 +82,7 @@ impl GuestImage {
             })?;
         Ok(GuestImage {
             kernel: file("vmlinuz")?,
-            initramfs: file("initrd.img")?,
+            initramfs: Some(dir.join("initrd.img")).filter(|p| p.exists()),
             rootfs: file("rootfs.ext4")?,
             cmdline: cmdline.trim().to_string(),
         })
@@ -187,7 +190,7 @@ impl Layout {
             }),
             payload: PayloadConfig {
                 kernel: Some(guest.kernel.clone()),
-                initramfs: Some(guest.initramfs.clone()),
+                initramfs: guest.initramfs.clone(),
                 cmdline: Some(self.cmdline(guest)),
                 extra: Default::default(),
             },
@@ -352,7 +355,7 @@ mod tests {
     fn guest() -> GuestImage {
         GuestImage {
             kernel: "/g/vmlinuz".into(),
-            initramfs: "/g/initrd.img".into(),
+            initramfs: Some("/g/initrd.img".into()),
             rootfs: "/g/rootfs.ext4".into(),
             cmdline: "console=ttyS0".into(),
         }

@@ -347,6 +347,18 @@ impl Runtime for CloudHypervisorRuntime {
             .map_err(|e| hypervisor("vm.snapshot", &e))
     }
 
+    async fn verify_state(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let dir = dir.to_path_buf();
+        let verified = tokio::task::spawn_blocking(move || saved::verify(&dir)).await;
+        match verified {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::SavedStateDamaged {
+                message: chain(&e),
+            }),
+            Err(e) => Err(hypervisor("verify saved state", &e)),
+        }
+    }
+
     async fn start_from_state(
         &self,
         sb: &SandboxContext,

@@ -258,12 +258,14 @@ async fn wait_disk(
     }
 }
 
-/// `vm.snapshot` into `dir` (VM paused) plus the guest state disk. On any
-/// failure `dir` is deleted; the VM stays paused.
+/// `vm.snapshot` into `dir` (VM paused) plus the guest state disk, then the
+/// manifest. On any failure `dir` is deleted; the VM stays paused.
 pub async fn save_state(client: &ChClient, layout: &Layout, dir: &Path) -> Result<(), VmError> {
     saved::create_target(dir)?;
     let result = match client.snapshot(dir).await {
-        Ok(()) => saved::save_state_disk(layout, dir).map_err(VmError::from),
+        Ok(()) => saved::save_state_disk(layout, dir)
+            .and_then(|()| saved::write_manifest(dir))
+            .map_err(VmError::from),
         Err(source) => Err(VmError::Api {
             op: "vm.snapshot",
             source,
