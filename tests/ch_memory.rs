@@ -184,7 +184,11 @@ impl Vm {
         let (client, serial) = (self.client(), self.serial());
         let take = async move {
             let paused = client.info().await.unwrap().state;
-            assert_eq!(paused, VmState::Paused, "storage runs while the VM is paused");
+            assert_eq!(
+                paused,
+                VmState::Paused,
+                "storage runs while the VM is paused"
+            );
             let last = *marks(&serial).last().expect("a MARK before the snapshot");
             tokio::task::spawn_blocking(move || {
                 storage.snapshot_with_state(&name, &sn, SnapshotKind::Kept)?;
@@ -279,7 +283,10 @@ async fn wait_marks(serial: &Path, count: usize) -> Vec<u64> {
 async fn wait_past(serial: &Path, value: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while marks(serial).last().is_none_or(|&last| last <= value) {
-        assert!(Instant::now() < deadline, "counter stuck at or below {value}");
+        assert!(
+            Instant::now() < deadline,
+            "counter stuck at or below {value}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -332,10 +339,17 @@ async fn full_snapshot_is_one_cut_of_memory_and_disks_and_the_vm_runs_on() {
         assert!(vm_dir.join(f).is_file(), "{f} missing from the saved state");
     }
     let disk = storage.snapshot_path(&vm.name, &s).join("workspace.ext4");
-    assert!(disk.is_file(), "the Btrfs snapshot holds the workspace disk");
+    assert!(
+        disk.is_file(),
+        "the Btrfs snapshot holds the workspace disk"
+    );
     let roots = [storage.snapshot_path(&vm.name, &s), vm.aux(&s)];
     let checksum = tree_sha256(&roots).unwrap();
-    assert_eq!(tree_sha256(&roots).unwrap(), checksum, "checksum reproduces");
+    assert_eq!(
+        tree_sha256(&roots).unwrap(),
+        checksum,
+        "checksum reproduces"
+    );
     vm.rt.verify_state(&vm_dir).await.unwrap();
     assert_eq!(vm.client().info().await.unwrap().state, VmState::Running);
     wait_past(&vm.serial(), last + 2).await;
@@ -385,7 +399,10 @@ async fn fork_gives_two_vms_that_continue_independently() {
     a.stop().await;
     let b_then = *marks(&b.serial()).last().unwrap();
     wait_past(&b.serial(), b_then + 3).await;
-    assert_eq!(source.client().info().await.unwrap().state, VmState::Running);
+    assert_eq!(
+        source.client().info().await.unwrap().state,
+        VmState::Running
+    );
     b.stop().await;
 }
 
@@ -410,7 +427,10 @@ async fn damaged_memory_files_are_refused_by_name_before_anything_changes() {
     file.set_len(file.metadata().unwrap().len() / 2).unwrap();
     let pids = vm.ch_pids();
 
-    let corrupt = vm.rt.verify_state(&vm.aux(&flipped).join(VM_STATE_DIR)).await;
+    let corrupt = vm
+        .rt
+        .verify_state(&vm.aux(&flipped).join(VM_STATE_DIR))
+        .await;
     let truncated = vm.rt.verify_state(&vm.aux(&cut).join(VM_STATE_DIR)).await;
 
     let message = |r: Result<(), RuntimeError>| match r.unwrap_err() {

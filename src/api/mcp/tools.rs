@@ -201,7 +201,10 @@ impl Rewind {
         Parameters(a): Parameters<FileArgs>,
     ) -> ToolResult {
         let caller = caller(&parts)?;
-        let read = self.sandboxes.read_small_file(&caller, &a.sandbox, &a.path).await;
+        let read = self
+            .sandboxes
+            .read_small_file(&caller, &a.sandbox, &a.path)
+            .await;
         reply(read.map(|(data, truncated)| {
             serde_json::json!({
                 "content": String::from_utf8_lossy(&data), "truncated": truncated,

@@ -352,9 +352,7 @@ impl Runtime for CloudHypervisorRuntime {
         let verified = tokio::task::spawn_blocking(move || saved::verify(&dir)).await;
         match verified {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RuntimeError::SavedStateDamaged {
-                message: chain(&e),
-            }),
+            Ok(Err(e)) => Err(RuntimeError::SavedStateDamaged { message: chain(&e) }),
             Err(e) => Err(hypervisor("verify saved state", &e)),
         }
     }

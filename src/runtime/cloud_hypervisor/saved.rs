@@ -107,14 +107,20 @@ fn verify_entry(dir: &Path, entry: &ManifestEntry) -> Result<(), SavedError> {
         .map_err(|e| damaged(format!("cannot read it: {e}")))?
         .len();
     if size != entry.size {
-        let what = if size < entry.size { "truncated" } else { "grown" };
+        let what = if size < entry.size {
+            "truncated"
+        } else {
+            "grown"
+        };
         return Err(damaged(format!(
             "{what}: {size} bytes, {} when saved",
             entry.size
         )));
     }
     if digest(&path)?.1 != entry.sha256 {
-        return Err(damaged("content differs from when it was saved (SHA-256)".into()));
+        return Err(damaged(
+            "content differs from when it was saved (SHA-256)".into(),
+        ));
     }
     Ok(())
 }
@@ -125,7 +131,11 @@ fn digest(path: &Path) -> Result<(u64, String), SavedError> {
     let mut file = std::fs::File::open(path).map_err(io("cannot open", path))?;
     let mut hasher = sha2::Sha256::new();
     let size = std::io::copy(&mut file, &mut hasher).map_err(io("cannot read", path))?;
-    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok((size, hex))
 }
 
