@@ -260,7 +260,11 @@ async fn guest_boots_under_qemu_and_agent_serves_workspace() -> Result<()> {
     );
 
     client.unmount_workspace(true).await?;
-    assert_eq!(sh(&client, "ls -A /workspace").await?, "");
+    let refused = sh(&client, "ls -A /workspace").await.unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("WorkspaceUnavailable"),
+        "an exec without the workspace must be refused: {refused:#}"
+    );
     client.mount_workspace().await?;
     assert_eq!(sh(&client, "cat /workspace/f").await?, "hi\nagain\n");
     Ok(())
