@@ -20,15 +20,7 @@ fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         let service = Service::start("cli", common::busybox_rootfs(), |_| {});
-        let listener = service
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = rewind::api::app(service.state.clone());
-        service
-            .rt
-            .spawn(async move { axum::serve(listener, app).await });
+        let url = service.serve();
         Env { service, url }
     })
 }

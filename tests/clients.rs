@@ -37,44 +37,13 @@ fn base_image() -> Result<PathBuf, String> {
     }
 }
 
-/// A venv with the pinned clients, made once per test root.
-fn venv() -> Result<PathBuf, String> {
-    let dir = common::test_root().join("venv-clients");
-    let python = dir.join("bin/python3");
-    let stamp = dir.join(".installed");
-    let wanted = CLIENTS.join(" ");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(python);
-    }
-    let ok = |cmd: &mut Command| cmd.status().map(|s| s.success()).unwrap_or(false);
-    if !ok(Command::new("python3").args(["-m", "venv"]).arg(&dir)) {
-        return Err("python3 -m venv failed (install python3-venv)".into());
-    }
-    if !ok(Command::new(&python)
-        .args(["-m", "pip", "install", "-q"])
-        .args(CLIENTS))
-    {
-        return Err(format!("pip install {wanted} failed (no PyPI?)"));
-    }
-    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
-    Ok(python)
-}
-
 fn env(test: &str) -> Option<&'static Env> {
     static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
     let env = ENV.get_or_init(|| {
         let image = base_image()?;
-        let python = venv()?;
+        let python = common::python::venv("venv-clients", CLIENTS)?;
         let service = Service::start("clients", image, |_| {});
-        let listener = service
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = rewind::api::app(service.state.clone());
-        service
-            .rt
-            .spawn(async move { axum::serve(listener, app).await });
+        let url = service.serve();
         Ok(Env {
             service,
             url,

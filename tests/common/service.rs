@@ -57,6 +57,20 @@ impl Service {
         Service { rt, state, admin }
     }
 
+    /// Serves the API on a real socket (127.0.0.1, a free port) for clients
+    /// that are separate programs; its URL.
+    pub fn serve(&self) -> String {
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = app(self.state.clone());
+        self.rt
+            .spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
     /// One JSON request; the status and the body (JSON, or a JSON string of
     /// a non-JSON body, or null when empty).
     pub fn call(
