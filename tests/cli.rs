@@ -9,60 +9,35 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use common::service::Service;
+use common::cli::{stderr, stdout, CliEnv, Vm};
 
-struct Env {
-    service: Service,
-    url: String,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let service = Service::start("cli", common::busybox_rootfs(), |_| {});
-        let url = service.serve();
-        Env { service, url }
-    })
+fn env() -> &'static CliEnv {
+    static ENV: OnceLock<CliEnv> = OnceLock::new();
+    ENV.get_or_init(|| CliEnv::start("cli"))
 }
 
 fn rewind(key: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rewind"))
-        .args(args)
-        .env("REWIND_URL", &env().url)
-        .env("REWIND_API_KEY", key)
-        .env("XDG_CONFIG_HOME", "/nonexistent")
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    env().rewind(key, args)
 }
 
 /// Deletes the sandbox when the test ends.
-struct Vm(String);
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let admin = env().service.admin.clone();
-        let _ = rewind(&admin, &["sandbox", "delete", &self.0]);
+fn vm(prefix: &str) -> Vm<'static> {
+    Vm {
+        env: env(),
+        name: common::unique(prefix),
     }
 }
 
 #[test]
 fn cli_run_exits_with_command_code_and_restore_undoes() {
     let key = env().service.user_key();
-    let vm = Vm(common::unique("cli"));
+    let vm = vm("cli");
 
-    let created = rewind(&key, &["sandbox", "create", &vm.0]);
-    let first = rewind(&key, &["--json", "run", &vm.0, "--", "echo one > f"]);
+    let created = rewind(&key, &["sandbox", "create", &vm.name]);
+    let first = rewind(&key, &["--json", "run", &vm.name, "--", "echo one > f"]);
     let failed = rewind(
         &key,
-        &["run", &vm.0, "--", "echo two > f; echo oops >&2; exit 7"],
+        &["run", &vm.name, "--", "echo two > f; echo oops >&2; exit 7"],
     );
     let snap: Value = serde_json::from_slice(&first.stdout).unwrap();
     let restored = rewind(
@@ -70,12 +45,12 @@ fn cli_run_exits_with_command_code_and_restore_undoes() {
         &[
             "snapshot",
             "restore",
-            &vm.0,
+            &vm.name,
             snap["snapshot"].as_str().unwrap(),
         ],
     );
-    let cat = rewind(&key, &["run", &vm.0, "--", "cat f"]);
-    let listed = rewind(&key, &["snapshot", "list", &vm.0]);
+    let cat = rewind(&key, &["run", &vm.name, "--", "cat f"]);
+    let listed = rewind(&key, &["snapshot", "list", &vm.name]);
 
     assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
     assert_eq!(
@@ -101,15 +76,15 @@ fn cli_run_exits_with_command_code_and_restore_undoes() {
 #[test]
 fn cli_sandbox_list_json_and_show() {
     let key = env().service.user_key();
-    let vm = Vm(common::unique("cli-list"));
-    rewind(&key, &["sandbox", "create", &vm.0]);
+    let vm = vm("cli-list");
+    rewind(&key, &["sandbox", "create", &vm.name]);
 
     let listed = rewind(&key, &["--json", "sandbox", "list"]);
-    let shown = rewind(&key, &["sandbox", "show", &vm.0]);
+    let shown = rewind(&key, &["sandbox", "show", &vm.name]);
 
     let body: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(body["vms"][0]["name"], vm.0.as_str());
-    assert_eq!(stdout(&shown), format!("{}\trunning\n", vm.0));
+    assert_eq!(body["vms"][0]["name"], vm.name.as_str());
+    assert_eq!(stdout(&shown), format!("{}\trunning\n", vm.name));
 }
 
 #[test]

@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A WebSocket handshake request.
+pub type WsRequest = tokio_tungstenite::tungstenite::handshake::client::Request;
 
 /// Why a CLI call failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +26,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A bad argument or local input, named in the message.
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot read the client config {path:?}")]
     Config {
         path: PathBuf,
@@ -88,6 +95,27 @@ impl Client {
             url: url.trim_end_matches('/').to_owned(),
             key: target.api_key,
         }
+    }
+
+    /// The WebSocket handshake request for `path` (`ws://` for `http://`;
+    /// no TLS here), with the key set.
+    pub fn ws_request(&self, path: &str) -> Result<WsRequest, ClientError> {
+        let url = match self.url.strip_prefix("http://") {
+            Some(rest) => format!("ws://{rest}{path}"),
+            None => {
+                return Err(ClientError::Usage(format!(
+                    "{}: only http:// servers are supported for terminals",
+                    self.url
+                )))
+            }
+        };
+        let bad = |e: &dyn std::fmt::Display| ClientError::Usage(format!("{url}: {e}"));
+        let mut req = url.as_str().into_client_request().map_err(|e| bad(&e))?;
+        if let Some(key) = &self.key {
+            let value = key.parse().map_err(|e| bad(&e))?;
+            req.headers_mut().insert("x-api-key", value);
+        }
+        Ok(req)
     }
 
     /// A request to `path` with the key set, for streamed bodies.

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::stream_run::RunBody;
 use super::{Client, ClientError};
 
 #[derive(Debug, Subcommand)]
@@ -12,7 +13,8 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: SandboxCommand,
     },
-    /// Run a shell command in a sandbox; exits with its exit code.
+    /// Run a shell command in a sandbox, printing its output as it comes
+    /// (`--json`: one JSON answer at the end); exits with its exit code.
     Run {
         sandbox: String,
         /// Seconds.
@@ -31,11 +33,23 @@ pub enum ClientCommand {
         timeout: Option<f64>,
         code: String,
     },
-    /// List, restore and fork snapshots.
+    /// List, restore, fork, diff, export and import snapshots.
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// An interactive terminal in the sandbox (raw mode when stdin is a
+    /// terminal; piped stdin otherwise, its end sent as Ctrl-D); exits
+    /// with the session's exit code.
+    Shell {
+        sandbox: String,
+        /// Run this command line instead of a login shell.
+        #[arg(long)]
+        command: Option<String>,
+    },
+    /// Copy files or directories: `cp <local> <sandbox>:<path>` or
+    /// `cp <sandbox>:<path> <local>`.
+    Cp { source: String, dest: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +83,15 @@ pub enum SnapshotCommand {
         #[arg(short, long)]
         output: Option<std::path::PathBuf>,
     },
+    /// What changed from snapshot `a` to `b` (or in the step that made `a`).
+    Diff {
+        sandbox: String,
+        a: String,
+        b: Option<String>,
+        /// Include unified diffs of small text files.
+        #[arg(long)]
+        content: bool,
+    },
     /// Create sandbox `name` from an archive (a file, or standard input);
     /// its `initial` snapshot is the archived state.
     Import {
@@ -86,6 +109,21 @@ pub fn execute(
     match command {
         ClientCommand::Sandbox { command } => sandbox(client, command, json_out),
         ClientCommand::Snapshot { command } => snapshot(client, command, json_out),
+        ClientCommand::Shell { sandbox, command } => {
+            super::shell::shell(client, &sandbox, command.as_deref(), json_out)
+        }
+        ClientCommand::Cp { source, dest } => super::copy::copy(client, &source, &dest, json_out),
+        ClientCommand::Run {
+            sandbox,
+            timeout,
+            command,
+        } if !json_out => {
+            let body = RunBody {
+                command: command.join(" "),
+                timeout,
+            };
+            super::stream_run::run(client, &sandbox, &body)
+        }
         ClientCommand::Run {
             sandbox,
             timeout,
@@ -163,6 +201,15 @@ fn snapshot(client: &Client, command: SnapshotCommand, json_out: bool) -> Result
             snapshot,
             output,
         } => return super::snapshot_archive::export(client, &sandbox, &snapshot, output),
+        SnapshotCommand::Diff {
+            sandbox,
+            a,
+            b,
+            content,
+        } => {
+            let pair = (a.as_str(), b.as_deref());
+            return super::snapshot_diff::diff(client, &sandbox, pair, content, json_out);
+        }
         SnapshotCommand::Import { name, file } => {
             super::snapshot_archive::import(client, &name, file)?
         }

@@ -11,7 +11,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 TOOLS = {
     "create_sandbox", "run_command", "run_code", "read_file", "write_file",
-    "list_snapshots", "restore_snapshot", "delete_sandbox",
+    "list_snapshots", "restore_snapshot", "diff", "delete_sandbox",
 }
 
 
@@ -41,6 +41,17 @@ async def main():
             second = await call("run_command", sandbox=name, command="echo two > f.txt && touch extra")
             assert first["snapshot"] != second["snapshot"], (first, second)
             assert (await call("read_file", sandbox=name, path="f.txt"))["content"] == "two\n"
+
+            step = await call("diff", sandbox=name, snapshot=second["snapshot"], content=True)
+            assert (step["from"], step["to"]) == (first["snapshot"], second["snapshot"]), step
+            assert (step["added"], step["modified"], step["deleted"]) == (1, 1, 0), step
+            changed = {c["path"]: c for c in step["changes"]}
+            assert changed["/workspace/extra"]["change"] == "added", step
+            assert "+two" in changed["/workspace/f.txt"]["diff"], step
+            whole = await call("diff", sandbox=name, snapshot=second["snapshot"], **{"from": "initial"})
+            assert sorted(c["path"] for c in whole["changes"]) == ["/workspace/extra", "/workspace/f.txt"], whole
+            bad = await session.call_tool("diff", {"sandbox": name, "snapshot": "no-such-snapshot"})
+            assert bad.isError and "no-such-snapshot" in bad.content[0].text, bad
 
             await call("restore_snapshot", sandbox=name, snapshot=first["snapshot"])
             back = await call("run_command", sandbox=name, command="cat f.txt; ls")

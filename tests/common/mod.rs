@@ -3,6 +3,7 @@
 //! to the built binaries, and a fresh data directory per test binary.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod python;
 pub mod service;
 

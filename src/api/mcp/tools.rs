@@ -77,6 +77,19 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct DiffArgs {
+    pub sandbox: String,
+    /// The later snapshot.
+    pub snapshot: String,
+    /// The earlier snapshot (default: the one just before `snapshot`, i.e.
+    /// what the step that made `snapshot` changed).
+    pub from: Option<String>,
+    /// Also return unified diffs of small text files.
+    #[serde(default)]
+    pub content: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct PromptArgs {
     /// Name for the new sandbox.
     pub name: Option<String>,
@@ -264,6 +277,23 @@ impl Rewind {
             .restore(&caller, &a.sandbox, &a.snapshot)
             .await;
         reply(restored.map(|()| serde_json::json!({"restored": a.snapshot})))
+    }
+
+    #[tool(
+        description = "What changed between two snapshots: the paths added, modified and deleted (from defaults to the snapshot just before, i.e. what that step did). content=true adds unified diffs of small text files."
+    )]
+    async fn diff(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(a): Parameters<DiffArgs>,
+    ) -> ToolResult {
+        let caller = caller(&parts)?;
+        let from = a.from.as_deref();
+        let diff = self
+            .sandboxes
+            .diff(&caller, &a.sandbox, &a.snapshot, from, a.content)
+            .await;
+        reply(diff)
     }
 
     #[tool(description = "Delete the sandbox and all its snapshots.")]
