@@ -12,7 +12,7 @@ PACKAGES=(
   linux-image-amd64              # guest kernel (bzImage)
   qemu-system-x86                # guest image test under software emulation
   kmod python3 procps             # guest image (depmod), boot bench probe, test helpers (pgrep)
-  python3-venv                   # tests/v1.rs (py-microvm), tests/clients.rs (MCP and microsandbox SDKs): venvs
+  python3-venv                   # tests/v1.rs (py-microvm), tests/clients.rs (MCP and microsandbox SDKs), tests/python_sdk.rs: venvs
   e2fsprogs util-linux iproute2 rsync curl jq
 )
 

@@ -559,3 +559,45 @@ fn rpc_every_error_code() {
     assert_eq!(cases[3].1["id"], "t");
     result(rpc(s, &key, "sandbox.stop", sb));
 }
+
+/// -32603 for a failure inside rewind, provoked honestly: a command
+/// unmounts its own `/workspace`, so the agent refuses the next exec
+/// (`WorkspaceUnavailable`, a 503 on the native API). The answer carries
+/// the reason; nothing is snapshotted for the refused call.
+#[test]
+fn rpc_internal_error_when_the_agent_refuses_to_run() {
+    let Some(s) = env("rpc_internal_error_when_the_agent_refuses_to_run") else {
+        return;
+    };
+    let (key, key_id) = key_with_id(s);
+    let ns = common::unique("ns");
+    let sb = |extra: Value| {
+        let mut params = json!({"sandbox": "broken", "namespace": ns});
+        params
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        params
+    };
+    result(rpc(s, &key, "sandbox.start", sb(json!({}))));
+    let name = format!("k{key_id}.{ns}.broken");
+    let _vm = Vm {
+        s,
+        name: name.clone(),
+    };
+    let unmount = json!({"command": "sh", "args": ["-c", "umount -l /workspace"]});
+    result(rpc(s, &key, "sandbox.command.run", sb(unmount)));
+    let before = s.snapshot_names(&key, &name);
+
+    let answer = rpc(
+        s,
+        &key,
+        "sandbox.command.run",
+        sb(json!({"command": "true"})),
+    );
+
+    assert_eq!(error_code(&answer), -32603, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("WorkspaceUnavailable"), "{answer}");
+    assert_eq!(s.snapshot_names(&key, &name), before);
+}
