@@ -280,3 +280,49 @@ fn cli_snapshot_diff_human_and_json() {
         stderr(&missing)
     );
 }
+
+/// With a terminal on stdin the CLI goes raw, passes the terminal's size,
+/// and puts the terminal back as it was when the session ends.
+#[test]
+fn cli_shell_on_a_terminal_passes_its_size_and_restores_it() {
+    use nix::pty::{openpty, Winsize};
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    use std::io::Read;
+
+    let (key, vm) = sandbox("cli-tty");
+    let size = Winsize {
+        ws_row: 31,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size), None).unwrap();
+    let before = tcgetattr(&pty.slave).unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    // Typed ahead: the CLI reads it once it is in raw mode.
+    master.write_all(b"stty size; exit 4\r").unwrap();
+    let stdio = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    let mut child = env()
+        .command(&key, &["shell", &vm.name])
+        .stdin(stdio(&pty.slave))
+        .stdout(stdio(&pty.slave))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let _ = master.read_to_end(&mut seen); // EIO once every slave fd is closed
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+
+    let status = child.wait().unwrap();
+    let after = tcgetattr(&pty.slave).unwrap();
+    drop(pty.slave);
+    let seen = reader.join().unwrap();
+
+    assert_eq!(status.code(), Some(4), "{seen}");
+    assert!(seen.contains("31 101"), "{seen}");
+    let canonical = LocalFlags::ICANON | LocalFlags::ECHO;
+    assert!(before.local_flags.contains(canonical));
+    assert_eq!(after.local_flags, before.local_flags);
+}

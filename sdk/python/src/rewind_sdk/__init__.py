@@ -4,7 +4,7 @@ Every command run in a rewind sandbox leaves a Btrfs snapshot of its
 workspace; :meth:`Sandbox.restore` puts the workspace back to any of them.
 
 >>> from rewind_sdk import Rewind
->>> with Rewind("http://127.0.0.1:4000", "rw_...") as client:     # doctest: +SKIP
+>>> with Rewind("http://127.0.0.1:4000", "ws_...") as client:     # doctest: +SKIP
 ...     with client.create("demo") as sandbox:
 ...         good = sandbox.run("echo one > f")
 ...         sandbox.run("rm f")

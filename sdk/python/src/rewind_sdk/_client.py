@@ -27,7 +27,7 @@ class Rewind:
     Use it as a context manager, or call :meth:`close`, to free its
     connections::
 
-        with Rewind("http://127.0.0.1:4000", "rw_...") as client:
+        with Rewind("http://127.0.0.1:4000", "ws_...") as client:
             with client.create("demo") as sandbox:
                 print(sandbox.run("echo hi").stdout)
     """
