@@ -15,6 +15,7 @@ from rewind_sdk import (
     NotFound,
     Rewind,
     RewindError,
+    Sandbox,
     Snapshot,
 )
 
@@ -163,7 +164,12 @@ def test_errors_carry_status_and_message(client: Rewind, name: str) -> None:
             sb.restore("cmd_999999")
         with pytest.raises(BadRequest) as bad_path:
             sb.read("")
-    with Rewind(api_key="rw_not_a_key") as wrong:
+        with pytest.raises(BadRequest) as bad_stream:
+            next(sb.stream(""))
+        untouched = len(sb.snapshots())
+    with pytest.raises(NotFound) as stream_missing:
+        list(Sandbox(client, "no-such-sandbox").stream("true"))
+    with Rewind(api_key="ws_not_a_key") as wrong:
         with pytest.raises(Forbidden) as forbidden:
             wrong.list()
     with Rewind("http://127.0.0.1:9", "x") as nowhere:
@@ -175,6 +181,9 @@ def test_errors_carry_status_and_message(client: Rewind, name: str) -> None:
     assert taken.value.status == 409
     assert no_snapshot.value.status == 404
     assert bad_path.value.status == 400 and "path" in bad_path.value.message
+    assert bad_stream.value.status == 400 and "command" in bad_stream.value.message
+    assert untouched == 1  # refused requests left no snapshot
+    assert stream_missing.value.status == 404
     assert forbidden.value.status == 403
     assert unreachable.value.status == 0 and "127.0.0.1:9" in str(unreachable.value)
     assert all(isinstance(e.value, RewindError) for e in (bad, missing, taken, forbidden))
