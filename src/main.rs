@@ -17,7 +17,7 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     overrides: OverrideArgs,
-    /// Server of the client subcommands (sandbox, run, repl, snapshot).
+    /// Server of the client subcommands (sandbox, run, repl, shell, cp, snapshot).
     #[arg(long, env = "REWIND_URL", global = true)]
     url: Option<String>,
     /// API key of the client subcommands.
