@@ -39,6 +39,7 @@ fn cli_run_streams_output_and_exits_with_the_command_code() {
         &key,
         &["run", &vm.name, "--", "echo out; echo err >&2; exit 5"],
     );
+    let missing = env().rewind(&key, &["run", "no-such-sandbox", "--", "true"]);
 
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert_eq!(stdout(&out), "out\n");
@@ -49,6 +50,12 @@ fn cli_run_streams_output_and_exits_with_the_command_code() {
         .service
         .snapshot_names(&key, &vm.name)
         .contains(&snapshot));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).starts_with("rewind: 404") && stderr(&missing).contains("no-such-sandbox"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]
