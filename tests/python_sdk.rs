@@ -36,27 +36,12 @@ fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/python")
 }
 
-/// The debootstrap image when built (python3 in the sandbox), else busybox.
-fn base_image() -> (PathBuf, bool) {
-    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
-    if real.join(".rewind-image-complete").exists() {
-        return (real, true);
-    }
-    eprintln!(
-        "NOTE: debootstrap base image not built at {}; using the busybox test rootfs",
-        real.display()
-    );
-    (common::busybox_rootfs(), false)
-}
-
 fn env(test: &str) -> Option<&'static Env> {
     static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
     let env = ENV.get_or_init(|| {
         let python = common::python::venv("venv-python-sdk", PACKAGES)?;
         common::python::install_local(&python, &sdk_dir())?;
-        let (image, has_python) = base_image();
+        let (image, has_python) = common::debootstrap_or_busybox();
         let service = Service::start("python-sdk", image, |_| {});
         let url = service.serve();
         Ok(Env {

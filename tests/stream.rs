@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ struct Env {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let (image, full_image) = base_image();
+        let (image, full_image) = common::debootstrap_or_busybox();
         let service = Service::start("stream", image, |config| {
             config.exec.pty_idle_timeout_secs = 5;
             config.exec.max_stdin_bytes = 64 * 1024;
@@ -55,21 +54,6 @@ fn env() -> &'static Env {
             full_image,
         }
     })
-}
-
-/// The debootstrap image when built (python3, bash), else busybox.
-fn base_image() -> (PathBuf, bool) {
-    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
-    if real.join(".rewind-image-complete").exists() {
-        return (real, true);
-    }
-    eprintln!(
-        "NOTE: debootstrap base image not built at {}; using the busybox test rootfs",
-        real.display()
-    );
-    (common::busybox_rootfs(), false)
 }
 
 /// A new user key and a sandbox it owns.

@@ -37,6 +37,23 @@ pub fn test_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/rewind-test"))
 }
 
+/// The debootstrap base image (`$REWIND_TEST_BASE_IMAGE`, default
+/// `/var/lib/rewind/images/base/rootfs`) and `true` when it is built
+/// (python3, bash, node), else the busybox rootfs and `false`, with a note.
+pub fn debootstrap_or_busybox() -> (PathBuf, bool) {
+    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
+    if real.join(".rewind-image-complete").exists() {
+        return (real, true);
+    }
+    eprintln!(
+        "NOTE: debootstrap base image not built at {}; using the busybox test rootfs",
+        real.display()
+    );
+    (busybox_rootfs(), false)
+}
+
 /// A minimal root filesystem made of busybox-static, built once.
 pub fn busybox_rootfs() -> PathBuf {
     let root = test_root().join("busybox-rootfs");
