@@ -215,6 +215,16 @@ pub struct PciDeviceInfo {
     pub bdf: String,
 }
 
+/// `PUT /vm.resize`: new vCPU count and/or RAM size (bytes). CH refuses
+/// what the VM was not booted to allow (e.g. more than `max_vcpus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmResize {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_ram: Option<u64>,
+}
+
 /// `PUT /vm.remove-device`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRemoveDevice {
