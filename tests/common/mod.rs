@@ -3,6 +3,7 @@
 //! to the built binaries, and a fresh data directory per test binary.
 #![allow(dead_code)]
 
+pub mod py_microvm;
 pub mod service;
 
 use std::path::{Path, PathBuf};
