@@ -51,8 +51,11 @@ fn details(body: &Value) -> Vec<String> {
     fields
 }
 
-/// A multipart body of `parts` (name, optional file name, bytes).
-fn multipart(key: &str, uri: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Request<Body> {
+/// One part of a multipart body: name, file name (for a file), bytes.
+type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+/// A multipart body of `parts`.
+fn multipart(key: &str, uri: &str, parts: &[Part]) -> Request<Body> {
     let boundary = "rewind-test-boundary-7d1f";
     let mut body = Vec::new();
     for (name, file, data) in parts {
@@ -209,7 +212,7 @@ fn v1_file_bad_input_is_4xx_naming_the_field_and_writes_nothing() {
     let key = svc().user_key();
     let vm = create(&key, "filebad");
     let upload = format!("/vms/{vm}/files/upload");
-    let cases: [(&[(&str, Option<&str>, &[u8])], &str); 4] = [
+    let cases: [(&[Part], &str); 4] = [
         (&[("file", Some("x"), b"x")], "path"),
         (&[("path", None, b"x")], "file"),
         (
@@ -233,6 +236,12 @@ fn v1_file_bad_input_is_4xx_naming_the_field_and_writes_nothing() {
             "{body}"
         );
     }
+    let (status, body) = v1("POST", &upload, &key, Some(json!({"path": "x"})));
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("bad_request")),
+        "{body}"
+    );
     let (status, body) = v1("GET", &format!("/vms/{vm}/files/download"), &key, None);
     assert_eq!(
         (status, details(&body)),
