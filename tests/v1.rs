@@ -151,7 +151,8 @@ fn v1_create_sizes_become_the_sandbox_cgroup_limits() {
     let used = m["memory"]["used_mb"].as_f64().unwrap();
     assert!(used > 0.0 && used < 256.0, "{m}");
     assert!(m["network"]["bytes_in"].is_u64(), "{m}");
-    assert_eq!(m["disk"]["used_gb"], Value::Null, "{m}");
+    // The default disk limit (limits.disk_mb = 10240).
+    assert_eq!(m["disk"]["allocated_gb"], json!(10.0), "{m}");
     v1("DELETE", &format!("/vms/{vm}"), Some(&token), None);
 }
 

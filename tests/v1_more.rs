@@ -731,3 +731,35 @@ fn v1_port_forward_bad_input_is_422_naming_the_field_and_opens_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     v1("DELETE", &format!("/vms/{vm}"), &key, None);
 }
+
+#[test]
+fn v1_vm_metrics_show_the_disk_limit_and_what_counts_against_it() {
+    let key = svc().user_key();
+    let vm = common::unique("vmdisk");
+    let (status, body) = v1(
+        "POST",
+        "/vms",
+        &key,
+        Some(json!({"name": vm, "storage_config": {"disk_size_gb": 1}})),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    execute(
+        &key,
+        &vm,
+        "dd if=/dev/urandom of=/workspace/blob bs=1M count=50 2>/dev/null",
+    );
+    svc().state.sandboxes.storage.sync().unwrap();
+
+    let (status, m) = v1("GET", &format!("/vms/{vm}/metrics"), &key, None);
+
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let disk = &m["disk"];
+    let used = disk["used_gb"].as_f64().unwrap();
+    assert_eq!(disk["allocated_gb"], json!(1.0), "{m}");
+    assert!((0.04..0.5).contains(&used), "{m}");
+    let available = disk["available_gb"].as_f64().unwrap();
+    assert!((available - (1.0 - used)).abs() < 0.011, "{m}");
+    let (_, got) = v1("GET", &format!("/vms/{vm}"), &key, None);
+    assert_eq!(got["resource_usage"]["disk_usage_gb"], json!(used), "{got}");
+    v1("DELETE", &format!("/vms/{vm}"), &key, None);
+}
