@@ -104,3 +104,34 @@ pub async fn restart(
         ..changed("VM restarted successfully", row.name, row.status.as_str())
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(json: &str) -> V1Result<StopMode> {
+        serde_json::from_str::<StopBody>(json).unwrap().mode()
+    }
+
+    #[test]
+    fn mode_is_graceful_with_the_default_timeout() {
+        assert_eq!(
+            mode("{}").unwrap(),
+            StopMode::Graceful(Duration::from_secs(DEFAULT_STOP_TIMEOUT))
+        );
+    }
+
+    #[test]
+    fn mode_force_kills_at_once() {
+        assert_eq!(
+            mode(r#"{"force": true, "timeout_seconds": 5}"#).unwrap(),
+            StopMode::Force
+        );
+    }
+
+    #[test]
+    fn mode_refuses_a_timeout_out_of_range_even_with_force() {
+        let err = mode(r#"{"force": true, "timeout_seconds": 0}"#).unwrap_err();
+        assert!(matches!(err, V1Error::Validation(d) if d[0].field == "timeout_seconds"));
+    }
+}

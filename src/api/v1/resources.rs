@@ -133,3 +133,41 @@ pub async fn update(
         applies_after_restart: later,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> ResourcesBody {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn validate_keeps_only_the_given_sizes() {
+        let req = validate(&body(r#"{"memory_mb": 512}"#)).unwrap();
+        assert_eq!(
+            req,
+            Resize {
+                vcpus: None,
+                memory_mb: Some(512),
+                disk_gb: None
+            }
+        );
+    }
+
+    #[test]
+    fn validate_names_every_bad_field() {
+        let err = validate(&body(
+            r#"{"vcpus": 0, "memory_mb": 1, "cpu_limit_percent": 50}"#,
+        ))
+        .unwrap_err();
+        let fields: Vec<&str> = err.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["vcpus", "memory_mb", "cpu_limit_percent"]);
+    }
+
+    #[test]
+    fn validate_of_an_empty_body_asks_for_a_size() {
+        let err = validate(&body("{}")).unwrap_err();
+        assert_eq!(err[0].field, "body");
+    }
+}
