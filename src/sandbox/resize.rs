@@ -4,8 +4,8 @@
 //!
 //! Order, so that a failure changes nothing: check the disk limit can be
 //! changed → the runtime's live resize (memory first; refused = nothing
-//! changed) → the disk qgroup's limit → the recorded spec, which every later
-//! start uses.
+//! changed) → the disk qgroup's limit (on failure the old CPU and memory
+//! limits are put back) → the recorded spec, which every later start uses.
 
 use super::{parse_sandbox_name, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -47,7 +47,13 @@ impl Sandboxes {
         let live = self.resize_live(&row, &resized, &sandbox).await?;
         if let Some(bytes) = disk_bytes {
             let sb = sandbox.clone();
-            self.blocking(move |s| s.set_disk_limit(&sb, bytes)).await?;
+            if let Err(e) = self.blocking(move |s| s.set_disk_limit(&sb, bytes)).await {
+                // Put the old CPU and memory limits back (best effort).
+                if let Err(undo) = self.resize_live(&row, &row, &sandbox).await {
+                    tracing::error!(sandbox = %row.name, error = %undo, "rollback of a resize failed");
+                }
+                return Err(e);
+            }
         }
         let (id, spec) = (row.id, resized.spec.clone());
         self.db
