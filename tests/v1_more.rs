@@ -763,3 +763,43 @@ fn v1_vm_metrics_show_the_disk_limit_and_what_counts_against_it() {
     assert_eq!(got["resource_usage"]["disk_usage_gb"], json!(used), "{got}");
     v1("DELETE", &format!("/vms/{vm}"), &key, None);
 }
+
+#[test]
+fn v1_resources_memory_below_what_the_vm_holds_is_409_and_changes_nothing() {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // cgroup v2 takes such a limit and OOM-kills instead of refusing it.
+        println!(
+            "SKIPPED v1_resources_memory_below_what_the_vm_holds_is_409_and_changes_nothing: \
+             cgroup v2 host (the refusal is cgroup v1's EBUSY)"
+        );
+        return;
+    }
+    let key = svc().user_key();
+    let vm = create(&key, "resbusy");
+    // tmpfs pages cannot be reclaimed (no swap for the sandbox).
+    execute(
+        &key,
+        &vm,
+        "dd if=/dev/zero of=/dev/shm/hold bs=1M count=200 2>/dev/null",
+    );
+
+    let (status, body) = v1(
+        "PUT",
+        &format!("/vms/{vm}/resources"),
+        &key,
+        Some(json!({"vcpus": 2, "memory_mb": 128})),
+    );
+
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::CONFLICT, &json!("conflict")),
+        "{body}"
+    );
+    assert_eq!(
+        (memory_limit(&vm), cpu_quota(&vm)),
+        ((256u64 << 20).to_string(), "100000".to_owned())
+    );
+    let (_, got) = v1("GET", &format!("/vms/{vm}"), &key, None);
+    assert_eq!((&got["vcpus"], &got["memory_mb"]), (&json!(1), &json!(256)));
+    v1("DELETE", &format!("/vms/{vm}"), &key, None);
+}
