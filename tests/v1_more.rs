@@ -623,6 +623,13 @@ fn v1_system_metrics_report_the_host_and_the_callers_vms() {
     let (status, body) = v1("GET", "/system/metrics", &key, None);
 
     assert_eq!(status, StatusCode::OK, "{body}");
+    for path in ["/system/metrics", "/networks"] {
+        let (status, body) = svc().call("GET", &format!("/api/v1{path}"), None, None);
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::UNAUTHORIZED, &json!("unauthorized"))
+        );
+    }
     assert_eq!(
         body["vms"],
         json!({"total_count": 2, "running_count": 1, "stopped_count": 1, "failed_count": 0,
