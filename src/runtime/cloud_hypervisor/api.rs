@@ -266,6 +266,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vm_resize_sends_only_what_changes() {
+        let cpu = VmResize {
+            desired_vcpus: Some(2),
+            desired_ram: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&cpu).unwrap(),
+            r#"{"desired_vcpus":2}"#
+        );
+    }
+
+    #[test]
     fn vm_info_deserializes_ch_answer_with_unknown_fields() {
         let json = r#"{"config":{"cpus":{"boot_vcpus":1,"max_vcpus":1,"kvm_hyperv":false},
             "memory":{"size":268435456,"shared":false},
