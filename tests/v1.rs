@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use axum::body::Body;
@@ -152,7 +151,8 @@ fn v1_create_sizes_become_the_sandbox_cgroup_limits() {
     let used = m["memory"]["used_mb"].as_f64().unwrap();
     assert!(used > 0.0 && used < 256.0, "{m}");
     assert!(m["network"]["bytes_in"].is_u64(), "{m}");
-    assert_eq!(m["disk"]["used_gb"], Value::Null, "{m}");
+    // The default disk limit (limits.disk_mb = 10240).
+    assert_eq!(m["disk"]["allocated_gb"], json!(10.0), "{m}");
     v1("DELETE", &format!("/vms/{vm}"), Some(&token), None);
 }
 
@@ -587,26 +587,6 @@ fn v1_failed_logins_back_off_with_429() {
     assert!(body["retry_after_seconds"].as_u64().unwrap() >= 1, "{body}");
 }
 
-/// A venv with the published client, made once per test root.
-fn py_microvm_venv() -> PathBuf {
-    let venv = common::test_root().join("py-microvm-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let ok = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 (scripts/install-deps.sh installs it with python3-venv)");
-        assert!(ok.success(), "python3 -m venv failed");
-    }
-    let ok = std::process::Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "py-microvm==1.0.1"])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "pip install py-microvm==1.0.1 failed");
-    python
-}
-
 const CLIENT_SCRIPT: &str = r#"
 import asyncio, sys
 from microvm_client import MicroVMClient
@@ -627,7 +607,7 @@ asyncio.run(main(*sys.argv[1:]))
 
 #[test]
 fn published_py_microvm_client_works_unchanged() {
-    let python = py_microvm_venv();
+    let python = common::py_microvm::python();
     let (_, token) = user();
     let listener = env()
         .rt

@@ -154,8 +154,8 @@ pub async fn upload(
     Err(ApiError::BadRequest("file: missing".into()))
 }
 
-/// A streamed download with `Content-Length`.
-fn download(file: FileDownload) -> Response {
+/// A streamed download with `Content-Length` (also the v1 download).
+pub(crate) fn download(file: FileDownload) -> Response {
     let mut response = Body::from_stream(file.body.map_err(|e| {
         tracing::error!(error = %crate::runtime::chain(&e), "download broke off");
         e

@@ -60,6 +60,23 @@ impl NetCounters {
     }
 }
 
+/// Whether a new limit took effect on the running sandbox ([`Runtime::resize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The running sandbox has it now.
+    Now,
+    /// It is recorded and takes effect at the next start; `reason` says why
+    /// not now.
+    AfterRestart { reason: String },
+}
+
+/// What [`Runtime::resize`] did with the CPU and memory limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resized {
+    pub cpu: Applied,
+    pub memory: Applied,
+}
+
 /// Which runtime a sandbox uses (stored per sandbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -144,6 +161,12 @@ pub enum RuntimeError {
     },
     #[error("failed to put the workspace back for sandbox {sandbox}")]
     Remount {
+        sandbox: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("cannot change the limits of sandbox {sandbox}")]
+    Resize {
         sandbox: String,
         #[source]
         source: Cause,
@@ -335,6 +358,36 @@ pub trait Runtime: Send + Sync + 'static {
         _dir: &Path,
     ) -> Result<RuntimeState, RuntimeError> {
         Err(unsupported(self.kind(), "memory snapshots"))
+    }
+
+    /// Change the CPU and memory limits of the running sandbox to `limits`
+    /// where this runtime can do it live; the rest applies at the next start
+    /// (the caller records `limits`). On error nothing was changed.
+    async fn resize(
+        &self,
+        _sb: &SandboxContext,
+        _state: &RuntimeState,
+        _limits: &Limits,
+    ) -> Result<Resized, RuntimeError> {
+        let reason = format!("the {} runtime cannot resize live", self.kind().as_str());
+        Ok(Resized {
+            cpu: Applied::AfterRestart {
+                reason: reason.clone(),
+            },
+            memory: Applied::AfterRestart { reason },
+        })
+    }
+
+    /// Stop gracefully: ask the sandbox's processes to end (namespace:
+    /// SIGTERM to each one but its PID 1), wait up to `grace` for them, then
+    /// [`Runtime::stop`] (which kills what is left). By default a plain stop.
+    async fn stop_gracefully(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+        _grace: std::time::Duration,
+    ) -> Result<(), RuntimeError> {
+        self.stop(sb, state).await
     }
 
     /// Stop the sandbox and release every host resource it held (processes,

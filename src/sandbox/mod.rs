@@ -24,12 +24,14 @@ mod metrics;
 mod pty;
 mod recover;
 mod repl;
+mod resize;
 mod restore;
 mod run;
 mod snapshot_files;
 mod snapshots;
 mod start;
 mod stop;
+mod system;
 mod wipe;
 mod workspace;
 
@@ -53,8 +55,11 @@ pub use forward::NewForward;
 pub use metrics::Metrics;
 pub use pty::{PtyEnd, PtyEndReason, PtyInput, PtyOptions, PtySession, MAX_TERMINAL_SIDE};
 pub use repl::{parse_language, ReplRequest, ReplResult};
+pub use resize::{Resize, ResizeOutcome};
 pub use run::{RunEvent, RunOutput, RunRequest, RunStream, RunSummary};
 pub use snapshots::{tree_sha256, CreateSnapshot, SnapshotView};
+pub use stop::StopMode;
+pub use system::{HostMetrics, VmTotals};
 
 /// Failure of a sandbox operation; the API maps each variant to a status.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,13 @@
 //! Stop a sandbox: wait for its running command (the sandbox lock) → close
-//! its egress proxy → the runtime ends every process (namespace: PID 1,
-//! which takes its PID namespace along, then whatever is left in its
-//! cgroups; Cloud Hypervisor: the VMM) → status `stopped`. The workspace,
-//! snapshots and port-forward rows are kept; [`Sandboxes::start`] boots it
-//! again on the current workspace.
+//! its egress proxy → the runtime ends every process ([`StopMode::Force`]:
+//! at once — namespace: PID 1, which takes its PID namespace along, then
+//! whatever is left in its cgroups; Cloud Hypervisor: the VMM.
+//! [`StopMode::Graceful`]: SIGTERM first and a bounded wait, see
+//! [`crate::runtime::Runtime::stop_gracefully`]) → status `stopped`. The
+//! workspace, snapshots and port-forward rows are kept; [`Sandboxes::start`]
+//! boots it again on the current workspace.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -11,8 +15,27 @@ use super::{SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::{Db, SandboxRow, SandboxStatus};
 
+/// How [`Sandboxes::stop_with`] ends the sandbox's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGKILL at once (the native `POST /vms/:name/stop`).
+    Force,
+    /// SIGTERM, up to this long for them to exit, then SIGKILL.
+    Graceful(Duration),
+}
+
 impl Sandboxes {
+    /// Stop at once ([`StopMode::Force`]).
     pub async fn stop(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
+        self.stop_with(caller, name, StopMode::Force).await
+    }
+
+    pub async fn stop_with(
+        &self,
+        caller: &Caller,
+        name: &str,
+        mode: StopMode,
+    ) -> Result<SandboxRow, SandboxError> {
         let _lifecycle = self.lifecycle.lock().await;
         let row = self.find(caller, name).await?;
         if !matches!(row.status, SandboxStatus::Running | SandboxStatus::Failed) {
@@ -30,7 +53,14 @@ impl Sandboxes {
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context_of(&row, &sandbox);
         self.close_egress(&row.name);
-        self.runtime.stop(&ctx, &row.runtime_state).await?;
+        match mode {
+            StopMode::Force => self.runtime.stop(&ctx, &row.runtime_state).await?,
+            StopMode::Graceful(grace) => {
+                self.runtime
+                    .stop_gracefully(&ctx, &row.runtime_state, grace)
+                    .await?
+            }
+        }
         self.remove_entry(&row.name);
         let id = row.id;
         let row = self

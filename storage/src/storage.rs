@@ -176,6 +176,20 @@ impl Storage {
         }
     }
 
+    /// Change the disk limit of sandbox `sb` to `bytes`, live (its qgroup's
+    /// `max_rfer`). `Ok(false)` when it has no limit to change (quotas off,
+    /// or a sandbox created without one): nothing was changed.
+    pub fn set_disk_limit(&self, sb: &SandboxName, bytes: u64) -> Result<bool, StorageError> {
+        let dir = self.layout().sandbox(sb);
+        if !dir.is_dir() {
+            return Err(StorageError::not_found("sandbox", sb));
+        }
+        match self.disk_group(&dir)? {
+            Some(group) => quota::set_limit(self.pool_path(), group, bytes).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     pub(crate) fn layout(&self) -> &Layout {
         &self.inner.layout
     }

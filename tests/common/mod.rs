@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod python;
+pub mod py_microvm;
 pub mod service;
 
 use std::path::{Path, PathBuf};

@@ -128,6 +128,9 @@ fn api_body(e: ApiError) -> Body {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::CONFLICT => "conflict",
         StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::NOT_IMPLEMENTED => "not_implemented",
+        StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
         _ => "internal_error",
     };
     let request_id = (code == "internal_error").then(crate::api::error::current_request_id);

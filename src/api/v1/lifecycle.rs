@@ -1,6 +1,8 @@
 //! `POST /api/v1/vms/{vm_name}/start|stop|restart`: real stop and start
 //! ([`crate::sandbox`]'s `stop.rs` / `start.rs`).
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -9,17 +11,36 @@ use super::error::{V1Error, V1Result};
 use super::extract::JsonOrEmpty;
 use crate::api::AppState;
 use crate::auth::Caller;
+use crate::sandbox::StopMode;
 
-/// Body of `stop` (optional). The namespace runtime ends a sandbox at once
-/// (SIGKILL of its PID 1 and its cgroup), so `force` and `timeout_seconds`
-/// are validated and accepted but do not change how it stops.
+/// Body of `stop` (optional). `force`: SIGKILL at once. Otherwise the
+/// sandbox's processes get SIGTERM and up to `timeout_seconds` (default
+/// [`DEFAULT_STOP_TIMEOUT`]) to exit before SIGKILL.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StopBody {
     #[serde(default)]
-    #[allow(dead_code)]
     force: bool,
     timeout_seconds: Option<i64>,
+}
+
+/// Grace period of a non-forced stop without `timeout_seconds`.
+pub const DEFAULT_STOP_TIMEOUT: u64 = 10;
+
+impl StopBody {
+    fn mode(&self) -> V1Result<StopMode> {
+        let timeout = self.timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT as i64);
+        if !(1..=3600).contains(&timeout) {
+            return Err(V1Error::invalid(
+                "timeout_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        Ok(match self.force {
+            true => StopMode::Force,
+            false => StopMode::Graceful(Duration::from_secs(timeout as u64)),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -64,16 +85,8 @@ pub async fn stop(
     Path(name): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<StopBody>,
 ) -> V1Result<Json<Changed>> {
-    if body
-        .timeout_seconds
-        .is_some_and(|t| !(1..=3600).contains(&t))
-    {
-        return Err(V1Error::invalid(
-            "timeout_seconds",
-            "must be between 1 and 3600",
-        ));
-    }
-    let row = state.sandboxes.stop(&caller, &name).await?;
+    let mode = body.mode()?;
+    let row = state.sandboxes.stop_with(&caller, &name, mode).await?;
     Ok(Json(Changed {
         stopped_at: Some(super::utc(&row.updated_at)),
         ..changed("VM stopped successfully", row.name, row.status.as_str())
@@ -90,4 +103,35 @@ pub async fn restart(
         restarted_at: row.started_at.as_deref().map(super::utc),
         ..changed("VM restarted successfully", row.name, row.status.as_str())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(json: &str) -> V1Result<StopMode> {
+        serde_json::from_str::<StopBody>(json).unwrap().mode()
+    }
+
+    #[test]
+    fn mode_is_graceful_with_the_default_timeout() {
+        assert_eq!(
+            mode("{}").unwrap(),
+            StopMode::Graceful(Duration::from_secs(DEFAULT_STOP_TIMEOUT))
+        );
+    }
+
+    #[test]
+    fn mode_force_kills_at_once() {
+        assert_eq!(
+            mode(r#"{"force": true, "timeout_seconds": 5}"#).unwrap(),
+            StopMode::Force
+        );
+    }
+
+    #[test]
+    fn mode_refuses_a_timeout_out_of_range_even_with_force() {
+        let err = mode(r#"{"force": true, "timeout_seconds": 0}"#).unwrap_err();
+        assert!(matches!(err, V1Error::Validation(d) if d[0].field == "timeout_seconds"));
+    }
 }

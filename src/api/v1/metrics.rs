@@ -29,14 +29,33 @@ pub struct Memory {
     available_mb: Option<f64>,
 }
 
+/// The sandbox's disk limit and what counts against it (its workspace,
+/// overlay upper dir and what its snapshots still hold: the qgroup), as of
+/// the last committed Btrfs transaction; `null` without a disk limit.
 #[derive(Serialize)]
 pub struct Disk {
-    /// `storage_config.disk_size_gb` as asked (not enforced yet).
-    allocated_gb: Option<u64>,
-    /// Not measured yet: `null`.
+    allocated_gb: Option<f64>,
     used_gb: Option<f64>,
     usage_percent: Option<f64>,
     available_gb: Option<f64>,
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+impl Disk {
+    fn of(view: Option<crate::sandbox::DiskView>) -> Disk {
+        let limit = view.map(|d| d.limit_mb as f64 * MIB);
+        let used = view.map(|d| d.used_bytes as f64);
+        Disk {
+            allocated_gb: limit.map(|l| round2(l / GIB)),
+            used_gb: used.map(|u| round2(u / GIB)),
+            usage_percent: limit
+                .zip(used)
+                .filter(|(l, _)| *l > 0.0)
+                .map(|(l, u)| round2(u / l * 100.0)),
+            available_gb: limit.zip(used).map(|(l, u)| round2((l - u).max(0.0) / GIB)),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -67,6 +86,7 @@ pub async fn metrics(
     Path(name): Path<String>,
 ) -> V1Result<Json<MetricsView>> {
     let m = state.sandboxes.metrics(&caller, &name).await?;
+    let disk = state.sandboxes.disk(&m.row.name).await?;
     let vm = super::vms::VmView::new(&state, &m.row);
     let vcpus = vm.vcpus();
     let uptime = vm.uptime_seconds().filter(|&s| s > 0);
@@ -90,12 +110,7 @@ pub async fn metrics(
             usage_percent: used_mb.map(|u| round2(u / allocated_mb as f64 * 100.0)),
             available_mb: used_mb.map(|u| round2(allocated_mb as f64 - u)),
         },
-        disk: Disk {
-            allocated_gb: m.row.spec.disk_gb,
-            used_gb: None,
-            usage_percent: None,
-            available_gb: None,
-        },
+        disk: Disk::of(disk),
         network: m.usage.net.map(|n| Network {
             bytes_in: n.bytes_in,
             bytes_out: n.bytes_out,

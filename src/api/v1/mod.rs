@@ -12,10 +12,14 @@ mod auth;
 pub mod error;
 mod execute;
 mod extract;
+mod files;
 mod health;
 mod lifecycle;
 mod metrics;
+mod network;
+mod resources;
 mod snapshots;
+mod system;
 mod vms;
 
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use super::AppState;
@@ -91,6 +95,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/vms/{vm_name}/metrics", get(metrics::metrics))
         .route("/status", get(health::status))
+        .merge(more_routes())
         .route_layer(middleware::from_fn_with_state(state, require_caller));
     Router::new()
         .route("/auth/register", post(auth::register))
@@ -98,6 +103,24 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/health", get(health::health))
         .merge(authed)
         .fallback(not_found)
+}
+
+/// Files, resources, host metrics and networks.
+fn more_routes() -> Router<AppState> {
+    Router::new()
+        .route("/vms/{vm_name}/files", get(files::list))
+        .route("/vms/{vm_name}/files/upload", post(files::upload))
+        .route("/vms/{vm_name}/files/download", get(files::download))
+        // py-microvm's name for upload (its form field is `remote_path`).
+        .route("/vms/{vm_name}/guest/upload", post(files::upload))
+        .route("/vms/{vm_name}/resources", put(resources::update))
+        .route("/vms/{vm_name}/network", get(network::get))
+        .route(
+            "/vms/{vm_name}/network/port-forward",
+            post(network::port_forward),
+        )
+        .route("/networks", get(network::list))
+        .route("/system/metrics", get(system::metrics))
 }
 
 async fn not_found() -> V1Error {

@@ -355,8 +355,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(VmView::new(&state, &row))))
 }
 
-/// `resource_usage` of one VM: the cgroup's CPU time over uptime × vCPUs
-/// and memory; disk is not measured yet (`null`).
+/// `resource_usage` of one VM: the cgroup's CPU time over uptime × vCPUs,
+/// memory, and what counts against its disk limit (`null` without one).
 #[derive(Serialize)]
 pub struct ResourceUsage {
     cpu_usage_percent: Option<f64>,
@@ -390,7 +390,11 @@ pub async fn get(
             .usage
             .memory_bytes
             .map(|b| round2(b as f64 / (1024.0 * 1024.0))),
-        disk_usage_gb: None,
+        disk_usage_gb: state
+            .sandboxes
+            .disk(&m.row.name)
+            .await?
+            .map(|d| round2(d.used_bytes as f64 / (1024.0 * 1024.0 * 1024.0))),
     };
     Ok(Json(VmDetail { vm, resource_usage }))
 }

@@ -215,6 +215,16 @@ pub struct PciDeviceInfo {
     pub bdf: String,
 }
 
+/// `PUT /vm.resize`: new vCPU count and/or RAM size (bytes). CH refuses
+/// what the VM was not booted to allow (e.g. more than `max_vcpus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmResize {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_ram: Option<u64>,
+}
+
 /// `PUT /vm.remove-device`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRemoveDevice {
@@ -254,6 +264,18 @@ pub fn file_url(dir: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_resize_sends_only_what_changes() {
+        let cpu = VmResize {
+            desired_vcpus: Some(2),
+            desired_ram: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&cpu).unwrap(),
+            r#"{"desired_vcpus":2}"#
+        );
+    }
 
     #[test]
     fn vm_info_deserializes_ch_answer_with_unknown_fields() {

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::api::{
     file_url, DiskConfig, PciDeviceInfo, RestoreConfig, VmConfig, VmCounters, VmInfo,
-    VmRemoveDevice, VmSnapshotConfig, VmmPingResponse,
+    VmRemoveDevice, VmResize, VmSnapshotConfig, VmmPingResponse,
 };
 
 /// Time limit for ordinary requests.
@@ -179,6 +179,13 @@ impl ChClient {
     pub async fn remove_device(&self, id: &str) -> Result<(), ClientError> {
         let body = encode("vm.remove-device", &VmRemoveDevice { id: id.into() })?;
         self.put("vm.remove-device", Some(body), REQUEST_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    pub async fn resize(&self, resize: &VmResize) -> Result<(), ClientError> {
+        let body = encode("vm.resize", resize)?;
+        self.put("vm.resize", Some(body), REQUEST_TIMEOUT)
             .await
             .map(drop)
     }

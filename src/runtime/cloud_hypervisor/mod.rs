@@ -365,6 +365,37 @@ impl Runtime for CloudHypervisorRuntime {
         self.launch(sb, Launch::Restore(dir)).await
     }
 
+    /// `vm.resize` to the new vCPU count and RAM size. CH resizes only
+    /// within what the VM was booted to allow (hot-plug headroom), so a
+    /// refusal is reported as "after restart" with CH's reason, not as an
+    /// error: the next start boots with the new size.
+    async fn resize(
+        &self,
+        sb: &SandboxContext,
+        _state: &RuntimeState,
+        limits: &super::Limits,
+    ) -> Result<super::Resized, RuntimeError> {
+        let p = self.running(sb, "vm.resize")?;
+        let cpu = p
+            .client
+            .resize(&api::VmResize {
+                desired_vcpus: Some(limits.vcpus),
+                desired_ram: None,
+            })
+            .await;
+        let memory = p
+            .client
+            .resize(&api::VmResize {
+                desired_vcpus: None,
+                desired_ram: Some(limits.memory_bytes),
+            })
+            .await;
+        Ok(super::Resized {
+            cpu: applied_by_ch(cpu),
+            memory: applied_by_ch(memory),
+        })
+    }
+
     async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
         let taken = self.live.lock().expect("live map").remove(&sb.name);
         let layout = Layout::new(sb);
@@ -382,6 +413,15 @@ fn start_error(sb: &SandboxContext, e: VmError) -> RuntimeError {
     RuntimeError::Start {
         sandbox: sb.name.clone(),
         source: e.into(),
+    }
+}
+
+fn applied_by_ch(r: Result<(), client::ClientError>) -> super::Applied {
+    match r {
+        Ok(()) => super::Applied::Now,
+        Err(e) => super::Applied::AfterRestart {
+            reason: format!("vm.resize: {}", chain(&e)),
+        },
     }
 }
 

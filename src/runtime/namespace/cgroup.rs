@@ -162,6 +162,51 @@ impl Cgroups {
         }
     }
 
+    /// Change the memory and CPU limits of an existing sandbox's cgroups,
+    /// memory first: the kernel refuses (v1: EBUSY) a memory limit it
+    /// cannot reclaim down to, and then nothing has changed.
+    pub fn set_limits(&self, name: &str, limits: &Limits) -> Result<(), CgroupError> {
+        match &self.layout {
+            Layout::V2 { root } => {
+                let dir = root.join(&self.group).join(name);
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                let quota = limits.cpu_millis * CFS_PERIOD_US / 1000;
+                write(&dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))
+            }
+            Layout::V1 { mounts } => {
+                let dir_of = |ctrl: &str| {
+                    mounts
+                        .iter()
+                        .find(|(c, _)| *c == ctrl)
+                        .map(|(_, m)| m.join(&self.group).join(name))
+                };
+                for ctrl in ["memory", "cpu"] {
+                    if let Some(dir) = dir_of(ctrl) {
+                        apply_v1(ctrl, &dir, limits)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Host pids of every process in the sandbox's cgroups.
+    pub fn procs(&self, name: &str) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs(name)
+            .iter()
+            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// The cgroup whose freezer pauses the sandbox (CRIU's `--freeze-cgroup`).
     pub fn freezer(&self, name: &str) -> Option<PathBuf> {
         match &self.layout {

@@ -19,6 +19,7 @@ mod cgroup;
 mod criu;
 mod error;
 mod memory;
+mod resize;
 mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -478,6 +479,28 @@ impl Runtime for NamespaceRuntime {
     async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
         let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
         self.teardown(&sb.name, known.as_ref()).await
+    }
+
+    /// cgroup writes: both limits apply at once ([`resize`]).
+    async fn resize(
+        &self,
+        sb: &SandboxContext,
+        _state: &RuntimeState,
+        limits: &super::Limits,
+    ) -> Result<super::Resized, RuntimeError> {
+        self.resize_cgroups(sb, limits).await
+    }
+
+    async fn stop_gracefully(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        if !self.terminate(sb, state, grace).await? {
+            tracing::info!(sandbox = %sb.name, "processes still running after the grace period: killing them");
+        }
+        self.stop(sb, state).await
     }
 
     async fn cleanup_orphans(&self, known: &[String]) -> Vec<String> {
