@@ -68,6 +68,10 @@ pub struct LimitsConfig {
     pub allow_nested_userns: bool,
     /// Default and maximum disk limit per sandbox (MiB); 0 = no limits.
     pub disk_mb: u64,
+    /// Sandboxes one (non-admin) owner may have at once; 0 = no cap.
+    pub max_sandboxes_per_owner: u64,
+    /// Runs one (non-admin) owner may have going at once; 0 = no cap.
+    pub max_runs_per_owner: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +181,9 @@ pub struct RateLimitConfig {
     pub per_hour: u32,
     /// Requests an owner may make at once.
     pub burst: u32,
+    /// Requests one IP address may make per minute to the routes that need
+    /// no credentials (health, login, register, key bootstrap); 0 = off.
+    pub per_ip_per_minute: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -185,6 +192,28 @@ impl Default for RateLimitConfig {
             enabled: true,
             per_hour: 1000,
             burst: 100,
+            per_ip_per_minute: 600,
+        }
+    }
+}
+
+/// Live events (WebSockets under `/api/v1`); see [`crate::events`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept for a subscriber that falls behind; one that falls
+    /// further behind is dropped with a close frame.
+    pub buffer: usize,
+    /// A subscriber whose socket takes longer than this to accept one
+    /// event is dropped.
+    pub send_timeout_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 256,
+            send_timeout_secs: 10,
         }
     }
 }
@@ -248,6 +277,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub rate_limit: RateLimitConfig,
+    pub events: EventsConfig,
 }
 
 impl Default for StorageConfig {
@@ -284,6 +314,8 @@ impl Default for LimitsConfig {
             vcpus: 2,
             allow_nested_userns: false,
             disk_mb: 10240,
+            max_sandboxes_per_owner: 100,
+            max_runs_per_owner: 16,
         }
     }
 }
@@ -319,6 +351,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -444,6 +477,12 @@ impl Config {
         }
         if let Err(message) = crate::runtime::egress::AllowList::parse(&self.network.egress_allow) {
             return invalid("network.egress_allow", &message);
+        }
+        if !(1..=65_536).contains(&self.events.buffer) {
+            return invalid("events.buffer", "must be 1-65536");
+        }
+        if self.events.send_timeout_secs == 0 {
+            return invalid("events.send_timeout_secs", "must be at least 1");
         }
         if self.auth.jwt_expiry_secs == 0 || self.auth.jwt_expiry_secs > 30 * 86_400 {
             return invalid("auth.jwt_expiry_secs", "must be 1-2592000");

@@ -1,10 +1,15 @@
-//! The audit log at the API edge: [`record`] appends one row for every
-//! state-changing request (any method but GET/HEAD/OPTIONS) once its
-//! response is known, and `GET /audit-logs` queries them (admins see all,
-//! others their own rows).
+//! The audit log at the API edge: [`record`] (native routes) and
+//! [`record_v1`] (`/api/v1`) append one row for every state-changing
+//! request once its response is known, and `GET /audit-logs` (and
+//! `GET /api/v1/security/audit-logs`) query them (admins see all, others
+//! their own rows). A failed login is `login_failed`.
 //!
-//! Rows never hold a key, an environment variable or command output; the
-//! command of a run is kept, capped at [`MAX_COMMAND_CHARS`].
+//! Rows never hold a key, a password, an environment variable or command
+//! output; the command of a run is kept, capped at [`MAX_COMMAND_CHARS`].
+//!
+//! The row is written after the change, not in its transaction: see
+//! README ("Audit log: what can be missed") for exactly what a crash
+//! between the two loses.
 
 use std::net::SocketAddr;
 
@@ -35,6 +40,8 @@ pub struct CreatedResource(pub String);
 struct BodyPeek {
     name: Option<String>,
     command: Option<String>,
+    /// Login and register (the password is never read).
+    username: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,17 +52,29 @@ struct Details {
     command: Option<String>,
 }
 
-/// Middleware (a route layer, so the matched route is known).
+type ActionTable = fn(&Method, &str) -> Option<(&'static str, &'static str)>;
+
+/// Middleware for native routes (a route layer, so the matched route is known).
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    record_with(state, req, next, action_of).await
+}
+
+/// Middleware for `/api/v1` routes.
+pub async fn record_v1(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    record_with(state, req, next, action_of_v1).await
+}
+
+async fn record_with(state: AppState, req: Request, next: Next, table: ActionTable) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let template = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    let Some((action, resource_type)) = action_of(req.method(), &template) else {
+    let matched = req.extensions().get::<MatchedPath>();
+    let template = matched.map(|m| m.as_str()).unwrap_or_default();
+    let template = template
+        .strip_prefix("/api/v1")
+        .unwrap_or(template)
+        .to_owned();
+    let Some((action, resource_type)) = table(req.method(), &template) else {
         return next.run(req).await;
     };
     let source_ip = req
@@ -69,7 +88,11 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     let created = response.extensions().get::<CreatedResource>().cloned();
     let resource_id = created
         .map(|c| c.0)
-        .or_else(|| resource_of(&template, &path, peek.name));
+        .or_else(|| resource_of(&template, &path, peek.name.or(peek.username)));
+    let action = match action {
+        "login" if !response.status().is_success() => "login_failed",
+        other => other,
+    };
     let row = NewAudit {
         action_type: action.into(),
         resource_type: resource_type.into(),
@@ -153,6 +176,37 @@ fn action_of(method: &Method, template: &str) -> Option<(&'static str, &'static 
         "/vms/{name}/port-forwards/{host_port}" if delete => {
             ("port_forward_delete", "port_forward")
         }
+        "/vms/{name}/stop" if post => ("vm_stop", "vm"),
+        "/vms/{name}/start" if post => ("vm_start", "vm"),
+        "/vms/{name}/repl" if post => ("vm_repl", "vm"),
+        "/vms/{name}/restore" if post => ("snapshot_restore", "snapshot"),
+        "/vms/{name}/files" if post || *method == Method::PUT => ("file_write", "file"),
+        "/vms/{name}/files" if delete => ("file_delete", "file"),
+        "/vms/import" if post => ("vm_import", "vm"),
+        _ => return None,
+    })
+}
+
+/// `(action_type, resource_type)` of a state-changing `/api/v1` route
+/// (templates without the `/api/v1` prefix).
+fn action_of_v1(method: &Method, template: &str) -> Option<(&'static str, &'static str)> {
+    let post = *method == Method::POST;
+    let delete = *method == Method::DELETE;
+    Some(match template {
+        "/auth/register" if post => ("user_register", "user"),
+        "/auth/login" if post => ("login", "user"),
+        "/vms" if post => ("vm_create", "vm"),
+        "/vms/{vm_name}" if delete => ("vm_delete", "vm"),
+        "/vms/{vm_name}/start" if post => ("vm_start", "vm"),
+        "/vms/{vm_name}/stop" if post => ("vm_stop", "vm"),
+        "/vms/{vm_name}/restart" if post => ("vm_restart", "vm"),
+        "/vms/{vm_name}/execute" | "/vms/{vm_name}/guest/command" if post => ("vm_run", "vm"),
+        "/vms/{vm_name}/snapshots" if post => ("snapshot_create", "snapshot"),
+        "/vms/{vm_name}/snapshots/{snapshot_name}" if delete => ("snapshot_delete", "snapshot"),
+        "/vms/{vm_name}/snapshots/{snapshot_name}/restore" if post => {
+            ("snapshot_restore", "snapshot")
+        }
+        "/security/scan" if post => ("security_scan", "scan"),
         _ => return None,
     })
 }
@@ -176,13 +230,13 @@ fn resource_of(template: &str, path: &str, body_name: Option<String>) -> Option<
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    start_time: Option<String>,
-    end_time: Option<String>,
-    action_type: Option<String>,
-    resource_type: Option<String>,
-    user_id: Option<i64>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    pub action_type: Option<String>,
+    pub resource_type: Option<String>,
+    pub user_id: Option<i64>,
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -217,7 +271,9 @@ pub async fn list(
     }))
 }
 
-fn filter_of(q: AuditQuery, caller: &Caller) -> AppResult<AuditFilter> {
+/// The database filter of a query by `caller` (400 naming a bad field, 403
+/// for another owner's rows without admin).
+pub fn filter_of(q: AuditQuery, caller: &Caller) -> AppResult<AuditFilter> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::BadRequest(format!(

@@ -139,9 +139,10 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             mcp::require_key,
         ));
+    let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip);
     Router::new()
-        .route("/health", get(health::health))
-        .route("/api-keys", post(keys::create))
+        .route("/health", get(health::health).route_layer(per_ip()))
+        .route("/api-keys", post(keys::create).route_layer(per_ip()))
         .route("/api/v1/rpc", post(rpc::handle))
         .merge(authed)
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
@@ -231,6 +232,7 @@ impl From<SandboxError> for ApiError {
             SandboxError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
             SandboxError::Upload(_) => ApiError::BadRequest(e.to_string()),
             SandboxError::Conflict(m) => ApiError::Conflict(m),
+            SandboxError::OverQuota(m) => ApiError::TooManyRequests(m),
             SandboxError::NotRunning { .. } => ApiError::Conflict(e.to_string()),
             SandboxError::Storage(S::NotFound { .. }) => ApiError::NotFound(storage_message(&e)),
             SandboxError::Storage(S::AlreadyExists { .. }) => {

@@ -118,6 +118,16 @@ impl Db {
         })
     }
 
+    /// Sandboxes `owner` has (in any state but `deleting`).
+    pub fn count_sandboxes_of(conn: &Connection, owner: i64) -> Result<u64, DbError> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sandboxes WHERE owner_key_id = ?1 AND status != 'deleting'",
+            [owner],
+            |r| r.get(0),
+        )
+        .map_err(query_err("count sandboxes", String::new))
+    }
+
     pub fn sandbox_by_id(conn: &Connection, id: i64) -> Result<Option<SandboxRow>, DbError> {
         conn.query_row(
             &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),

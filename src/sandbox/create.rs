@@ -123,17 +123,17 @@ impl Sandboxes {
             });
         }
         let name = parse_sandbox_name(name)?;
-        let (key, owner, runtime) = (
-            name.to_string(),
-            caller.key_id,
-            self.runtime.kind().as_str(),
-        );
-        let row = self
+        let (key, who, runtime) = (name.to_string(), *caller, self.runtime.kind().as_str());
+        let cap = self.config.limits.max_sandboxes_per_owner;
+        let inserted = self
             .db
             .call(move |c| {
-                let row = Db::insert_sandbox(c, &key, owner, runtime)?;
+                if let Some(refusal) = super::quota::sandbox_cap_refusal(c, &who, cap)? {
+                    return Ok(Err(refusal));
+                }
+                let row = Db::insert_sandbox(c, &key, who.key_id, runtime)?;
                 Db::set_sandbox_spec(c, row.id, &spec)?;
-                Ok(SandboxRow { spec, ..row })
+                Ok(Ok(SandboxRow { spec, ..row }))
             })
             .await
             .map_err(|e| match e {
@@ -142,6 +142,7 @@ impl Sandboxes {
                 }
                 other => other.into(),
             })?;
+        let row = inserted.map_err(SandboxError::OverQuota)?;
         // Storage first: a failed create leaves nothing, so the rollback only
         // removes the row (never storage this request did not make, e.g. a
         // sandbox startup recovery left in place for lack of a row).
@@ -161,7 +162,10 @@ impl Sandboxes {
             });
         }
         match self.provision(&row, &name, from).await {
-            Ok(row) => Ok(row),
+            Ok(row) => {
+                self.publish_created(&row);
+                Ok(row)
+            }
             Err(e) => {
                 self.rollback_create(&row, &name).await;
                 Err(e)

@@ -21,7 +21,9 @@ impl Sandboxes {
         self.db
             .call(move |c| Db::set_sandbox_status(c, id, SandboxStatus::Deleting, None))
             .await?;
-        self.finish_delete(&row).await
+        self.finish_delete(&row).await?;
+        self.publish_deleted(&row);
+        Ok(())
     }
 
     /// Stop, delete storage, delete rows. Also used by startup recovery.

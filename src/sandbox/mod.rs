@@ -22,6 +22,8 @@ mod forward;
 pub mod health;
 mod metrics;
 mod pty;
+mod publish;
+mod quota;
 mod recover;
 mod repl;
 mod resize;
@@ -54,6 +56,7 @@ pub use files::{parse_mode, FileChange, FileDownload, FileEntry, SandboxPath, Wr
 pub use forward::NewForward;
 pub use metrics::Metrics;
 pub use pty::{PtyEnd, PtyEndReason, PtyInput, PtyOptions, PtySession, MAX_TERMINAL_SIDE};
+pub use quota::RunSlot;
 pub use repl::{parse_language, ReplRequest, ReplResult};
 pub use resize::{Resize, ResizeOutcome};
 pub use run::{RunEvent, RunOutput, RunRequest, RunStream, RunSummary};
@@ -117,11 +120,16 @@ pub enum SandboxError {
     },
     #[error("injected failure")]
     Failpoint(#[from] crate::failpoint::Injected),
+    /// A per-owner cap (`limits.max_*_per_owner`) is reached (429).
+    #[error("{0}")]
+    OverQuota(String),
 }
 
 /// In-memory state of one sandbox, behind its lock.
 pub struct Live {
     pub id: i64,
+    /// The owner (key or user id): who may see its events.
+    pub owner: i64,
     pub ctx: SandboxContext,
     pub state: RuntimeState,
     pub agent: AgentClient,
@@ -150,11 +158,15 @@ pub struct Sandboxes {
     lifecycle: Arc<AsyncMutex<()>>,
     /// Sandboxes with an open terminal session.
     terminals: pty::Terminals,
+    /// Live events of every operation (see [`crate::events`]).
+    pub events: crate::events::Bus,
+    runs: quota::RunCounts,
 }
 
 impl Sandboxes {
     pub fn new(config: Arc<Config>, db: Db, storage: Storage, runtime: Arc<dyn Runtime>) -> Self {
         let egress_allow = egress::allow_list(&config.network.egress_allow);
+        let events = crate::events::Bus::new(config.events.buffer);
         Sandboxes {
             config,
             db,
@@ -166,6 +178,8 @@ impl Sandboxes {
             egress_allow,
             lifecycle: Default::default(),
             terminals: Default::default(),
+            events,
+            runs: Default::default(),
         }
     }
 
@@ -237,6 +251,7 @@ impl Sandboxes {
         let agent = self.agent_for(&ctx, &state);
         Live {
             id: row.id,
+            owner: row.owner_key_id,
             ctx,
             state,
             agent,

@@ -55,6 +55,10 @@ impl Sandboxes {
         live.restored_to = Some(snapshot.to_owned());
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
         tracing::info!(sandbox = %row.name, snapshot = %snapshot, "workspace restored");
+        let restored = crate::events::EventKind::SnapshotRestored {
+            snapshot: snapshot.to_owned(),
+        };
+        self.publish_snapshot(row.owner_key_id, &row.name, restored);
         Ok(())
     }
 

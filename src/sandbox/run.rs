@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, OwnedMutexGuard};
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::{Db, NewSnapshot};
+use crate::events::{self, EventKind};
 
 /// How long the agent keeps a workspace frozen if the host vanishes mid-snapshot.
 pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(10);
@@ -105,6 +106,7 @@ impl Sandboxes {
     ) -> Result<RunOutput, SandboxError> {
         let exec = self.exec_request(&req)?;
         let note = timeout_note(&exec);
+        let _slot = self.claim_run(caller)?;
         let (row, entry) = self.find_live(caller, name).await?;
         let mut live = entry.lock().await;
         let before = match (req.changes, live.restored_to.clone()) {
@@ -152,11 +154,15 @@ impl Sandboxes {
         req: RunRequest,
     ) -> Result<RunStream, SandboxError> {
         let exec = self.exec_request(&req)?;
+        let slot = self.claim_run(caller)?;
         let (row, entry) = self.find_live(caller, name).await?;
         let live = entry.lock_owned().await;
         let (tx, rx) = mpsc::unbounded_channel();
         let this = self.clone();
-        tokio::spawn(async move { this.stream_run(live, row.id, req.command, exec, tx).await });
+        tokio::spawn(async move {
+            this.stream_run(live, row.id, req.command, exec, (tx, slot))
+                .await
+        });
         Ok(rx)
     }
 
@@ -166,7 +172,7 @@ impl Sandboxes {
         sandbox_id: i64,
         command: String,
         exec: ExecRequest,
-        tx: mpsc::UnboundedSender<RunEvent>,
+        (tx, slot): (mpsc::UnboundedSender<RunEvent>, super::RunSlot),
     ) {
         let note = timeout_note(&exec);
         let forward = |stream, data: &[u8]| {
@@ -184,11 +190,48 @@ impl Sandboxes {
             }
             Err(e) => RunEvent::Failed(e),
         };
+        // The run is over for the per-owner cap before its client hears so.
+        drop(slot);
         let _ = tx.send(event);
     }
 
-    /// exec (until it ends or `cancel` fires) → snapshot → record.
+    /// exec (until it ends or `cancel` fires) → snapshot → record, with
+    /// `command_started` before and `command_finished`/`_failed` after.
     async fn execute(
+        &self,
+        live: &mut Live,
+        sandbox_id: i64,
+        command: &str,
+        exec: ExecRequest,
+        on_output: impl FnMut(Stream, &[u8]),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<RunSummary, SandboxError> {
+        let (owner, vm) = (live.owner, live.ctx.name.clone());
+        let started = EventKind::CommandStarted {
+            command: events::capped(command),
+        };
+        self.events.publish(owner, &vm, started);
+        let result = self
+            .exec_and_snapshot(live, sandbox_id, command, exec, on_output, cancel)
+            .await;
+        let ended = match &result {
+            Ok(s) => EventKind::CommandFinished {
+                command: events::capped(command),
+                exit_code: s.exit_code,
+                snapshot: s.snapshot.clone(),
+                timed_out: s.timed_out,
+                exec_ms: s.exec_ms,
+            },
+            Err(e) => EventKind::CommandFailed {
+                command: events::capped(command),
+                error: e.to_string(),
+            },
+        };
+        self.events.publish(owner, &vm, ended);
+        result
+    }
+
+    async fn exec_and_snapshot(
         &self,
         live: &mut Live,
         sandbox_id: i64,

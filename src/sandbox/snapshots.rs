@@ -169,6 +169,10 @@ impl Sandboxes {
             .db
             .call(move |c| Db::insert_snapshot(c, id, &new))
             .await?;
+        let created = crate::events::EventKind::SnapshotCreated {
+            snapshot: saved.name.clone(),
+        };
+        self.publish_snapshot(row.owner_key_id, &row.name, created);
         Ok(SnapshotView {
             row: saved,
             sizes: info.sizes,
@@ -257,6 +261,10 @@ impl Sandboxes {
         self.db
             .call(move |c| Db::delete_snapshot_row(c, found.id))
             .await?;
+        let deleted = crate::events::EventKind::SnapshotDeleted {
+            snapshot: snapshot.to_owned(),
+        };
+        self.publish_snapshot(row.owner_key_id, &row.name, deleted);
         Ok(())
     }
 }

@@ -44,7 +44,9 @@ impl Sandboxes {
         self.open_egress(&live.ctx, &live.state).await;
         self.insert_entry(&row.name, live);
         tracing::info!(sandbox = %row.name, "sandbox started");
-        self.find(caller, name).await
+        let row = self.find(caller, name).await?;
+        self.publish_status(&row, SandboxStatus::Stopped, row.status);
+        Ok(row)
     }
 
     /// Stop, then start.

@@ -45,6 +45,7 @@ impl Sandboxes {
                 row.status.as_str()
             )));
         }
+        let old_status = row.status;
         let entry = self.entry(&row.name);
         let _guard = match &entry {
             Some(e) => Some(e.lock().await),
@@ -73,6 +74,7 @@ impl Sandboxes {
             .await?
             .ok_or_else(|| SandboxError::NotFound(format!("VM \"{name}\" vanished")))?;
         tracing::info!(sandbox = %row.name, "sandbox stopped");
+        self.publish_status(&row, old_status, row.status);
         Ok(row)
     }
 }

@@ -35,6 +35,10 @@ impl Sandboxes {
             })
             .await?;
         tracing::info!(sandbox = %row.name, snapshot = %snap, "workspace wiped");
+        let wiped = crate::events::EventKind::WorkspaceWiped {
+            snapshot: snap.clone(),
+        };
+        self.publish_snapshot(row.owner_key_id, &row.name, wiped);
         Ok(snap)
     }
 }

@@ -4,11 +4,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::error::{FieldError, V1Error, V1Result};
 use super::extract::Json as Body;
+use crate::api::audit::CreatedResource;
 use crate::api::AppState;
 use crate::auth::users::{self, MAX_PASSWORD, MIN_PASSWORD};
 
@@ -83,7 +84,7 @@ pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(body): Body<Register>,
-) -> V1Result<(StatusCode, Json<UserView>)> {
+) -> V1Result<(StatusCode, Extension<CreatedResource>, Json<UserView>)> {
     let admin = validate(&body)?;
     let caller = super::caller_of(&state, &headers).await?;
     let row = users::register(
@@ -96,6 +97,7 @@ pub async fn register(
     .await?;
     Ok((
         StatusCode::CREATED,
+        Extension(CreatedResource(row.id.to_string())),
         Json(UserView {
             user_id: row.id.to_string(),
             username: row.username,

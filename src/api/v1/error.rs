@@ -131,6 +131,7 @@ fn api_body(e: ApiError) -> Body {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::NOT_IMPLEMENTED => "not_implemented",
         StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
         _ => "internal_error",
     };
     let request_id = (code == "internal_error").then(crate::api::error::current_request_id);

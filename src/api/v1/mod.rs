@@ -10,6 +10,7 @@
 
 mod auth;
 pub mod error;
+mod events;
 mod execute;
 mod extract;
 mod files;
@@ -18,6 +19,7 @@ mod lifecycle;
 mod metrics;
 mod network;
 mod resources;
+mod security;
 mod snapshots;
 mod system;
 mod vms;
@@ -31,7 +33,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
-use super::AppState;
+use super::{audit, ratelimit, AppState};
 use crate::auth::jwt::{looks_like_jwt, Tokens};
 use crate::auth::users::{self, LoginLimiter};
 use crate::auth::{self as keys, AuthError, Caller};
@@ -96,12 +98,28 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/vms/{vm_name}/metrics", get(metrics::metrics))
         .route("/status", get(health::status))
         .merge(more_routes())
-        .route_layer(middleware::from_fn_with_state(state, require_caller));
+        .route("/security/audit-logs", get(security::audit_logs))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit_v1,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_caller,
+        ));
+    let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip_v1);
     Router::new()
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/health", get(health::health))
+        .route("/auth/register", post(auth::register).route_layer(per_ip()))
+        .route("/auth/login", post(auth::login).route_layer(per_ip()))
+        .route("/health", get(health::health).route_layer(per_ip()))
         .merge(authed)
+        // Authenticated on the upgrade, by header or `?token=` (events.rs).
+        .route("/vms/{vm_name}/events", get(events::vm_events))
+        .route("/system/events", get(events::system_events))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::record_v1,
+        ))
         .fallback(not_found)
 }
 
@@ -144,7 +162,12 @@ fn presented(headers: &HeaderMap) -> Option<String> {
 
 /// Resolve a JWT or an API key to a [`Caller`]; `None` when none was sent.
 async fn caller_of(state: &AppState, headers: &HeaderMap) -> V1Result<Option<Caller>> {
-    let Some(token) = presented(headers) else {
+    caller_of_token(state, presented(headers)).await
+}
+
+/// [`caller_of`] for a token from anywhere (header or query parameter).
+async fn caller_of_token(state: &AppState, token: Option<String>) -> V1Result<Option<Caller>> {
+    let Some(token) = token else {
         return Ok(None);
     };
     if looks_like_jwt(&token) {
@@ -170,7 +193,10 @@ async fn require_caller(
         .await?
         .ok_or_else(|| V1Error::Unauthorized("Authentication required".into()))?;
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    let mut response = next.run(req).await;
+    // For the audit layer, which runs outside this one.
+    response.extensions_mut().insert(caller);
+    Ok(response)
 }
 
 /// `2024-12-09T19:30:00` (as stored, UTC) → `2024-12-09T19:30:00Z`.
