@@ -15,4 +15,5 @@ pub mod events;
 pub mod failpoint;
 pub mod runtime;
 pub mod sandbox;
+pub mod security;
 pub mod server;

@@ -138,6 +138,26 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Active keys created before `cutoff` with no audit row since then
+    /// (the audit log records state-changing requests only).
+    pub fn keys_unused_since(conn: &Connection, cutoff: &str) -> Result<Vec<i64>, DbError> {
+        let err = || query_err("unused keys", String::new);
+        let mut stmt = conn
+            .prepare(
+                "SELECT k.id FROM api_keys k WHERE k.kind = 'key' AND k.revoked_at IS NULL \
+                 AND k.created_at < ?1 AND NOT EXISTS (SELECT 1 FROM audit_log a \
+                 WHERE a.key_id = k.id AND a.timestamp >= ?1) ORDER BY k.id",
+            )
+            .map_err(err())?;
+        let ids = stmt
+            .query_map([cutoff], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
+            .map_err(err())?;
+        Ok(ids)
+    }
+}
+
 /// ` WHERE ...` (or nothing) and its positional arguments.
 fn where_clause(f: &AuditFilter) -> (String, Vec<SqlValue>) {
     let text = |v: &Option<String>| v.clone().map(SqlValue::Text);

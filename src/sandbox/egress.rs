@@ -62,6 +62,12 @@ impl Sandboxes {
         env
     }
 
+    /// Whether sandbox `name` has an egress proxy open (it can reach the
+    /// hosts of `network.egress_allow`).
+    pub fn egress_open(&self, name: &str) -> bool {
+        self.proxies().contains_key(name)
+    }
+
     fn proxies(&self) -> std::sync::MutexGuard<'_, HashMap<String, EgressProxy>> {
         self.egress.lock().unwrap_or_else(|p| p.into_inner())
     }

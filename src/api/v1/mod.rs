@@ -45,6 +45,8 @@ pub struct V1State {
     /// Loaded (or created) at first use: `<data_dir>/jwt.secret`.
     tokens: Arc<tokio::sync::OnceCell<Tokens>>,
     logins: LoginLimiter,
+    /// Security scans of this process (see [`crate::security`]).
+    scans: crate::security::Scans,
 }
 
 impl V1State {
@@ -52,6 +54,7 @@ impl V1State {
         V1State {
             tokens: Default::default(),
             logins: LoginLimiter::new(config.auth.login_failures_free),
+            scans: Default::default(),
         }
     }
 }
@@ -99,6 +102,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/status", get(health::status))
         .merge(more_routes())
         .route("/security/audit-logs", get(security::audit_logs))
+        .route("/security/scan", post(security::scan))
+        .route("/security/scans/{scan_id}", get(security::scan_result))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit_v1,

@@ -1,19 +1,25 @@
-//! `GET /api/v1/security/audit-logs`: the audit log (see
-//! [`crate::api::audit`]) in the reference's shape: `{"logs": [...],
-//! "total", "limit", "offset"}`; times are ISO 8601 UTC (`...Z`), `user_id`
-//! a string as elsewhere in `/api/v1`. Admins see every row (and may filter
-//! by `user_id`), others only their own.
+//! `/api/v1/security/*`:
+//! - `GET audit-logs`: the audit log (see [`crate::api::audit`]) in the
+//!   reference's shape: `{"logs": [...], "total", "limit", "offset"}`;
+//!   times are ISO 8601 UTC (`...Z`), `user_id` a string as elsewhere in
+//!   `/api/v1`. Admins see every row (and may filter by `user_id`), others
+//!   only their own.
+//! - `POST scan` (admin: a scan reads the host's configuration) → 202 with
+//!   `scan_id`; `GET scans/{scan_id}` (`?wait_seconds=` up to 60 waits for
+//!   it to complete). What a scan checks: [`crate::security`].
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::error::{V1Error, V1Result};
-use super::extract::Query;
+use super::extract::{Json as Body, Query};
 use crate::api::audit::{self, AuditQuery};
 use crate::api::{ApiError, AppState};
 use crate::auth::Caller;
 use crate::db::{AuditRow, Db};
+use crate::security::{Scan, ScanRequest, ScanType};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,4 +122,94 @@ fn view(r: AuditRow) -> LogView {
         request_id: r.request_id,
         details: r.details,
     }
+}
+
+const MAX_FRAMEWORKS: usize = 16;
+const MAX_WAIT_SECONDS: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanBody {
+    scan_type: ScanType,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    frameworks: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Started {
+    scan_id: String,
+    status: &'static str,
+    started_at: String,
+    /// Not estimated: scans take seconds; poll or use `?wait_seconds=`.
+    estimated_completion: Option<String>,
+}
+
+pub async fn scan(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(body): Body<ScanBody>,
+) -> V1Result<(StatusCode, Json<Started>)> {
+    if !caller.admin {
+        return Err(V1Error::Forbidden(
+            "security scans read the host's configuration: admin only".into(),
+        ));
+    }
+    let target = body.target.unwrap_or_else(|| "all".into());
+    if target != "all" {
+        state.sandboxes.find(&caller, &target).await?;
+    }
+    if body.frameworks.len() > MAX_FRAMEWORKS
+        || body.frameworks.iter().any(|f| f.is_empty() || f.len() > 64)
+    {
+        return Err(V1Error::invalid(
+            "frameworks",
+            format!("at most {MAX_FRAMEWORKS} names of 1-64 characters"),
+        ));
+    }
+    let req = ScanRequest {
+        scan_type: body.scan_type,
+        target,
+        frameworks: body.frameworks,
+    };
+    let scan = state.v1.scans.start(&state.sandboxes, caller.key_id, req);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Started {
+            scan_id: scan.scan_id,
+            status: "started",
+            started_at: scan.started_at,
+            estimated_completion: None,
+        }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    wait_seconds: Option<u64>,
+}
+
+pub async fn scan_result(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(scan_id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> V1Result<Json<Scan>> {
+    let wait = q.wait_seconds.unwrap_or(0);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(V1Error::invalid(
+            "wait_seconds",
+            format!("must be at most {MAX_WAIT_SECONDS}"),
+        ));
+    }
+    let scan = state
+        .v1
+        .scans
+        .get(&scan_id, std::time::Duration::from_secs(wait))
+        .await
+        .filter(|s| caller.can_see(s.owner))
+        .ok_or_else(|| V1Error::NotFound(format!("scan '{scan_id}' not found")))?;
+    Ok(Json(scan))
 }
