@@ -19,6 +19,10 @@ pub const FAILPOINTS: &[&str] = &[
     "restore:before_mount",
 ];
 
+/// Between a state-changing request's answer and its audit row's outcome
+/// (`api/audit.rs`): the change is committed, its row says "pending".
+pub const AUDIT_BEFORE_OUTCOME: &str = "audit:before_outcome";
+
 /// The error an armed `:error` failpoint returns.
 #[derive(Debug, thiserror::Error)]
 #[error("failpoint {step} injected an error")]
@@ -67,7 +71,10 @@ fn parse(value: &str) -> Option<(String, Mode)> {
 
 /// Reached `step`: crash or fail when it is the armed one.
 pub fn hit(step: &'static str) -> Result<(), Injected> {
-    debug_assert!(FAILPOINTS.contains(&step), "unlisted failpoint {step}");
+    debug_assert!(
+        FAILPOINTS.contains(&step) || step == AUDIT_BEFORE_OUTCOME,
+        "unlisted failpoint {step}"
+    );
     let Some(armed) = armed().filter(|a| a.step == step) else {
         return Ok(());
     };

@@ -7,9 +7,11 @@
 //! Rows never hold a key, a password, an environment variable or command
 //! output; the command of a run is kept, capped at [`MAX_COMMAND_CHARS`].
 //!
-//! The row is written after the change, not in its transaction: see
-//! README ("Audit log: what can be missed") for exactly what a crash
-//! between the two loses.
+//! The row is written BEFORE the request runs, with status 0 (pending) and
+//! the owner its credentials name, then given its outcome (status, created
+//! resource) after the answer. A crash in between leaves the row pending:
+//! the log never misses a committed change, but a pending row may stand for
+//! a change that did not happen (see README, "Audit log").
 
 use std::net::SocketAddr;
 
@@ -83,28 +85,42 @@ async fn record_with(state: AppState, req: Request, next: Next, table: ActionTab
         .map(|c| c.0.ip().to_string());
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let (req, peek) = peek_body(req, state.sandboxes.config.server.max_body_bytes).await;
-    let response = next.run(req).await;
-    let caller = response.extensions().get::<Caller>().copied();
-    let created = response.extensions().get::<CreatedResource>().cloned();
-    let resource_id = created
-        .map(|c| c.0)
-        .or_else(|| resource_of(&template, &path, peek.name.or(peek.username)));
-    let action = match action {
-        "login" if !response.status().is_success() => "login_failed",
-        other => other,
-    };
-    let row = NewAudit {
+    // Who the credentials name (the handler checks them again and refuses).
+    let presented = super::v1::caller_of(&state, req.headers()).await;
+    let mut row = NewAudit {
         action_type: action.into(),
         resource_type: resource_type.into(),
-        resource_id,
-        key_id: caller.map(|c| c.key_id),
+        resource_id: resource_of(&template, &path, peek.name.or(peek.username)),
+        key_id: presented.ok().flatten().map(|c| c.key_id),
         source_ip,
-        status: response.status().as_u16(),
+        status: crate::db::AUDIT_PENDING,
         request_id: super::error::REQUEST_ID.try_with(Clone::clone).ok(),
         details: details_json(method, path, peek.command),
     };
-    append(&state, row).await;
+    let pending = append(&state, row.clone()).await;
+    let response = next.run(req).await;
+    // A crash here (as `kill -9` could) leaves the row pending.
+    let _ = crate::failpoint::hit(crate::failpoint::AUDIT_BEFORE_OUTCOME);
+    outcome(&mut row, &response);
+    match pending {
+        Some(id) => finish(&state, id, row).await,
+        None => drop(append(&state, row).await),
+    }
     response
+}
+
+/// What the answer tells: status, owner, created resource, failed login.
+fn outcome(row: &mut NewAudit, response: &Response) {
+    row.status = response.status().as_u16();
+    if let Some(caller) = response.extensions().get::<Caller>() {
+        row.key_id = Some(caller.key_id);
+    }
+    if let Some(created) = response.extensions().get::<CreatedResource>() {
+        row.resource_id = Some(created.0.clone());
+    }
+    if row.action_type == "login" && !response.status().is_success() {
+        row.action_type = "login_failed".into();
+    }
 }
 
 /// Buffer a small JSON body to read its name/command, then put it back.
@@ -141,7 +157,20 @@ fn details_json(method: String, path: String, command: Option<String>) -> String
     serde_json::to_string(&details).unwrap_or_else(|_| "{}".into())
 }
 
-async fn append(state: &AppState, row: NewAudit) {
+async fn finish(state: &AppState, id: i64, row: NewAudit) {
+    let result = state
+        .sandboxes
+        .db
+        .call(move |c| Db::finish_audit(c, id, &row))
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %crate::runtime::chain(&e), "cannot write the audit log");
+    }
+}
+
+/// Append a row; its id, or `None` (logged) when the database refused it:
+/// the request still runs (the audit log fails open).
+async fn append(state: &AppState, row: NewAudit) -> Option<i64> {
     let audit = &state.sandboxes.config.audit;
     let retention = Retention {
         days: audit.retention_days,
@@ -152,8 +181,12 @@ async fn append(state: &AppState, row: NewAudit) {
         .db
         .call(move |c| Db::insert_audit(c, &row, retention))
         .await;
-    if let Err(e) = result {
-        tracing::error!(error = %crate::runtime::chain(&e), "cannot write the audit log");
+    match result {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(error = %crate::runtime::chain(&e), "cannot write the audit log");
+            None
+        }
     }
 }
 

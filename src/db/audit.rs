@@ -9,6 +9,11 @@ use serde::Serialize;
 
 use super::{now, query_err, Db, DbError};
 
+/// The status of a row written before its request was answered: the
+/// service stopped in between, so the change may or may not have been
+/// committed (see `api/audit.rs`).
+pub const PENDING: u16 = 0;
+
 /// A row to append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAudit {
@@ -109,6 +114,18 @@ impl Db {
         prune(&tx, id, ms, retention)?;
         tx.commit().map_err(err())?;
         Ok(id)
+    }
+
+    /// Give a pending row (status [`PENDING`]) its outcome: the answer's
+    /// status, and the owner and resource learnt while answering.
+    pub fn finish_audit(conn: &Connection, id: i64, row: &NewAudit) -> Result<(), DbError> {
+        conn.execute(
+            "UPDATE audit_log SET action_type = ?2, resource_id = ?3, key_id = ?4, status = ?5 \
+             WHERE id = ?1",
+            params![id, row.action_type, row.resource_id, row.key_id, row.status],
+        )
+        .map_err(query_err("finish audit row", String::new))?;
+        Ok(())
     }
 
     /// Rows matching `filter`, newest first, and the total that match.

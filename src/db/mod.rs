@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use audit::{AuditFilter, AuditRow, NewAudit, Retention};
+pub use audit::{AuditFilter, AuditRow, NewAudit, Retention, PENDING as AUDIT_PENDING};
 pub use forwards::ForwardRow;
 pub use keys::ApiKeyRow;
 pub use sandboxes::{SandboxRow, SandboxSpec, SandboxStatus};

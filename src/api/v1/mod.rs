@@ -166,7 +166,7 @@ fn presented(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Resolve a JWT or an API key to a [`Caller`]; `None` when none was sent.
-async fn caller_of(state: &AppState, headers: &HeaderMap) -> V1Result<Option<Caller>> {
+pub(crate) async fn caller_of(state: &AppState, headers: &HeaderMap) -> V1Result<Option<Caller>> {
     caller_of_token(state, presented(headers)).await
 }
 
