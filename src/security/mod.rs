@@ -154,7 +154,10 @@ pub struct Scan {
 /// The scans of this process; each one's state is a `watch` channel so a
 /// reader can wait for it to complete.
 #[derive(Clone, Default)]
-pub struct Scans(Arc<Mutex<Vec<(String, watch::Receiver<Scan>)>>>);
+pub struct Scans(Arc<Mutex<Vec<ScanEntry>>>);
+
+/// A scan's id and its state as it changes.
+type ScanEntry = (String, watch::Receiver<Scan>);
 
 impl Scans {
     /// Record and start a scan; returns it as started.
