@@ -239,6 +239,11 @@ fn action_of_v1(method: &Method, template: &str) -> Option<(&'static str, &'stat
         "/vms/{vm_name}/snapshots/{snapshot_name}/restore" if post => {
             ("snapshot_restore", "snapshot")
         }
+        "/vms/{vm_name}/files/upload" | "/vms/{vm_name}/guest/upload" if post => {
+            ("file_write", "file")
+        }
+        "/vms/{vm_name}/resources" if *method == Method::PUT => ("vm_resources_update", "vm"),
+        "/vms/{vm_name}/network/port-forward" if post => ("port_forward_create", "port_forward"),
         "/security/scan" if post => ("security_scan", "scan"),
         _ => return None,
     })

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cli;
-pub mod python;
 pub mod py_microvm;
+pub mod python;
 pub mod service;
 
 use std::path::{Path, PathBuf};
