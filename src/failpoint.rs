@@ -23,6 +23,16 @@ pub const FAILPOINTS: &[&str] = &[
 /// (`api/audit.rs`): the change is committed, its row says "pending".
 pub const AUDIT_BEFORE_OUTCOME: &str = "audit:before_outcome";
 
+/// Crash points of memory snapshots and memory restores, in the order they
+/// are reached ([`crash`]; `:error` modes do not apply to them).
+pub const MEMORY_FAILPOINTS: &[&str] = &[
+    "memory_snapshot:after_storage",
+    "memory_snapshot:after_dump",
+    "memory_restore:after_stop",
+    "memory_restore:after_storage",
+    "memory_restore:after_start",
+];
+
 /// The error an armed `:error` failpoint returns.
 #[derive(Debug, thiserror::Error)]
 #[error("failpoint {step} injected an error")]
@@ -67,6 +77,19 @@ fn parse(value: &str) -> Option<(String, Mode)> {
         return Some((step.to_owned(), Mode::ErrorOnce));
     }
     Some((value.to_owned(), Mode::Crash))
+}
+
+/// Reached crash point `step`: abort when it is the armed one. For steps
+/// where an injected error would only leave a state no real error can.
+pub fn crash(step: &'static str) {
+    debug_assert!(
+        MEMORY_FAILPOINTS.contains(&step),
+        "unlisted crash point {step}"
+    );
+    if armed().is_some_and(|a| a.step == step && a.mode == Mode::Crash) {
+        eprintln!("rewind: failpoint {step} hit, aborting");
+        std::process::abort();
+    }
 }
 
 /// Reached `step`: crash or fail when it is the armed one.

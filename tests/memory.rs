@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -20,47 +19,15 @@ use common::service::Service;
 
 fn env() -> &'static Service {
     static ENV: OnceLock<Service> = OnceLock::new();
-    ENV.get_or_init(|| Service::start("memory", base_image(), |_| {}))
+    ENV.get_or_init(|| Service::start("memory", common::memory::base_image(), |_| {}))
 }
 
-fn base_image() -> PathBuf {
-    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
-    match real.join(".rewind-image-complete").exists() {
-        true => real,
-        false => common::busybox_rootfs(),
-    }
-}
-
-/// Why these tests cannot run here, if they cannot: no python3 in the
-/// image, or (after asserting the 501 that says so) no CRIU.
 fn skip_reason(test: &str, key: &str, vm: &str) -> Option<String> {
-    let probe = env().run(key, vm, "command -v python3 >/dev/null && echo yes");
-    if probe["stdout"] != "yes\n" {
-        return Some(format!(
-            "SKIPPED {test}: no python3 in the base image (set REWIND_TEST_BASE_IMAGE)"
-        ));
-    }
-    let (status, body) = snapshot(key, vm, "probe-mem");
-    match status {
-        StatusCode::CREATED => None,
-        StatusCode::NOT_IMPLEMENTED => {
-            let reason = body["error"].as_str().unwrap_or_default().to_owned();
-            assert!(reason.contains("CRIU"), "{body}");
-            Some(format!("SKIPPED {test}: {reason}"))
-        }
-        other => panic!("memory snapshot probe answered {other}: {body}"),
-    }
+    common::memory::skip_reason(env(), test, key, vm)
 }
 
 fn snapshot(key: &str, vm: &str, name: &str) -> (StatusCode, Value) {
-    env().call(
-        "POST",
-        &format!("/vms/{vm}/snapshots"),
-        Some(key),
-        Some(json!({"name": name, "include_memory": true})),
-    )
+    common::memory::snapshot(env(), key, vm, name)
 }
 
 /// A python process keeping a counter in memory only: each line written to

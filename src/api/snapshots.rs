@@ -25,6 +25,9 @@ fn snapshot_json(vm: &str, v: &SnapshotView) -> Value {
         "retained_because": v.retained_because(),
         "description": v.row.description,
         "include_memory": v.row.include_memory,
+        "memory_image_bytes": v.memory.as_ref().map(|m| m.image_bytes),
+        "criu_version": v.memory.as_ref().and_then(|m| m.criu_version.clone()),
+        "checksum": v.row.checksum,
         "missing": v.row.missing,
         "exclusive_bytes": v.sizes.map(|s| s.exclusive_bytes),
         "referenced_bytes": v.sizes.map(|s| s.referenced_bytes),
@@ -62,6 +65,8 @@ pub async fn create(
             "exclusive_bytes": v.sizes.map(|s| s.exclusive_bytes),
             "description": v.row.description,
             "include_memory": v.row.include_memory,
+            "memory_image_bytes": v.memory.as_ref().map(|m| m.image_bytes),
+            "criu_version": v.memory.as_ref().and_then(|m| m.criu_version.clone()),
             "checksum": v.row.checksum,
         })),
     ))

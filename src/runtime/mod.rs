@@ -142,6 +142,15 @@ pub enum Attached {
     Restarted(RuntimeState),
 }
 
+/// What a memory snapshot's saved state is ([`Runtime::saved_state_info`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SavedStateInfo {
+    /// Total size of the saved files in bytes.
+    pub image_bytes: u64,
+    /// Version of CRIU that wrote the images (namespace runtime).
+    pub criu_version: Option<String>,
+}
+
 /// Failure of a runtime operation.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -345,6 +354,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// default nothing is checked (the runtime's own restore reports damage).
     async fn verify_state(&self, _dir: &Path) -> Result<(), RuntimeError> {
         Ok(())
+    }
+
+    /// What is known about state saved by [`Runtime::save_state`] in `dir`
+    /// (its size, the checkpoint tool's version), for the API; `None` when
+    /// the runtime records nothing or `dir` holds no saved state.
+    fn saved_state_info(&self, _dir: &Path) -> Option<SavedStateInfo> {
+        None
     }
 
     /// Start `sb` from state saved by [`Runtime::save_state`] (of `sb` itself

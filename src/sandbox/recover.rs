@@ -4,7 +4,9 @@
 //! - `creating` rows: the half-made sandbox is rolled back.
 //! - A snapshot row without its subvolume is kept, flagged `missing`, and
 //!   logged; a restore to it answers 409. A snapshot subvolume without its
-//!   row gets a row of kind `recovered` (its command is unknown), logged.
+//!   row gets a row of kind `recovered` (its command is unknown), logged —
+//!   except a memory snapshot cut off before its row was written, which is
+//!   deleted (never acknowledged; its image may be partial).
 //! - A sandbox directory in storage without any row is reported, not deleted.
 //! - Each live sandbox is re-attached (or restarted, and logged as such);
 //!   one that cannot be brought back is marked `failed` with the reason.
@@ -108,6 +110,16 @@ impl Sandboxes {
             .iter()
             .filter(|i| !row_names.contains(i.name.as_str()))
         {
+            if self
+                .drop_unrecorded_memory_snapshot(row, &info.name)
+                .await?
+            {
+                report.actions.push(format!(
+                    "{}: memory snapshot {} was cut off before it was recorded; deleted it",
+                    row.name, info.name
+                ));
+                continue;
+            }
             let new = NewSnapshot {
                 name: info.name.clone(),
                 kind: "recovered",
@@ -123,6 +135,25 @@ impl Sandboxes {
             ));
         }
         Ok(())
+    }
+
+    /// A snapshot with an aux dir but no row is a memory (full) snapshot
+    /// whose service died before its row — the commit point — was written
+    /// (only full snapshots have aux dirs): it was never acknowledged, and
+    /// its memory image may be partial. Deletes it; `false` for others.
+    async fn drop_unrecorded_memory_snapshot(
+        &self,
+        row: &SandboxRow,
+        snap: &str,
+    ) -> Result<bool, SandboxError> {
+        let name = super::parse_sandbox_name(&row.name)?;
+        let snap = super::parse_snapshot_name("snapshot", snap)?;
+        if !self.storage.snapshot_aux_path(&name, &snap).exists() {
+            return Ok(false);
+        }
+        self.blocking(move |s| s.delete_snapshot(&name, &snap))
+            .await?;
+        Ok(true)
     }
 
     async fn reattach(

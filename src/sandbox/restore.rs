@@ -2,15 +2,17 @@
 //! workspace (killing its holders) → storage swaps the live subvolume
 //! atomically → the runtime puts the new workspace in place → the agent
 //! mounts it. Later snapshots stay listed. Refused with 409 while a command
-//! runs.
+//! runs. A stopped sandbox (also one whose memory restore failed) is
+//! restored by swapping its storage and starting it from the snapshot.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rewind_storage::SandboxName;
+use rewind_storage::{SandboxName, SnapshotName};
 
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
-use crate::db::Db;
+use crate::db::{Db, SandboxStatus, SnapshotRow};
 use crate::failpoint;
 
 /// How long a restore waits for the sandbox's lock before answering 409.
@@ -24,6 +26,9 @@ impl Sandboxes {
         snapshot: &str,
     ) -> Result<(), SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
+        if self.find(caller, name).await?.status == SandboxStatus::Stopped {
+            return self.restore_stopped(caller, name, &snap).await;
+        }
         let (row, entry) = self.find_live(caller, name).await?;
         // A brief wait lets a short holder that is not a command (a snapshot
         // listing, a health check's transport copy) finish first.
@@ -36,15 +41,7 @@ impl Sandboxes {
         };
         let id = row.id;
         let found = self.snapshot_row(id, &snap, false).await?;
-        let with_memory = found.include_memory && self.runtime.supports_memory_snapshots();
-        if let Some(reason) = with_memory
-            .then(|| self.runtime.memory_unavailable())
-            .flatten()
-        {
-            return Err(SandboxError::NotImplemented(format!(
-                "snapshot {snap} holds memory: {reason}"
-            )));
-        }
+        let with_memory = self.restores_memory(&found, &snap)?;
         let sandbox = super::parse_sandbox_name(&row.name)?;
         if with_memory {
             self.restore_full(&mut live, &sandbox, &snap).await?;
@@ -62,28 +59,132 @@ impl Sandboxes {
         Ok(())
     }
 
-    /// Restore a full (memory) snapshot: stop the VM → restore workspace and
-    /// state subvolumes → start it from the saved VM state → new agent
-    /// connection. When the storage step fails (the old workspace is intact:
-    /// storage restores atomically) the sandbox is started again as it was
-    /// and the storage error is returned as such (a vanished snapshot is a
-    /// 404, not a 500). If a start fails the sandbox is marked failed.
+    /// Whether restoring `found` brings back memory too; 501 when it holds
+    /// memory this host cannot restore right now (e.g. no CRIU).
+    fn restores_memory(
+        &self,
+        found: &SnapshotRow,
+        snap: &SnapshotName,
+    ) -> Result<bool, SandboxError> {
+        let with_memory = found.include_memory && self.runtime.supports_memory_snapshots();
+        match with_memory
+            .then(|| self.runtime.memory_unavailable())
+            .flatten()
+        {
+            Some(reason) => Err(SandboxError::NotImplemented(format!(
+                "snapshot {snap} holds memory: {reason}"
+            ))),
+            None => Ok(with_memory),
+        }
+    }
+
+    /// Where a memory snapshot's saved state (VM state, CRIU images) lives.
+    fn memory_dir(&self, sandbox: &SandboxName, snap: &SnapshotName) -> PathBuf {
+        self.storage
+            .snapshot_aux_path(sandbox, snap)
+            .join(super::snapshots::VM_STATE_DIR)
+    }
+
+    /// Restore a stopped sandbox: storage first (atomic: on failure the
+    /// sandbox stays stopped with its old files), then start it — from the
+    /// snapshot's memory image when it has one. A start that fails leaves
+    /// it stopped with the reason, still restorable.
+    async fn restore_stopped(
+        &self,
+        caller: &Caller,
+        name: &str,
+        snap: &SnapshotName,
+    ) -> Result<(), SandboxError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let row = self.find(caller, name).await?;
+        if row.status != SandboxStatus::Stopped {
+            return Err(SandboxError::Conflict(format!(
+                "VM \"{}\" changed state during the restore; try again",
+                row.name
+            )));
+        }
+        let found = self.snapshot_row(row.id, snap, false).await?;
+        let with_memory = self.restores_memory(&found, snap)?;
+        let sandbox = super::parse_sandbox_name(&row.name)?;
+        let ctx = self.context_of(&row, &sandbox);
+        let dir = self.memory_dir(&sandbox, snap);
+        if with_memory {
+            self.runtime.verify_state(&dir).await?;
+        }
+        let (n, s) = (sandbox.clone(), snap.clone());
+        self.blocking(move |st| st.restore(&n, &s)).await?;
+        let started = match with_memory {
+            true => self.runtime.start_from_state(&ctx, &dir).await,
+            false => self.runtime.start(&ctx).await,
+        };
+        let state = match started {
+            Ok(state) => state,
+            Err(e) => {
+                self.record_stopped(row.id, &row.name, snap, &e).await;
+                return Err(e.into());
+            }
+        };
+        self.record_started(&row, &sandbox, &ctx, state).await?;
+        if let Some(entry) = self.entry(&row.name) {
+            entry.lock().await.restored_to = Some(snap.to_string());
+        }
+        let id = row.id;
+        self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
+        tracing::info!(sandbox = %row.name, snapshot = %snap, "stopped sandbox restored and started");
+        Ok(())
+    }
+
+    /// A restore's start failed after the sandbox's processes were stopped:
+    /// it is `stopped` (not live), with the reason; a restore of any
+    /// snapshot, or a start, brings it back.
+    async fn record_stopped(
+        &self,
+        id: i64,
+        name: &str,
+        snap: &SnapshotName,
+        e: &crate::runtime::RuntimeError,
+    ) {
+        let reason = format!(
+            "restore of {snap} failed: {}; the sandbox is stopped: restore a snapshot or start it",
+            crate::runtime::chain(e)
+        );
+        tracing::error!(sandbox = %name, reason = %reason, "restore failed");
+        self.remove_entry(name);
+        let recorded = self
+            .db
+            .call(move |c| {
+                Db::set_runtime_state(c, id, &serde_json::Value::Null)?;
+                Db::set_sandbox_status(c, id, SandboxStatus::Stopped, Some(&reason))
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(sandbox = %name, error = %e, "cannot record the failed restore");
+        }
+    }
+
+    /// Restore a full (memory) snapshot: stop the sandbox → restore
+    /// workspace and state subvolumes → start it from the saved state → new
+    /// agent connection. When the storage step fails (the old workspace is
+    /// intact: storage restores atomically) the sandbox is started again as
+    /// it was and the storage error is returned as such (a vanished snapshot
+    /// is a 404, not a 500). If a start fails the sandbox is left stopped
+    /// with the reason ([`Sandboxes::record_stopped`]): never its old
+    /// processes on the new files.
     async fn restore_full(
         &self,
         live: &mut Live,
         sandbox: &SandboxName,
-        snap: &rewind_storage::SnapshotName,
+        snap: &SnapshotName,
     ) -> Result<(), SandboxError> {
-        let dir = self
-            .storage
-            .snapshot_aux_path(sandbox, snap)
-            .join(super::snapshots::VM_STATE_DIR);
+        let dir = self.memory_dir(sandbox, snap);
         // A damaged memory image is refused while the sandbox still runs.
         self.runtime.verify_state(&dir).await?;
         self.close_egress(&live.ctx.name);
         self.runtime.stop(&live.ctx, &live.state).await?;
+        failpoint::crash("memory_restore:after_stop");
         let (n, s) = (sandbox.clone(), snap.clone());
         let restored = self.blocking(move |st| st.restore(&n, &s)).await;
+        failpoint::crash("memory_restore:after_storage");
         let started = match &restored {
             Ok(()) => self.runtime.start_from_state(&live.ctx, &dir).await,
             Err(_) => self.runtime.start(&live.ctx).await,
@@ -91,11 +192,11 @@ impl Sandboxes {
         let state = match started {
             Ok(state) => state,
             Err(e) => {
-                let reason = format!("restore of {snap} failed: {}", crate::runtime::chain(&e));
-                self.mark_failed(live.id, reason).await;
+                self.record_stopped(live.id, &live.ctx.name, snap, &e).await;
                 return Err(e.into());
             }
         };
+        failpoint::crash("memory_restore:after_start");
         live.agent = self.agent_for(&live.ctx, &state);
         live.state = state.clone();
         self.open_egress(&live.ctx, &live.state).await;

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use super::{SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::{Db, NewSnapshot, SnapshotRow};
-use crate::runtime::{full_snapshot, FullSnapshotError};
+use crate::failpoint;
+use crate::runtime::{full_snapshot, FullSnapshotError, SavedStateInfo};
 
 /// Sub-directory of a snapshot's aux dir holding the VM's saved state.
 pub const VM_STATE_DIR: &str = "vm";
@@ -34,6 +35,8 @@ pub struct SnapshotView {
     pub pinned: bool,
     /// Why history thinning keeps it (`None`: about to be thinned, or missing).
     pub retention: Option<Retention>,
+    /// A memory snapshot's saved state: its size and CRIU's version.
+    pub memory: Option<SavedStateInfo>,
 }
 
 impl SnapshotView {
@@ -69,6 +72,7 @@ impl Sandboxes {
         let id = row.id;
         let rows = self.db.call(move |c| Db::list_snapshots(c, id)).await?;
         let sandbox = super::parse_sandbox_name(&row.name)?;
+        let mut memory = self.memory_infos(&sandbox, &rows).await?;
         let infos = self.blocking(move |s| s.list_snapshots(&sandbox)).await?;
         let by_name: HashMap<_, _> = infos.into_iter().map(|i| (i.name.clone(), i)).collect();
         let views = rows
@@ -81,11 +85,36 @@ impl Sandboxes {
                     sizes: info.and_then(|i| i.sizes),
                     pinned: info.is_some_and(|i| i.kind == SnapshotKind::Kept),
                     retention: info.and_then(|i| i.retention),
+                    memory: memory.remove(&row.name),
                     row,
                 }
             })
             .collect();
         Ok(views)
+    }
+
+    /// What the runtime recorded with each memory snapshot of `rows`.
+    async fn memory_infos(
+        &self,
+        sandbox: &SandboxName,
+        rows: &[SnapshotRow],
+    ) -> Result<HashMap<String, SavedStateInfo>, SandboxError> {
+        let dirs: Vec<(String, std::path::PathBuf)> = rows
+            .iter()
+            .filter(|r| r.include_memory)
+            .filter_map(|r| {
+                let snap: SnapshotName = r.name.parse().ok()?;
+                let dir = self.storage.snapshot_aux_path(sandbox, &snap);
+                Some((r.name.clone(), dir.join(VM_STATE_DIR)))
+            })
+            .collect();
+        let runtime = self.runtime.clone();
+        let infos = tokio::task::spawn_blocking(move || {
+            dirs.into_iter()
+                .filter_map(|(name, dir)| Some((name, runtime.saved_state_info(&dir)?)))
+                .collect()
+        });
+        Ok(infos.await?)
     }
 
     pub async fn create_snapshot(
@@ -148,7 +177,9 @@ impl Sandboxes {
         }
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let info = if req.include_memory {
-            self.full_snapshot(&mut live, &sandbox, &snap).await?
+            let info = self.full_snapshot(&mut live, &sandbox, &snap).await?;
+            failpoint::crash("memory_snapshot:after_dump");
+            info
         } else {
             self.take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept)
                 .await?
@@ -173,7 +204,11 @@ impl Sandboxes {
             snapshot: saved.name.clone(),
         };
         self.publish_snapshot(row.owner_key_id, &row.name, created);
+        let mut memory = self
+            .memory_infos(&sandbox, std::slice::from_ref(&saved))
+            .await?;
         Ok(SnapshotView {
+            memory: memory.remove(&saved.name),
             row: saved,
             sizes: info.sizes,
             pinned: true,
@@ -199,6 +234,7 @@ impl Sandboxes {
             let taken = tokio::task::spawn_blocking(move || {
                 let info = storage.snapshot_with_state(&s, &n, SnapshotKind::Kept)?;
                 storage.snapshot_aux_dir(&s, &n)?;
+                failpoint::crash("memory_snapshot:after_storage");
                 Ok::<_, rewind_storage::StorageError>(info)
             });
             Ok::<_, SandboxError>(taken.await??)

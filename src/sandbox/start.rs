@@ -3,9 +3,12 @@
 //! status `running` → its egress proxy reopens. Processes and memory of
 //! before the stop are gone; files are not.
 
+use rewind_storage::SandboxName;
+
 use super::{SandboxError, Sandboxes};
 use crate::auth::Caller;
 use crate::db::{Db, SandboxRow, SandboxStatus};
+use crate::runtime::{RuntimeState, SandboxContext};
 
 impl Sandboxes {
     pub async fn start(&self, caller: &Caller, name: &str) -> Result<SandboxRow, SandboxError> {
@@ -21,6 +24,22 @@ impl Sandboxes {
         let sandbox = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context_of(&row, &sandbox);
         let state = self.runtime.start(&ctx).await?;
+        self.record_started(&row, &sandbox, &ctx, state).await?;
+        tracing::info!(sandbox = %row.name, "sandbox started");
+        self.find(caller, name).await
+    }
+
+    /// A stopped sandbox's runtime now runs in `state` (started, or started
+    /// from a memory image): record it as running, make it live and reopen
+    /// its egress proxy. When the database refuses, the runtime is stopped
+    /// again and the sandbox stays stopped. Called under the lifecycle lock.
+    pub(super) async fn record_started(
+        &self,
+        row: &SandboxRow,
+        sandbox: &SandboxName,
+        ctx: &SandboxContext,
+        state: RuntimeState,
+    ) -> Result<(), SandboxError> {
         let (id, saved) = (row.id, state.clone());
         let recorded = self
             .db
@@ -33,20 +52,18 @@ impl Sandboxes {
         let last = match recorded {
             Ok(last) => last,
             Err(e) => {
-                if let Err(stop) = self.runtime.stop(&ctx, &state).await {
+                if let Err(stop) = self.runtime.stop(ctx, &state).await {
                     tracing::error!(sandbox = %row.name, error = %stop, "rollback: runtime stop failed");
                 }
                 return Err(e.into());
             }
         };
-        let mut live = self.new_live(&row, &sandbox, state);
+        let mut live = self.new_live(row, sandbox, state);
         live.last_cmd_ms = last;
         self.open_egress(&live.ctx, &live.state).await;
         self.insert_entry(&row.name, live);
-        tracing::info!(sandbox = %row.name, "sandbox started");
-        let row = self.find(caller, name).await?;
-        self.publish_status(&row, SandboxStatus::Stopped, row.status);
-        Ok(row)
+        self.publish_status(row, SandboxStatus::Stopped, SandboxStatus::Running);
+        Ok(())
     }
 
     /// Stop, then start.

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod memory;
+pub mod process;
 pub mod py_microvm;
 pub mod python;
 pub mod service;

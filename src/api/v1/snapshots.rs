@@ -87,6 +87,10 @@ pub struct Created {
     /// `sha256:` of what was saved (see README: what the checksum covers).
     checksum: Option<String>,
     include_memory: bool,
+    /// Memory snapshots: size of the saved memory image and, on the
+    /// namespace runtime, the CRIU version that wrote it.
+    memory_image_bytes: Option<u64>,
+    criu_version: Option<String>,
 }
 
 fn created(vm_name: String, v: SnapshotView) -> Created {
@@ -98,6 +102,8 @@ fn created(vm_name: String, v: SnapshotView) -> Created {
         description: v.row.description,
         checksum: v.row.checksum,
         include_memory: v.row.include_memory,
+        memory_image_bytes: v.memory.as_ref().map(|m| m.image_bytes),
+        criu_version: v.memory.and_then(|m| m.criu_version),
     }
 }
 

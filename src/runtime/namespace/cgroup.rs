@@ -218,6 +218,21 @@ impl Cgroups {
         }
     }
 
+    /// Whether the sandbox's cgroup is (being) frozen.
+    pub fn is_frozen(&self, name: &str) -> bool {
+        let Some(dir) = self.freezer(name) else {
+            return false;
+        };
+        match self.layout {
+            Layout::V2 { .. } => {
+                fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1")
+            }
+            Layout::V1 { .. } => {
+                fs::read_to_string(dir.join("freezer.state")).is_ok_and(|v| v.trim() != "THAWED")
+            }
+        }
+    }
+
     /// Freeze (or thaw) every process of the sandbox; returns once the
     /// kernel reports the whole cgroup frozen (bounded wait).
     pub fn set_frozen(&self, name: &str, frozen: bool) -> Result<(), CgroupError> {

@@ -217,6 +217,14 @@ fn host_path(mounts: &HostMounts, inside: &str) -> PathBuf {
     }
 }
 
+/// The host pid an error line of CRIU's log names (`... (pid: 5479) failed`).
+pub fn failed_pid(log: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("Error ("))
+        .find_map(|l| l.split("(pid: ").nth(1)?.split(')').next()?.parse().ok())
+}
+
 /// Total size of the files directly in `dir`.
 pub fn image_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)

@@ -39,6 +39,7 @@ impl NamespaceRuntime {
             message,
         };
         tokio::task::spawn_blocking(move || {
+            refuse_unsupported_fds(&cgroups, &name, s.pid)?;
             wait_host_sockets_closed(&cgroups, &name, s.pid)?;
             cgroups.set_frozen(&name, true).map_err(|e| e.to_string())
         })
@@ -59,6 +60,25 @@ impl NamespaceRuntime {
             sandbox: sb.name.clone(),
             source: e.into(),
         })
+    }
+
+    /// A memory snapshot cut off by a crash of the service leaves the
+    /// sandbox frozen: thaw it (at re-attach), so it runs on unchanged.
+    pub(super) async fn thaw_if_frozen(&self, sb: &SandboxContext) {
+        let (cgroups, name) = (self.cgroups.clone(), sb.name.clone());
+        let thawed = tokio::task::spawn_blocking(move || match cgroups.is_frozen(&name) {
+            true => cgroups.set_frozen(&name, false).map(|()| true),
+            false => Ok(false),
+        })
+        .await;
+        match thawed {
+            Ok(Ok(true)) => {
+                tracing::warn!(sandbox = %sb.name, "sandbox was left frozen (a memory snapshot was cut off); thawed it")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(sandbox = %sb.name, error = %e, "cannot thaw the sandbox"),
+            Err(e) => tracing::warn!(sandbox = %sb.name, error = %e, "cannot thaw the sandbox"),
+        }
     }
 
     /// Dump the frozen tree into `dir`; on failure nothing is left there.
@@ -87,6 +107,10 @@ impl NamespaceRuntime {
         });
         dumped.map_err(|message| {
             let _ = std::fs::remove_dir_all(dir);
+            let message = match criu::failed_pid(&log) {
+                Some(pid) => format!("{}: {message}", describe_process(pid)),
+                None => message,
+            };
             RuntimeError::Checkpoint {
                 sandbox: sb.name.clone(),
                 message,
@@ -215,8 +239,17 @@ fn wait_host_sockets_closed(cgroups: &super::Cgroups, name: &str, pid: i32) -> R
     }
 }
 
-/// (pid, socket inode) of every socket fd held by the sandbox's processes.
-fn held_sockets(cgroups: &super::Cgroups, name: &str, pid: i32) -> Vec<(i32, u64)> {
+/// One open file of a sandbox process.
+struct HeldFd {
+    /// Host pid of the holder.
+    pid: i32,
+    fd: String,
+    /// What `/proc/<pid>/fd/<fd>` links to.
+    target: String,
+}
+
+/// Every fd held by the sandbox's processes (its cgroup's, else PID 1's).
+fn held_fds(cgroups: &super::Cgroups, name: &str, pid: i32) -> Vec<HeldFd> {
     let procs = cgroups
         .freezer(name)
         .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
@@ -227,17 +260,75 @@ fn held_sockets(cgroups: &super::Cgroups, name: &str, pid: i32) -> Vec<(i32, u64
             .into_iter()
             .flatten()
             .flatten();
-        for fd in fds {
-            let target = std::fs::read_link(fd.path()).unwrap_or_default();
-            let ino = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse().ok());
-            held.extend(ino.map(|ino| (p, ino)));
-        }
+        held.extend(fds.map(|fd| {
+            HeldFd {
+                pid: p,
+                fd: fd.file_name().to_string_lossy().into_owned(),
+                target: std::fs::read_link(fd.path())
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            }
+        }));
     }
     held
+}
+
+/// (pid, socket inode) of every socket fd held by the sandbox's processes.
+fn held_sockets(cgroups: &super::Cgroups, name: &str, pid: i32) -> Vec<(i32, u64)> {
+    held_fds(cgroups, name, pid)
+        .into_iter()
+        .filter_map(|h| {
+            let ino = h
+                .target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((h.pid, ino))
+        })
+        .collect()
+}
+
+/// Kinds of open files CRIU 4.1 cannot checkpoint (checked on this host:
+/// an io_uring fd fails the dump in `send_fds` with EINVAL), by the
+/// `anon_inode:` name the kernel gives them.
+const UNSUPPORTED_FDS: &[(&str, &str)] = &[("anon_inode:[io_uring]", "an io_uring instance")];
+
+/// Refuse before anything is frozen or snapshotted when a process holds a
+/// file CRIU cannot checkpoint; the message names the process (its pid
+/// inside the sandbox and its command) and the file.
+fn refuse_unsupported_fds(cgroups: &super::Cgroups, name: &str, pid: i32) -> Result<(), String> {
+    let held = held_fds(cgroups, name, pid);
+    let found = held.iter().find_map(|h| {
+        let (_, what) = UNSUPPORTED_FDS.iter().find(|(t, _)| *t == h.target)?;
+        Some((h, what))
+    });
+    match found {
+        None => Ok(()),
+        Some((h, what)) => Err(format!(
+            "{} holds {what} (fd {}), which CRIU cannot checkpoint; close it and retry",
+            describe_process(h.pid),
+            h.fd
+        )),
+    }
+}
+
+/// "process 12 (python3)": a host pid as the sandbox sees it (its last
+/// `NSpid`) with its command name.
+pub(super) fn describe_process(host_pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+    };
+    let inside = field("NSpid:")
+        .and_then(|v| v.split_whitespace().last().map(str::to_owned))
+        .unwrap_or_else(|| host_pid.to_string());
+    let comm = field("Name:").unwrap_or_else(|| "?".into());
+    format!("process {inside} ({comm})")
 }
 
 /// Inodes listed in a `/proc/.../net/unix` table.
@@ -247,6 +338,15 @@ fn unix_inodes(table: &Path) -> HashSet<u64> {
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(6)?.parse().ok())
         .collect()
+}
+
+/// The size and CRIU version recorded with a dump.
+pub(super) fn saved_state_info(dir: &Path) -> Option<crate::runtime::SavedStateInfo> {
+    let meta = read_meta(dir).ok()?;
+    Some(crate::runtime::SavedStateInfo {
+        image_bytes: meta.image_bytes,
+        criu_version: Some(meta.criu_version),
+    })
 }
 
 fn write_meta(dir: &Path, meta: &DumpMeta) -> Result<(), String> {

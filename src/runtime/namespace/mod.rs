@@ -195,6 +195,9 @@ impl NamespaceRuntime {
             .create(&sb.name, &sb.limits)
             .map_err(|e| start_err(e.into()))?;
         let spec = self.launch_spec(sb, cgroups)?;
+        // A memory restore cut off by a crash may leave the overlay root
+        // mounted on the host; a second overlay on the same upper dir fails.
+        let _ = nix::mount::umount2(&spec.merged_dir, nix::mount::MntFlags::MNT_DETACH);
         let spec_path = sb.state_dir.join("ns/launch.json");
         let text = serde_json::to_vec_pretty(&spec).map_err(|e| start_err(e.into()))?;
         std::fs::write(&spec_path, text).map_err(|source| RuntimeError::Io {
@@ -349,6 +352,7 @@ impl Runtime for NamespaceRuntime {
         state: &RuntimeState,
     ) -> Result<Attached, RuntimeError> {
         let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
+        self.thaw_if_frozen(sb).await;
         if let Some(s) = known
             .as_ref()
             .filter(|s| proc_starttime(s.pid) == Some(s.starttime))
@@ -474,6 +478,10 @@ impl Runtime for NamespaceRuntime {
         dir: &Path,
     ) -> Result<RuntimeState, RuntimeError> {
         self.restore_tree(sb, dir).await
+    }
+
+    fn saved_state_info(&self, dir: &Path) -> Option<super::SavedStateInfo> {
+        memory::saved_state_info(dir)
     }
 
     async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
