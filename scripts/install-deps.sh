@@ -55,7 +55,11 @@ CRIU_BUILD_PACKAGES=(
 # Upstream fixes CRIU 4.1.1 lacks, applied to the tarball (scripts/criu/).
 # 0001 (upstream c7395f4, in 4.2): restoring a sandbox whose background
 # process lost its process-group leader fails without it.
-CRIU_STAMP=/usr/local/lib/rewind/criu-${CRIU_VERSION}-patched
+# 0002 (as upstream PR #2719): on Linux >= 6.16 every dump of a process with
+# a TCP/UDP socket fails ("Can't get 1:16 opt") without it.
+# The stamp names the patch set, so a changed set rebuilds CRIU.
+CRIU_PATCHES=$(cat "$(dirname "${BASH_SOURCE[0]}")"/criu/*.patch | sha256sum | cut -c1-12)
+CRIU_STAMP=/usr/local/lib/rewind/criu-${CRIU_VERSION}-patched-${CRIU_PATCHES}
 criu_works() {
   command -v criu >/dev/null 2>&1 && criu check 2>&1 | grep -q "Looks good" &&
     { [ -e "$CRIU_STAMP" ] || ! criu --version | grep -q "Version: [0-3]\.\|Version: 4\.[01]\b"; }
