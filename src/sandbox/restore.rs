@@ -180,11 +180,14 @@ impl Sandboxes {
         // A damaged memory image is refused while the sandbox still runs.
         self.runtime.verify_state(&dir).await?;
         self.close_egress(&live.ctx.name);
+        let t = std::time::Instant::now();
         self.runtime.stop(&live.ctx, &live.state).await?;
         failpoint::crash("memory_restore:after_stop");
+        let stopped = t.elapsed();
         let (n, s) = (sandbox.clone(), snap.clone());
         let restored = self.blocking(move |st| st.restore(&n, &s)).await;
         failpoint::crash("memory_restore:after_storage");
+        let swapped = t.elapsed();
         let started = match &restored {
             Ok(()) => self.runtime.start_from_state(&live.ctx, &dir).await,
             Err(_) => self.runtime.start(&live.ctx).await,
@@ -197,6 +200,13 @@ impl Sandboxes {
             }
         };
         failpoint::crash("memory_restore:after_start");
+        tracing::debug!(
+            sandbox = %live.ctx.name,
+            stop_ms = stopped.as_millis() as u64,
+            storage_ms = (swapped - stopped).as_millis() as u64,
+            start_ms = (t.elapsed() - swapped).as_millis() as u64,
+            "memory restore"
+        );
         live.agent = self.agent_for(&live.ctx, &state);
         live.state = state.clone();
         self.open_egress(&live.ctx, &live.state).await;

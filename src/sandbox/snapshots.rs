@@ -176,6 +176,7 @@ impl Sandboxes {
             )));
         }
         let sandbox = super::parse_sandbox_name(&row.name)?;
+        let t = std::time::Instant::now();
         let info = if req.include_memory {
             let info = self.full_snapshot(&mut live, &sandbox, &snap).await?;
             failpoint::crash("memory_snapshot:after_dump");
@@ -184,9 +185,11 @@ impl Sandboxes {
             self.take_snapshot(&live, snap.as_ref(), SnapshotKind::Kept)
                 .await?
         };
+        let taken = t.elapsed();
         let checksum = self
             .checksum(&row.name, snap.as_ref(), req.include_memory)
             .await?;
+        tracing::debug!(sandbox = %row.name, snapshot = %snap, taken_ms = taken.as_millis() as u64, checksum_ms = (t.elapsed() - taken).as_millis() as u64, "named snapshot taken");
         let new = NewSnapshot {
             name: snap.to_string(),
             kind: "named",

@@ -32,7 +32,15 @@ pub const META_FILE: &str = "rewind-criu.json";
 pub struct Criu {
     bin: PathBuf,
     pub version: String,
+    /// A directory on tmpfs bound at `/run` for every `criu` ([`kdat_dir`]).
+    kdat: Option<PathBuf>,
 }
+
+/// CRIU probes the kernel at every start (~20 ms idle, over 100 ms on a
+/// loaded host) unless it finds its cache, `/run/criu.kdat`, which it only
+/// keeps on tmpfs. Where the host's `/run` is not tmpfs, each `criu` runs
+/// in a private mount namespace with this tmpfs directory bound at `/run`.
+const KDAT_DIR: &str = "/dev/shm/rewind-criu";
 
 /// Recorded with every dump ([`META_FILE`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,7 +77,9 @@ impl Criu {
         let bin = super::which(Path::new("criu")).ok_or_else(|| {
             "criu is not installed (scripts/install-deps.sh builds it)".to_owned()
         })?;
-        let check = std::process::Command::new(&bin)
+        let kdat = kdat_dir();
+        // `criu check` fills the cache the later runs read.
+        let check = std::process::Command::from(command(&bin, kdat.as_deref()))
             .arg("check")
             .output()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -92,7 +102,7 @@ impl Criu {
             .unwrap_or("unknown")
             .trim()
             .to_owned();
-        Ok(Criu { bin, version })
+        Ok(Criu { bin, version, kdat })
     }
 
     /// `criu dump --leave-running` of the tree under `pid` into `images`
@@ -153,7 +163,7 @@ impl Criu {
     }
 
     async fn run(&self, args: &[OsString], log: &Path) -> Result<(), String> {
-        let run = Command::new(&self.bin)
+        let run = Command::from(command(&self.bin, self.kdat.as_deref()))
             .args(args)
             .kill_on_drop(true)
             .output();
@@ -175,6 +185,48 @@ impl Criu {
             last_lines(&errors.join("\n"), 4)
         ))
     }
+}
+
+/// [`KDAT_DIR`] (created, without a stale half-written cache) when the
+/// host's `/run` is not tmpfs and `/dev/shm` is; `None` otherwise.
+fn kdat_dir() -> Option<PathBuf> {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    let tmpfs = |p: &Path| statfs(p).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC);
+    let dir = PathBuf::from(KDAT_DIR);
+    if tmpfs(Path::new("/run")) || !tmpfs(dir.parent()?) {
+        return None;
+    }
+    std::fs::create_dir_all(&dir).ok()?;
+    // A `criu` killed while saving leaves this behind, and then never
+    // saves the cache again (it creates it with O_EXCL).
+    let _ = std::fs::remove_file(dir.join("criu.kdat.tmp"));
+    Some(dir)
+}
+
+/// `criu`, in a private mount namespace with `kdat` bound at `/run` when
+/// given (nothing else of the host's mounts changes for it).
+fn command(bin: &Path, kdat: Option<&Path>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin);
+    let Some(dir) = kdat.and_then(|d| std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).ok())
+    else {
+        return cmd;
+    };
+    let private_run = move || -> std::io::Result<()> {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+        let none: Option<&std::ffi::CStr> = None;
+        mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+        mount(Some(dir.as_c_str()), c"/run", none, MsFlags::MS_BIND, none)?;
+        Ok(())
+    };
+    // SAFETY: runs in the forked child before exec; it only makes the
+    // unshare and mount system calls, on strings allocated before the fork
+    // (no allocation, no locks: async-signal-safe).
+    unsafe {
+        cmd.pre_exec(private_run);
+    }
+    cmd
 }
 
 fn common_args(images: &Path, log: &Path) -> Vec<OsString> {

@@ -39,9 +39,13 @@ impl NamespaceRuntime {
             message,
         };
         tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
             refuse_unsupported_fds(&cgroups, &name, s.pid)?;
             wait_host_sockets_closed(&cgroups, &name, s.pid)?;
-            cgroups.set_frozen(&name, true).map_err(|e| e.to_string())
+            let drained = t.elapsed();
+            cgroups.set_frozen(&name, true).map_err(|e| e.to_string())?;
+            tracing::debug!(sandbox = %name, drain_ms = drained.as_millis() as u64, freeze_ms = (t.elapsed() - drained).as_millis() as u64, "memory snapshot: frozen");
+            Ok(())
         })
         .await
         .map_err(|e| err(e.to_string()))?
@@ -97,7 +101,10 @@ impl NamespaceRuntime {
                 reason: "memory snapshots need a cgroup freezer".into(),
             })?;
         let log = self.criu_log(&sb.name, "dump");
-        let dumped = criu.dump(s.pid, &freezer, dir, &log).await.and_then(|()| {
+        let t = Instant::now();
+        let dumped = criu.dump(s.pid, &freezer, dir, &log).await;
+        tracing::debug!(sandbox = %sb.name, criu_ms = t.elapsed().as_millis() as u64, "memory snapshot: criu dump");
+        let dumped = dumped.and_then(|()| {
             let meta = DumpMeta {
                 criu_version: criu.version.clone(),
                 agent_binary: self.agent_image.clone(),
@@ -143,6 +150,7 @@ impl NamespaceRuntime {
             self.criu_log(&sb.name, "pid"),
             self.criu_log(&sb.name, "restore"),
         );
+        let t = Instant::now();
         let restored = criu
             .restore(&RestoreSpec {
                 images: dir,
@@ -153,6 +161,7 @@ impl NamespaceRuntime {
                 log: &log,
             })
             .await;
+        tracing::debug!(sandbox = %sb.name, criu_ms = t.elapsed().as_millis() as u64, "memory restore: criu restore");
         // The restored mount namespace holds its own reference to the root.
         let _ = nix::mount::umount2(&spec.merged_dir, nix::mount::MntFlags::MNT_DETACH);
         let started = match restored {
