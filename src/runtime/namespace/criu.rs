@@ -79,7 +79,7 @@ impl Criu {
         })?;
         let kdat = kdat_dir();
         // `criu check` fills the cache the later runs read.
-        let check = std::process::Command::from(command(&bin, kdat.as_deref()))
+        let check = command(&bin, kdat.as_deref())
             .arg("check")
             .output()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -208,7 +208,8 @@ fn kdat_dir() -> Option<PathBuf> {
 fn command(bin: &Path, kdat: Option<&Path>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(bin);
-    let Some(dir) = kdat.and_then(|d| std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).ok())
+    let Some(dir) =
+        kdat.and_then(|d| std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).ok())
     else {
         return cmd;
     };
@@ -297,6 +298,20 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_pid_reads_the_pid_criu_names_in_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        let text = "Warn  (x.c:1): pid 7 is fine (pid: 7)\n\
+            Error (criu/parasite-syscall.c:280): Can't retrieve FDs from socket\n\
+            Error (criu/cr-dump.c:1681): Dump files (pid: 5479) failed with -1\n";
+        std::fs::write(&log, text).unwrap();
+
+        let pid = failed_pid(&log);
+
+        assert_eq!(pid, Some(5479));
+    }
 
     #[test]
     fn external_mounts_map_back_to_host_paths() {
