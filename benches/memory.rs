@@ -182,7 +182,7 @@ fn main() {
         common::delete_all_vms(&client).await;
         println!("\nrewind memory snapshot benchmark (CRIU; base image {})\n", base_image().display());
         println!("{}\n\n{}", lines.join("\n"), sizes.join("\n"));
-        println!("\nreproduce: cargo build --release -p rewind-agent && cargo bench -p rewind --bench memory");
+        println!("\nreproduce: cargo build --release -p rewind-agent && cargo bench -p rewind --bench memory (a debug build: cargo build -p rewind-agent && cargo bench --profile dev -p rewind --bench memory)");
         server.abort();
     });
 }
