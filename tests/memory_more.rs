@@ -201,3 +201,42 @@ fn process_crius_cannot_checkpoint_is_409_naming_it_and_nothing_changes() {
     let alive = env().run(key, name, "pgrep -f '[u]ring.py'");
     assert_eq!(alive["stdout"], pid);
 }
+
+#[test]
+fn workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes() {
+    let test = "workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes";
+    let vm = Sandbox::create(env(), "memthenfiles");
+    let (key, name) = (vm.key.as_str(), vm.name.as_str());
+    if let Some(skip) = skip_reason(env(), test, key, name) {
+        eprintln!("{skip}");
+        return;
+    }
+    // Outside /workspace: a workspace restore kills the processes holding it.
+    env().run(
+        key,
+        name,
+        "echo one > /workspace/f; cd / && nohup sleep 1000 >/dev/null 2>&1 &",
+    );
+    let (status, body) = env().call(
+        "POST",
+        &format!("/vms/{name}/snapshots"),
+        Some(key),
+        Some(json!({"name": "one"})),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = snapshot(env(), key, name, "mem");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = restore(env(), key, name, "mem");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    env().run(key, name, "echo two > /workspace/f");
+
+    let (status, body) = restore(env(), key, name, "one");
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let out = env().run(
+        key,
+        name,
+        "cat /workspace/f; pgrep -x sleep >/dev/null && echo sleeping",
+    );
+    assert_eq!(out["stdout"], "one\nsleeping\n");
+}
