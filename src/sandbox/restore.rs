@@ -131,6 +131,10 @@ impl Sandboxes {
         let id = row.id;
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
         tracing::info!(sandbox = %row.name, snapshot = %snap, "stopped sandbox restored and started");
+        let restored = crate::events::EventKind::SnapshotRestored {
+            snapshot: snap.to_string(),
+        };
+        self.publish_snapshot(row.owner_key_id, &row.name, restored);
         Ok(())
     }
 
