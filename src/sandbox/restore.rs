@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use rewind_storage::SandboxName;
+use std::sync::{Arc, OnceLock};
+
+use rewind_storage::{SandboxName, Tier};
 
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -22,7 +24,7 @@ impl Sandboxes {
         caller: &Caller,
         name: &str,
         snapshot: &str,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<Tier, SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
         let (row, entry) = self.find_live(caller, name).await?;
         // A brief wait lets a short holder that is not a command (a snapshot
@@ -46,20 +48,28 @@ impl Sandboxes {
             )));
         }
         let sandbox = super::parse_sandbox_name(&row.name)?;
+        // Memory snapshots are kept, so never cold.
+        let tier = Arc::new(OnceLock::new());
         if with_memory {
             self.restore_full(&mut live, &sandbox, &snap).await?;
         } else {
-            self.swap_workspace(&mut live, &sandbox, move |s, n| s.restore(n, &snap))
-                .await?;
+            let found = Arc::clone(&tier);
+            self.swap_workspace(&mut live, &sandbox, move |s, n| {
+                s.restore_tiered(n, &snap).map(|t| {
+                    let _ = found.set(t);
+                })
+            })
+            .await?;
         }
         live.restored_to = Some(snapshot.to_owned());
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
-        tracing::info!(sandbox = %row.name, snapshot = %snapshot, "workspace restored");
+        let tier = tier.get().copied().unwrap_or(Tier::Hot);
+        tracing::info!(sandbox = %row.name, snapshot = %snapshot, ?tier, "workspace restored");
         let restored = crate::events::EventKind::SnapshotRestored {
             snapshot: snapshot.to_owned(),
         };
         self.publish_snapshot(row.owner_key_id, &row.name, restored);
-        Ok(())
+        Ok(tier)
     }
 
     /// Restore a full (memory) snapshot: stop the VM → restore workspace and

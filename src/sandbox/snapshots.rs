@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use rewind_storage::{Retention, SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName};
+use rewind_storage::{
+    Retention, SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName, Tier,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -34,6 +36,8 @@ pub struct SnapshotView {
     pub pinned: bool,
     /// Why history thinning keeps it (`None`: about to be thinned, or missing).
     pub retention: Option<Retention>,
+    /// Hot (a subvolume) or cold (archived; restores more slowly).
+    pub tier: Tier,
 }
 
 impl SnapshotView {
@@ -53,6 +57,7 @@ impl SnapshotView {
             Retention::FiveMinutes => "five_minute",
             Retention::Hourly => "hourly",
             Retention::Daily => "daily",
+            Retention::Cold => "cold",
         })
     }
 }
@@ -81,6 +86,7 @@ impl Sandboxes {
                     sizes: info.and_then(|i| i.sizes),
                     pinned: info.is_some_and(|i| i.kind == SnapshotKind::Kept),
                     retention: info.and_then(|i| i.retention),
+                    tier: info.map_or(Tier::Hot, |i| i.tier),
                     row,
                 }
             })
@@ -178,6 +184,7 @@ impl Sandboxes {
             sizes: info.sizes,
             pinned: true,
             retention: Some(Retention::Kept),
+            tier: Tier::Hot,
         })
     }
 

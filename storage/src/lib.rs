@@ -207,7 +207,7 @@ mod thinning;
 
 pub use error::StorageError;
 pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
-pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, ARCHIVE_MAGIC};
+pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, Tier, ARCHIVE_MAGIC};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
 pub use send_stream::{ChangeKind, RawChange};

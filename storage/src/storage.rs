@@ -45,6 +45,9 @@ pub struct PoolConfig {
     /// Default true. Without it (or on a kernel without simple quotas, or
     /// with quotas off for good) limits are ignored.
     pub disk_limits: bool,
+    /// Archive thinned automatic snapshots as incremental send streams
+    /// (the cold tier, `ops/cold.rs`) instead of deleting them. Default false.
+    pub cold_history: bool,
 }
 
 impl PoolConfig {
@@ -56,6 +59,7 @@ impl PoolConfig {
             keep_recent: crate::thinning::DEFAULT_KEEP_RECENT,
             quotas: true,
             disk_limits: true,
+            cold_history: false,
         }
     }
 }

@@ -12,17 +12,22 @@ use crate::ops::SnapshotKind;
 use crate::storage::Storage;
 
 impl Storage {
-    /// Deletes one snapshot with its state snapshot, aux dir and marker.
+    /// Deletes one snapshot with its state snapshot, aux dir and marker,
+    /// hot or cold. One that cold snapshots depend on is kept, unlisted, as
+    /// their base (`ops/cold.rs`) until they are gone.
     pub fn delete_snapshot(
         &self,
         sb: &SandboxName,
         name: &SnapshotName,
     ) -> Result<(), StorageError> {
         let _guard = self.lock_existing(sb)?;
-        if !self.layout().snap(sb, name).exists() {
-            return Err(StorageError::not_found("snapshot", name));
+        if self.layout().snap(sb, name).exists() {
+            return self.remove_hot(sb, name);
         }
-        self.delete_snapshot_locked(sb, name)
+        if self.layout().cold(sb, name).is_dir() {
+            return self.remove_cold(sb, name);
+        }
+        Err(StorageError::not_found("snapshot", name))
     }
 
     /// The workspace snapshot goes first (the commit point); recovery
@@ -111,8 +116,10 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes one automatic snapshot if it is still there and still not
-    /// kept; false when it was spared.
+    /// Thins one automatic snapshot if it is still there and still not
+    /// kept: archives it to the cold tier when that is on, else deletes it
+    /// (kept as a hidden base if cold snapshots depend on it); false when
+    /// it was spared.
     fn thin_one(&self, sb: &SandboxName, name: &SnapshotName) -> Result<bool, StorageError> {
         let _guard = match self.lock_existing(sb) {
             Err(StorageError::NotFound { .. }) => return Ok(false),
@@ -122,7 +129,11 @@ impl Storage {
         if !l.snap(sb, name).exists() || l.kept_marker(sb, name).exists() {
             return Ok(false);
         }
-        self.delete_snapshot_locked(sb, name)?;
+        if self.inner.cfg.cold_history {
+            self.archive_to_cold(sb, name)?;
+        } else {
+            self.remove_hot(sb, name)?;
+        }
         Ok(true)
     }
 }
