@@ -191,6 +191,12 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let l = self.layout();
         let (sandbox, snap, cold) = (l.sandbox(sb), l.snap(sb, name), l.cold_dir(sb));
+        let target = cold.join(final_name.unwrap_or_else(|| name.to_string()));
+        if target.is_dir() {
+            // Archived before, but the hot copy could not be deleted then
+            // (the kernel refuses while a send of it runs): finish now.
+            return self.delete_snapshot_locked(sb, name);
+        }
         let hot = hot_snapshots(&sandbox)?;
         let me = btrfs::subvolume_meta(&snap)?;
         let parent = hot
@@ -211,7 +217,6 @@ impl Storage {
         fs::create_dir(&new).map_err(|e| StorageError::io("create", &new, e))?;
         self.write_entry(&new, &snap, parent.map(|p| p.id), &meta)?;
         failpoint::hit("cold:after_stream");
-        let target = cold.join(final_name.unwrap_or_else(|| name.to_string()));
         btrfs::rename_noreplace(&new, &target).map_err(|e| btrfs::rename_err(&new, &target, e))?;
         sync_dir(&cold)?;
         failpoint::hit("cold:after_commit");

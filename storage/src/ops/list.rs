@@ -92,11 +92,14 @@ impl Storage {
     }
 
     /// The listed cold snapshots of `sb`, with their creation transaction.
+    /// One still hot too (its hot copy could not be deleted yet, e.g.
+    /// while it was being exported) is listed once, as hot.
     fn cold_infos(&self, sb: &SandboxName) -> Result<Vec<(u64, SnapshotInfo)>, StorageError> {
         let entries = crate::ops::cold::entries(&self.layout().cold_dir(sb))?;
+        let snaps = self.layout().sandbox(sb).join(layout::SNAPS);
         Ok(entries
             .into_iter()
-            .filter(|e| !e.hidden)
+            .filter(|e| !e.hidden && !snaps.join(&e.meta.name).exists())
             .map(|e| (e.meta.otransid, cold_info(e.meta)))
             .collect())
     }
