@@ -66,8 +66,10 @@ fn cold_snapshots_stay_listed_and_restore_saying_cold() {
     let mut expected = vec!["initial".to_owned()];
     expected.extend(cmds.iter().cloned());
     assert_eq!(names, expected, "the list stays complete");
-    let cold: Vec<&(String, Value, Value)> =
-        listed.iter().filter(|(_, t, _)| *t == json!("cold")).collect();
+    let cold: Vec<&(String, Value, Value)> = listed
+        .iter()
+        .filter(|(_, t, _)| *t == json!("cold"))
+        .collect();
     assert!(cold.len() >= 3, "{listed:?}");
     assert!(cold.iter().all(|(_, _, why)| *why == json!("cold")));
     let (name, _, _) = cold[0];
@@ -145,12 +147,20 @@ fn incremental_export_imports_where_the_parent_exists_and_names_it_where_not() {
     let (status, incremental) = export(&key, &uri);
     assert_eq!(status, StatusCode::OK);
     let (_, full) = export(&key, &format!("/vms/{vm}/snapshots/{snap}/export"));
-    let (unknown, _) = export(&key, &format!("/vms/{vm}/snapshots/{snap}/export?parent=nope"));
+    let (unknown, _) = export(
+        &key,
+        &format!("/vms/{vm}/snapshots/{snap}/export?parent=nope"),
+    );
     let copy = common::unique("incr-imp");
 
     let (created, body) = import(&key, &copy, incremental.clone());
 
-    assert!(incremental.len() < full.len(), "{} vs {}", incremental.len(), full.len());
+    assert!(
+        incremental.len() < full.len(),
+        "{} vs {}",
+        incremental.len(),
+        full.len()
+    );
     assert_eq!(unknown, StatusCode::NOT_FOUND);
     assert_eq!(created, StatusCode::CREATED, "{body}");
     let out = svc.run(&key, &copy, "cat link; stat -c %a d/f");
@@ -176,8 +186,11 @@ fn import_over_the_size_cap_is_413_naming_the_limit_and_leaves_nothing() {
     let svc = env();
     let key = svc.user_key();
     let vm = svc.create_vm(&key, "cap");
-    let snap = svc.run(&key, &vm, "dd if=/dev/urandom of=big bs=64k count=40 2>/dev/null")
-        ["snapshot"]
+    let snap = svc.run(
+        &key,
+        &vm,
+        "dd if=/dev/urandom of=big bs=64k count=40 2>/dev/null",
+    )["snapshot"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -206,8 +219,15 @@ fn import_over_the_size_cap_is_413_naming_the_limit_and_leaves_nothing() {
     let (undeclared, undeclared_body) = svc.raw(req);
 
     assert_eq!(declared, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(body.to_string().contains("storage.max_import_mb (1 MiB)"), "{body}");
-    assert_eq!(undeclared, StatusCode::PAYLOAD_TOO_LARGE, "{undeclared_body}");
+    assert!(
+        body.to_string().contains("storage.max_import_mb (1 MiB)"),
+        "{body}"
+    );
+    assert_eq!(
+        undeclared,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{undeclared_body}"
+    );
     let (gone, _) = svc.call("GET", &format!("/vms/{copy}"), Some(&key), None);
     assert_eq!(gone, StatusCode::NOT_FOUND);
     assert_eq!(staging_dirs(), Vec::<String>::new());

@@ -151,9 +151,13 @@ fn disk_case(dir: &str, cold: bool, runs: usize, gib: usize) -> (u64, u64, usize
         fs::write(live.join(format!("blob{i}")), &data).unwrap();
         fs::write(live.join(format!("notes{i}.txt")), "notes\n").unwrap();
     }
-    s.snapshot(&sb, &snap("initial"), SnapshotKind::Kept).unwrap();
+    s.snapshot(&sb, &snap("initial"), SnapshotKind::Kept)
+        .unwrap();
     for n in 0..runs {
-        append(&live.join(format!("notes{}.txt", n % (gib * 256))), &format!("line {n}"));
+        append(
+            &live.join(format!("notes{}.txt", n % (gib * 256))),
+            &format!("line {n}"),
+        );
         s.snapshot(&sb, &snap(&format!("cmd_{n:05}")), SnapshotKind::Auto)
             .unwrap();
     }
@@ -188,11 +192,12 @@ fn main() {
     drop(s);
     let size = (gib as u64) << 30;
     println!("\n{runs} one-line commands on a {gib} GiB workspace (ratio = (data + metadata growth) / workspace)\n");
-    println!("| cold_history | data MiB | metadata growth MiB | ratio | auto snapshots hot / cold |");
+    println!(
+        "| cold_history | data MiB | metadata growth MiB | ratio | auto snapshots hot / cold |"
+    );
     println!("|---|---|---|---|---|");
     for cold in [false, true] {
-        let (data, meta, hot, cold_n) =
-            disk_case(&format!("{dir}/disk-{cold}"), cold, runs, gib);
+        let (data, meta, hot, cold_n) = disk_case(&format!("{dir}/disk-{cold}"), cold, runs, gib);
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
             "| {cold} | {:.1} | {:.1} | {:.3} | {hot} / {cold_n} |",

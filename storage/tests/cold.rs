@@ -43,8 +43,16 @@ fn change(root: &Path, i: usize) {
     match i {
         2 => mutate(root),
         _ => {
-            fs::write(root.join(format!("step-{i}")), common::noise(5000 + i, i as u64)).unwrap();
-            set_xattr(&root.join("plain.txt"), "user.step", i.to_string().as_bytes());
+            fs::write(
+                root.join(format!("step-{i}")),
+                common::noise(5000 + i, i as u64),
+            )
+            .unwrap();
+            set_xattr(
+                &root.join("plain.txt"),
+                "user.step",
+                i.to_string().as_bytes(),
+            );
             fs::write(root.join("dir/nested.bin"), format!("rewritten at {i}")).unwrap();
         }
     }
@@ -80,7 +88,11 @@ fn tiers(s: &Storage, sb: &SandboxName) -> BTreeMap<String, Tier> {
 }
 
 fn cold_dir_entries(s: &Storage, sb: &SandboxName) -> Vec<String> {
-    let dir = s.pool_path().join("sandboxes").join(sb.as_ref()).join("cold");
+    let dir = s
+        .pool_path()
+        .join("sandboxes")
+        .join(sb.as_ref())
+        .join("cold");
     let mut names: Vec<String> = fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -104,10 +116,7 @@ fn thinning_archives_instead_of_deleting_and_cold_snapshots_restore_byte_for_byt
     expected.push("k".into());
     expected.sort();
     assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), expected);
-    let cold: Vec<&String> = trees
-        .keys()
-        .filter(|n| listed[*n] == Tier::Cold)
-        .collect();
+    let cold: Vec<&String> = trees.keys().filter(|n| listed[*n] == Tier::Cold).collect();
     // keep_recent = 1: at most the newest and two 5-minute firsts stay hot.
     assert!(cold.len() >= 3, "cold: {cold:?} of {listed:?}");
     assert_eq!(listed["k"], Tier::Hot);
@@ -281,7 +290,11 @@ fn archive_crash_at_every_step_leaves_the_snapshot_hot_or_cold() {
         assert_eq!(hot, listed["s2"] == Tier::Hot, "{failpoint}");
         s.restore(&sb, &snap("s2")).unwrap();
         let expected = fs::read_to_string(crash_tree_path(&sb)).unwrap();
-        assert_eq!(format!("{:?}", tree(&s.workspace_path(&sb))), expected, "{failpoint}");
+        assert_eq!(
+            format!("{:?}", tree(&s.workspace_path(&sb))),
+            expected,
+            "{failpoint}"
+        );
         s.delete_sandbox(&sb).unwrap();
         s.flush_background();
     }

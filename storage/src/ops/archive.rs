@@ -271,8 +271,8 @@ fn recorded_stream_len(archive: &Path, body_end: u64) -> Result<Option<u64>, Sto
 /// filesystem reports less free space (Btrfs' estimate: data only; the
 /// metadata a receive also writes is not counted).
 fn check_space(dir: &Path, needed: u64) -> Result<(), StorageError> {
-    let stat = nix::sys::statvfs::statvfs(dir)
-        .map_err(|e| StorageError::io("statvfs", dir, e.into()))?;
+    let stat =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| StorageError::io("statvfs", dir, e.into()))?;
     let available = stat.blocks_available() * stat.fragment_size();
     if needed > available {
         return Err(StorageError::NoSpace { needed, available });

@@ -291,7 +291,10 @@ impl Storage {
         let entries = entries(&l.cold_dir(sb))?;
         if !entries.is_empty() {
             let uuid = hex(&btrfs::subvolume_meta(&l.snap(sb, name))?.uuid);
-            if entries.iter().any(|e| e.meta.parent.as_ref() == Some(&uuid)) {
+            if entries
+                .iter()
+                .any(|e| e.meta.parent.as_ref() == Some(&uuid))
+            {
                 return self.archive_locked(sb, name, Some(format!("{BASE_PREFIX}{uuid}")));
             }
         }
@@ -310,7 +313,10 @@ impl Storage {
         let Some(me) = all.iter().find(|e| e.dir == path) else {
             return Err(StorageError::not_found("snapshot", name));
         };
-        if all.iter().any(|e| e.meta.parent.as_ref() == Some(&me.meta.uuid)) {
+        if all
+            .iter()
+            .any(|e| e.meta.parent.as_ref() == Some(&me.meta.uuid))
+        {
             let base = cold.join(format!("{BASE_PREFIX}{}", me.meta.uuid));
             fs::rename(&path, &base).map_err(|e| btrfs::rename_err(&path, &base, e))?;
             return sync_dir(&cold);
@@ -408,7 +414,10 @@ pub(crate) fn collect_unneeded_bases(
     loop {
         let all = entries(cold)?;
         let unneeded = all.iter().find(|b| {
-            b.hidden && !all.iter().any(|e| e.meta.parent.as_ref() == Some(&b.meta.uuid))
+            b.hidden
+                && !all
+                    .iter()
+                    .any(|e| e.meta.parent.as_ref() == Some(&b.meta.uuid))
         });
         let Some(base) = unneeded else {
             return Ok(actions);
@@ -436,8 +445,12 @@ pub(crate) fn recover(
     for entry in read.flatten() {
         if file_name(&entry.path()).starts_with(NEW_PREFIX) {
             let slot = l.trash_slot("cold-new");
-            fs::rename(entry.path(), &slot).map_err(|e| btrfs::rename_err(&entry.path(), &slot, e))?;
-            actions.push(format!("{}: removed unfinished archive", entry.path().display()));
+            fs::rename(entry.path(), &slot)
+                .map_err(|e| btrfs::rename_err(&entry.path(), &slot, e))?;
+            actions.push(format!(
+                "{}: removed unfinished archive",
+                entry.path().display()
+            ));
             trashed.push(slot);
         }
     }
@@ -446,7 +459,10 @@ pub(crate) fn recover(
         if archived.contains(&hex(&meta.uuid)) {
             let snap = sandbox.join(layout::SNAPS).join(&name);
             crate::ops::delete::delete_if_exists(&snap)?;
-            actions.push(format!("{}: finished archiving {name} to cold history", sandbox.display()));
+            actions.push(format!(
+                "{}: finished archiving {name} to cold history",
+                sandbox.display()
+            ));
         }
     }
     actions.extend(collect_unneeded_bases(l, &cold, trashed)?);
