@@ -172,7 +172,8 @@ fn incremental_export_imports_where_the_parent_exists_and_names_it_where_not() {
     let orphan = common::unique("incr-orphan");
     let (refused, body) = import(&key, &orphan, incremental);
     assert_eq!(refused, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body.to_string().contains("parent snapshot"), "{body}");
+    let named = format!("parent snapshot {vm}/base");
+    assert!(body.to_string().contains(&named), "{body}");
     let (gone, _) = svc.call("GET", &format!("/vms/{orphan}"), Some(&key), None);
     assert_eq!(gone, StatusCode::NOT_FOUND);
     assert_eq!(staging_dirs(), Vec::<String>::new());

@@ -106,7 +106,8 @@ impl Storage {
             }
             None => None,
         };
-        let bytes = write_archive(dir, parent_id, out, &path)?;
+        let label = parent.map(|p| format!("{sb}/{p}"));
+        let bytes = write_archive(dir, parent_id, label.as_deref(), out, &path)?;
         tracing::info!(sandbox = %sb, snapshot = %name, parent = ?parent, bytes, "snapshot exported");
         Ok(bytes)
     }
@@ -142,10 +143,12 @@ fn open_snapshot(path: &Path, name: &SnapshotName) -> Result<File, StorageError>
 }
 
 /// Sends the subvolume open at `dir` (incrementally against the subvolume
-/// with id `parent` when given) and writes it to `out` as an archive.
+/// with id `parent` when given, named `parent_label` in the archive) and
+/// writes it to `out` as an archive.
 pub(crate) fn write_archive(
     dir: File,
     parent: Option<u64>,
+    parent_label: Option<&str>,
     out: &mut dyn Write,
     path: &Path,
 ) -> Result<u64, StorageError> {
@@ -153,7 +156,7 @@ pub(crate) fn write_archive(
         .map_err(|e| StorageError::io("create a pipe for", path, e.into()))?;
     widen_pipe(&tx);
     let sender = std::thread::spawn(move || send(&dir, tx, parent));
-    let written = compress_stream(File::from(rx), out, path);
+    let written = compress_stream(File::from(rx), out, parent_label, path);
     let sent = sender
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("send thread panicked")));
@@ -214,7 +217,12 @@ impl Write for Hashing<'_> {
 
 /// magic, zstd(stream), trailer — the magic only once the stream has
 /// produced its first byte (or ended empty).
-fn compress_stream(rx: File, out: &mut dyn Write, path: &Path) -> Result<u64, StorageError> {
+fn compress_stream(
+    rx: File,
+    out: &mut dyn Write,
+    parent_label: Option<&str>,
+    path: &Path,
+) -> Result<u64, StorageError> {
     let io_err = |e| StorageError::io("export", path, e);
     let mut stream = BufReader::with_capacity(1 << 20, rx);
     let first = io::BufRead::fill_buf(&mut stream).map_err(io_err)?;
@@ -227,6 +235,9 @@ fn compress_stream(rx: File, out: &mut dyn Write, path: &Path) -> Result<u64, St
         bytes: 0,
     };
     hashing.write_all(ARCHIVE_MAGIC).map_err(io_err)?;
+    if let Some(label) = parent_label {
+        hashing.write_all(&parent_frame(label)).map_err(io_err)?;
+    }
     let mut encoder = zstd::Encoder::new(&mut hashing, ZSTD_LEVEL).map_err(io_err)?;
     let raw = io::copy(&mut stream, &mut encoder).map_err(io_err)?;
     encoder.finish().map_err(io_err)?;
@@ -243,6 +254,33 @@ fn compress_stream(rx: File, out: &mut dyn Write, path: &Path) -> Result<u64, St
 /// skip it), so an import can check free space before it receives.
 const SIZE_FRAME_MAGIC: [u8; 4] = 0x184D_2A5E_u32.to_le_bytes();
 const SIZE_FRAME_LEN: usize = 16;
+
+/// A zstd skippable frame right after the magic of an incremental archive,
+/// naming its parent (`<sandbox>/<snapshot>`) for the import's error.
+const PARENT_FRAME_MAGIC: [u8; 4] = 0x184D_2A51_u32.to_le_bytes();
+
+fn parent_frame(label: &str) -> Vec<u8> {
+    let mut frame = PARENT_FRAME_MAGIC.to_vec();
+    frame.extend_from_slice(&(label.len() as u32).to_le_bytes());
+    frame.extend_from_slice(label.as_bytes());
+    frame
+}
+
+/// The parent named by a staged archive's parent frame, if it has one.
+fn parent_of(archive: &Path) -> Option<String> {
+    let mut file = File::open(archive).ok()?;
+    let mut head = [0u8; 8];
+    file.seek(SeekFrom::Start(ARCHIVE_MAGIC.len() as u64))
+        .ok()?;
+    file.read_exact(&mut head).ok()?;
+    let len = u32::from_le_bytes(head[4..].try_into().ok()?) as usize;
+    if head[..4] != PARENT_FRAME_MAGIC || len > 256 {
+        return None;
+    }
+    let mut label = vec![0u8; len];
+    file.read_exact(&mut label).ok()?;
+    String::from_utf8(label).ok()
+}
 
 fn size_frame(raw: u64) -> [u8; SIZE_FRAME_LEN] {
     let mut frame = [0u8; SIZE_FRAME_LEN];
@@ -436,10 +474,11 @@ pub(crate) fn btrfs_receive(
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr.lines().last().unwrap_or("").trim().to_owned();
         if last.contains("cannot find parent subvolume") {
-            return Err(bad(
-                "the archive is incremental and its parent snapshot is not on this host \
-                 (import the full archive of the parent first, or export without ?parent)",
-            ));
+            let parent = parent_of(archive).unwrap_or_else(|| "(unnamed)".into());
+            return Err(bad(format!(
+                "the archive is incremental against parent snapshot {parent}, which is \
+                 not on this host; export it without ?parent"
+            )));
         }
         return Err(bad(format!("not a receivable btrfs send stream: {last}")));
     }

@@ -240,7 +240,7 @@ impl Storage {
             File::create(&stream_path).map_err(|e| StorageError::io("create", &stream_path, e))?,
         );
         let source = File::open(snap).map_err(|e| StorageError::io("open", snap, e))?;
-        write_archive(source, parent, &mut out, snap)?;
+        write_archive(source, parent, None, &mut out, snap)?;
         let file = out
             .into_inner()
             .map_err(|e| StorageError::io("write", &stream_path, e.into_error()))?;
