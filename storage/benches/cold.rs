@@ -133,9 +133,20 @@ fn data_used(dir: &Path) -> u64 {
     fields[1] + fields[2]
 }
 
-/// (data, metadata growth, automatic snapshots hot, cold) after `runs`
-/// one-line commands on a `gib` GiB workspace.
-fn disk_case(dir: &str, cold: bool, runs: usize, gib: usize) -> (u64, u64, usize, usize) {
+/// What one history run measured.
+struct Disk {
+    data: u64,
+    meta: u64,
+    hot: usize,
+    cold: usize,
+    /// p50 and p99 of the per-command snapshot call (ms): it waits while
+    /// the background worker thins (deletes or archives) under the lock.
+    snapshot_ms: (f64, f64),
+}
+
+/// Disk use and snapshot latency of `runs` one-line commands on a `gib`
+/// GiB workspace.
+fn disk_case(dir: &str, cold: bool, runs: usize, gib: usize) -> Disk {
     let s = open(dir, cold);
     let sb: SandboxName = "cold-disk".parse().unwrap();
     let _ = s.delete_sandbox(&sb);
@@ -153,14 +164,17 @@ fn disk_case(dir: &str, cold: bool, runs: usize, gib: usize) -> (u64, u64, usize
     }
     s.snapshot(&sb, &snap("initial"), SnapshotKind::Kept)
         .unwrap();
+    let mut ms = Vec::with_capacity(runs);
     for n in 0..runs {
-        append(
-            &live.join(format!("notes{}.txt", n % (gib * 256))),
-            &format!("line {n}"),
-        );
+        let file = live.join(format!("notes{}.txt", n % (gib * 256)));
+        append(&file, &format!("line {n}"));
+        let t = Instant::now();
         s.snapshot(&sb, &snap(&format!("cmd_{n:05}")), SnapshotKind::Auto)
             .unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    ms.sort_by(f64::total_cmp);
+    let snapshot_ms = (ms[ms.len() / 2], ms[ms.len() * 99 / 100]);
     s.flush_background();
     btrfs(&["subvolume", "sync", s.pool_path().to_str().unwrap()]);
     s.sync().unwrap();
@@ -174,7 +188,13 @@ fn disk_case(dir: &str, cold: bool, runs: usize, gib: usize) -> (u64, u64, usize
     let cold_count = listed.len() - hot - 1;
     s.delete_sandbox(&sb).unwrap();
     s.flush_background();
-    (data, meta, hot, cold_count)
+    Disk {
+        data,
+        meta,
+        hot,
+        cold: cold_count,
+        snapshot_ms,
+    }
 }
 
 fn main() {
@@ -193,17 +213,21 @@ fn main() {
     let size = (gib as u64) << 30;
     println!("\n{runs} one-line commands on a {gib} GiB workspace (ratio = (data + metadata growth) / workspace)\n");
     println!(
-        "| cold_history | data MiB | metadata growth MiB | ratio | auto snapshots hot / cold |"
+        "| cold_history | data MiB | metadata growth MiB | ratio | auto snapshots hot / cold | snapshot p50 / p99 ms |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for cold in [false, true] {
-        let (data, meta, hot, cold_n) = disk_case(&format!("{dir}/disk-{cold}"), cold, runs, gib);
+        let d = disk_case(&format!("{dir}/disk-{cold}"), cold, runs, gib);
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "| {cold} | {:.1} | {:.1} | {:.3} | {hot} / {cold_n} |",
-            mib(data),
-            mib(meta),
-            (data + meta) as f64 / size as f64
+            "| {cold} | {:.1} | {:.1} | {:.3} | {} / {} | {:.1} / {:.1} |",
+            mib(d.data),
+            mib(d.meta),
+            (d.data + d.meta) as f64 / size as f64,
+            d.hot,
+            d.cold,
+            d.snapshot_ms.0,
+            d.snapshot_ms.1
         );
     }
 }

@@ -181,21 +181,37 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 impl Storage {
     /// Archives hot snapshot `name` of `sb` into the cold dir under
     /// `final_name` (its own name, or a hidden base's), against its nearest
-    /// older hot snapshot; then deletes the hot one. The sandbox lock is
-    /// held by the caller.
+    /// older hot snapshot; then deletes the hot one. The caller holds the
+    /// archive gate and the sandbox lock.
     fn archive_locked(
         &self,
         sb: &SandboxName,
         name: &SnapshotName,
         final_name: Option<String>,
     ) -> Result<(), StorageError> {
+        match self.prepare_archive(sb, name, final_name)? {
+            Some(prepared) => self.commit_archive(sb, name, &prepared),
+            None => self.delete_snapshot_locked(sb, name),
+        }
+    }
+
+    /// Writes the archive of hot snapshot `name` under `cold/.new-<name>`;
+    /// returns (that dir, its final path), or `None` when the final path
+    /// already exists (archived before, but the hot copy could not be
+    /// deleted then: the kernel refuses while a send of it runs). Needs
+    /// only the archive gate: the send reads read-only subvolumes, and
+    /// nothing else deletes snapshots while the gate is held.
+    fn prepare_archive(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+        final_name: Option<String>,
+    ) -> Result<Option<(PathBuf, PathBuf)>, StorageError> {
         let l = self.layout();
         let (sandbox, snap, cold) = (l.sandbox(sb), l.snap(sb, name), l.cold_dir(sb));
         let target = cold.join(final_name.unwrap_or_else(|| name.to_string()));
         if target.is_dir() {
-            // Archived before, but the hot copy could not be deleted then
-            // (the kernel refuses while a send of it runs): finish now.
-            return self.delete_snapshot_locked(sb, name);
+            return Ok(None);
         }
         let hot = hot_snapshots(&sandbox)?;
         let me = btrfs::subvolume_meta(&snap)?;
@@ -217,12 +233,55 @@ impl Storage {
         fs::create_dir(&new).map_err(|e| StorageError::io("create", &new, e))?;
         self.write_entry(&new, &snap, parent.map(|p| p.id), &meta)?;
         failpoint::hit("cold:after_stream");
-        btrfs::rename_noreplace(&new, &target).map_err(|e| btrfs::rename_err(&new, &target, e))?;
-        sync_dir(&cold)?;
+        Ok(Some((new, target)))
+    }
+
+    /// The commit: the prepared archive renamed into place, then the hot
+    /// snapshot deleted. The caller holds the sandbox lock.
+    fn commit_archive(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+        (new, target): &(PathBuf, PathBuf),
+    ) -> Result<(), StorageError> {
+        btrfs::rename_noreplace(new, target).map_err(|e| btrfs::rename_err(new, target, e))?;
+        sync_dir(&self.layout().cold_dir(sb))?;
         failpoint::hit("cold:after_commit");
         self.delete_snapshot_locked(sb, name)?;
         tracing::debug!(sandbox = %sb, snapshot = %name, target = %target.display(), "archived to cold history");
         Ok(())
+    }
+
+    /// Thinning with cold history on: the archive is written holding only
+    /// the archive gate, so commands (which take the sandbox lock) never
+    /// wait for a send; the sandbox lock is taken for the commit alone,
+    /// after re-checking that the snapshot is still there and not pinned
+    /// meanwhile. False when it was spared.
+    pub(crate) fn archive_thinned(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+    ) -> Result<bool, StorageError> {
+        let _gate = self.archive_gate();
+        let l = self.layout();
+        if !l.snap(sb, name).exists() || l.kept_marker(sb, name).exists() {
+            return Ok(false);
+        }
+        let prepared = self.prepare_archive(sb, name, None)?;
+        let _guard = match self.lock_existing(sb) {
+            Err(StorageError::NotFound { .. }) => return Ok(false),
+            other => other?,
+        };
+        let Some(prepared) = prepared else {
+            self.delete_snapshot_locked(sb, name)?;
+            return Ok(true);
+        };
+        if !l.snap(sb, name).exists() || l.kept_marker(sb, name).exists() {
+            self.trash(&prepared.0, "cold-spared")?;
+            return Ok(false);
+        }
+        self.commit_archive(sb, name, &prepared)?;
+        Ok(true)
     }
 
     /// The stream (sent from `snap`, against subvolume `parent`) and the
@@ -257,6 +316,7 @@ impl Storage {
         sb: &SandboxName,
         name: &SnapshotName,
     ) -> Result<(), StorageError> {
+        let _gate = self.archive_gate();
         let _guard = self.lock_existing(sb)?;
         let l = self.layout();
         if !l.snap(sb, name).exists() {
@@ -271,17 +331,9 @@ impl Storage {
         self.archive_locked(sb, name, None)
     }
 
-    /// Thinning with cold history on: archive instead of delete.
-    pub(crate) fn archive_to_cold(
-        &self,
-        sb: &SandboxName,
-        name: &SnapshotName,
-    ) -> Result<(), StorageError> {
-        self.archive_locked(sb, name, None)
-    }
-
     /// Removes hot snapshot `name`: deleted, or kept as a hidden base when
-    /// cold snapshots depend on it. The caller holds the lock.
+    /// cold snapshots depend on it. The caller holds the archive gate and
+    /// the lock.
     pub(crate) fn remove_hot(
         &self,
         sb: &SandboxName,

@@ -20,6 +20,9 @@ impl Storage {
         sb: &SandboxName,
         name: &SnapshotName,
     ) -> Result<(), StorageError> {
+        // Before the lock (the order thinning uses): no archive is being
+        // sent, so the kernel does not refuse to delete a snapshot in use.
+        let _gate = self.archive_gate();
         let _guard = self.lock_existing(sb)?;
         if self.layout().snap(sb, name).exists() {
             return self.remove_hot(sb, name);
@@ -69,6 +72,7 @@ impl Storage {
     /// Deletes the sandbox: one rename of its directory into the trash,
     /// then background deletion of every subvolume in it.
     pub fn delete_sandbox(&self, sb: &SandboxName) -> Result<(), StorageError> {
+        let _gate = self.archive_gate();
         let _guard = self.lock_existing(sb)?;
         self.trash(&self.layout().sandbox(sb), &format!("sandbox-{sb}"))?;
         failpoint::hit("delete:after_rename");
@@ -121,6 +125,10 @@ impl Storage {
     /// (kept as a hidden base if cold snapshots depend on it); false when
     /// it was spared.
     fn thin_one(&self, sb: &SandboxName, name: &SnapshotName) -> Result<bool, StorageError> {
+        if self.inner.cfg.cold_history {
+            return self.archive_thinned(sb, name);
+        }
+        let _gate = self.archive_gate();
         let _guard = match self.lock_existing(sb) {
             Err(StorageError::NotFound { .. }) => return Ok(false),
             other => other?,
@@ -129,11 +137,7 @@ impl Storage {
         if !l.snap(sb, name).exists() || l.kept_marker(sb, name).exists() {
             return Ok(false);
         }
-        if self.inner.cfg.cold_history {
-            self.archive_to_cold(sb, name)?;
-        } else {
-            self.remove_hot(sb, name)?;
-        }
+        self.remove_hot(sb, name)?;
         Ok(true)
     }
 }
