@@ -85,7 +85,9 @@
 //!   then the staging dir to the trash. Recovery trashes `.import.*`.
 //! * **archive to cold** (thinning with [`PoolConfig::cold_history`]):
 //!   stream + meta under `cold/.new-<snap>`, fsynced, renamed to
-//!   `cold/<snap>` (commit), then **delete snapshot** of the hot one.
+//!   `cold/<snap>` (commit), then **delete snapshot** of the hot one. The
+//!   send runs outside the sandbox lock, under an archive gate that every
+//!   deletion takes before its sandbox lock.
 //!   Recovery trashes `.new-*` and deletes the hot copy of a snapshot that
 //!   is both. Restoring a cold snapshot receives its chain into an
 //!   `.import.<unique>/` staging dir, then runs the **restore** steps from

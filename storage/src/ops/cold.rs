@@ -37,7 +37,11 @@
 //!
 //! **Commit points.** Archiving: the stream and meta are written and
 //! fsynced under `.new-<name>`, renamed to `<name>` (commit: the snapshot
-//! is now cold), then the hot subvolume is deleted. Recovery rolls a
+//! is now cold), then the hot subvolume is deleted. Thinning writes the
+//! archive holding only the storage's archive gate (every deletion takes it
+//! first, so no snapshot a send reads is deleted meanwhile) and takes the
+//! sandbox lock for the rename and delete alone, so commands do not wait
+//! for sends. Recovery rolls a
 //! snapshot that is both hot and cold forward (deletes the hot one), trashes
 //! `.new-*`, and deletes bases nobody depends on.
 
