@@ -39,6 +39,10 @@ pub struct StorageConfig {
     pub max_auto_snapshots: usize,
     pub keep_recent_snapshots: usize,
     pub quotas: bool,
+    /// Archive thinned snapshots to the cold tier instead of deleting them.
+    pub cold_history: bool,
+    /// Cap on the body of `POST /vms/import` (MiB); 0 = no cap.
+    pub max_import_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +291,8 @@ impl Default for StorageConfig {
             max_auto_snapshots: 1000,
             keep_recent_snapshots: rewind_storage::DEFAULT_KEEP_RECENT,
             quotas: false,
+            cold_history: false,
+            max_import_mb: 10 * 1024,
         }
     }
 }

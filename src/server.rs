@@ -46,6 +46,7 @@ async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     pool.max_auto_snapshots = config.storage.max_auto_snapshots;
     pool.keep_recent = config.storage.keep_recent_snapshots;
     pool.quotas = config.storage.quotas;
+    pool.cold_history = config.storage.cold_history;
     pool.disk_limits = config.limits.disk_mb > 0;
     let storage = tokio::task::spawn_blocking(move || Storage::open(pool))
         .await?

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -15,6 +15,13 @@ use super::{AppResult, AppState, Auth};
 /// Media type of an archive (magic, zstd send stream, SHA-256 trailer).
 pub const ARCHIVE_TYPE: &str = "application/vnd.rewind.snapshot-archive";
 
+/// Query of `GET .../export`: `parent` makes the archive incremental.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    parent: Option<String>,
+}
+
 /// Answers 200 only once the first chunk is ready; a failure after that
 /// aborts the response (the client sees an incomplete body, and the
 /// archive's checksum trailer is missing), never a clean truncated end.
@@ -22,10 +29,11 @@ pub async fn export(
     State(state): State<AppState>,
     caller: Auth,
     Path((name, snapshot)): Path<(String, String)>,
+    Query(query): Query<ExportQuery>,
 ) -> AppResult<Response> {
     let (first, rest) = state
         .sandboxes
-        .export_snapshot(&caller, &name, &snapshot)
+        .export_snapshot(&caller, &name, &snapshot, query.parent.as_deref())
         .await?;
     let rest = stream::unfold(rest, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -54,12 +62,17 @@ pub async fn import(
     State(state): State<AppState>,
     caller: Auth,
     Query(query): Query<ImportQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> AppResult<(StatusCode, Json<Value>)> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let row = state
         .sandboxes
-        .import(&caller, &query.name, Box::pin(stream))
+        .import(&caller, &query.name, declared, Box::pin(stream))
         .await?;
     Ok((StatusCode::CREATED, Json(super::vms::vm_json(&row))))
 }

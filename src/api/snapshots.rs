@@ -23,6 +23,7 @@ fn snapshot_json(vm: &str, v: &SnapshotView) -> Value {
         "kind": v.row.kind,
         "pinned": v.pinned,
         "retained_because": v.retained_because(),
+        "tier": v.tier,
         "description": v.row.description,
         "include_memory": v.row.include_memory,
         "memory_image_bytes": v.memory.as_ref().map(|m| m.image_bytes),
@@ -89,10 +90,11 @@ pub async fn restore(
     caller: Auth,
     Path((name, snapshot)): Path<(String, String)>,
 ) -> AppResult<Json<Value>> {
-    state.sandboxes.restore(&caller, &name, &snapshot).await?;
-    Ok(Json(
-        json!({ "message": format!("Restored to snapshot \"{snapshot}\"") }),
-    ))
+    let tier = state.sandboxes.restore(&caller, &name, &snapshot).await?;
+    Ok(Json(json!({
+        "message": format!("Restored to snapshot \"{snapshot}\""),
+        "tier": tier,
+    })))
 }
 
 /// Body of `POST /vms/:name/restore` (the original OpenSandbox service's

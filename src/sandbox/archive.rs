@@ -3,6 +3,8 @@
 //! format and its checks live in `rewind_storage` (`ops/archive.rs`).
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -22,23 +24,29 @@ const CHUNK: usize = 256 * 1024;
 pub type ExportStream = mpsc::Receiver<io::Result<Bytes>>;
 
 impl Sandboxes {
-    /// Starts exporting `snapshot` of `name`. Answers once the first chunk
-    /// is ready, so an unknown or vanished snapshot is an error (404), not
-    /// an empty or truncated 200.
+    /// Starts exporting `snapshot` of `name` (incrementally against
+    /// `parent`, another snapshot of the same sandbox, when given). Answers
+    /// once the first chunk is ready, so an unknown or vanished snapshot is
+    /// an error (404), not an empty or truncated 200.
     pub async fn export_snapshot(
         &self,
         caller: &Caller,
         name: &str,
         snapshot: &str,
+        parent: Option<&str>,
     ) -> Result<(Bytes, ExportStream), SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
+        let parent = parent
+            .map(|p| super::parse_snapshot_name("parent", p))
+            .transpose()?;
         let row = self.find(caller, name).await?;
         let sandbox = parse_sandbox_name(&row.name)?;
         let (tx, mut rx) = mpsc::channel(8);
         let storage = self.storage.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut out = ChannelWriter::new(tx.clone());
-            let result = match storage.export_snapshot(&sandbox, &snap, &mut out) {
+            let exported = storage.export_snapshot_from(&sandbox, &snap, parent.as_ref(), &mut out);
+            let result = match exported {
                 Ok(_) => out.finish().map_err(|source| SandboxError::Io {
                     op: "stream the export",
                     source,
@@ -67,10 +75,21 @@ impl Sandboxes {
         &self,
         caller: &Caller,
         name: &str,
+        declared_len: Option<u64>,
         body: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
     ) -> Result<SandboxRow, SandboxError> {
         parse_sandbox_name(name)?;
-        let received = self.receive(body).await?;
+        let cap = self.config.storage.max_import_mb.saturating_mul(1 << 20);
+        if cap > 0 && declared_len.is_some_and(|len| len > cap) {
+            return Err(too_large(self.config.storage.max_import_mb));
+        }
+        let over = Arc::new(AtomicBool::new(false));
+        let received = match self.receive(capped(body, cap, Arc::clone(&over))).await {
+            Err(_) if over.load(Ordering::SeqCst) => {
+                return Err(too_large(self.config.storage.max_import_mb))
+            }
+            other => other?,
+        };
         let created = self.create_imported(caller, name, received.clone()).await;
         let storage = self.storage.clone();
         let discarded = tokio::task::spawn_blocking(move || storage.discard_received(received));
@@ -100,6 +119,32 @@ impl Sandboxes {
         pump.abort();
         Ok(received?)
     }
+}
+
+fn too_large(mb: u64) -> SandboxError {
+    SandboxError::TooLarge {
+        field: "body",
+        message: format!("the archive is larger than storage.max_import_mb ({mb} MiB)"),
+    }
+}
+
+/// `body`, ending in an error (and setting `over`) once it passes `cap`
+/// bytes (0: no cap).
+fn capped(
+    body: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+    cap: u64,
+    over: Arc<AtomicBool>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
+    let mut seen = 0u64;
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if cap > 0 && seen > cap {
+            over.store(true, Ordering::SeqCst);
+            return Err(io::Error::other("the archive is over the import cap"));
+        }
+        Ok(chunk)
+    })
 }
 
 /// `Write` for the blocking export: collects `CHUNK` bytes, then sends.

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rewind_storage::{SandboxName, SnapshotName};
+use std::sync::{Arc, OnceLock};
+
+use rewind_storage::{SandboxName, SnapshotName, Tier};
 
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
@@ -24,7 +26,7 @@ impl Sandboxes {
         caller: &Caller,
         name: &str,
         snapshot: &str,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<Tier, SandboxError> {
         let snap = super::parse_snapshot_name("snapshot", snapshot)?;
         if self.find(caller, name).await?.status == SandboxStatus::Stopped {
             return self.restore_stopped(caller, name, &snap).await;
@@ -43,20 +45,28 @@ impl Sandboxes {
         let found = self.snapshot_row(id, &snap, false).await?;
         let with_memory = self.restores_memory(&found, &snap)?;
         let sandbox = super::parse_sandbox_name(&row.name)?;
+        // Memory snapshots are kept, so never cold.
+        let tier = Arc::new(OnceLock::new());
         if with_memory {
             self.restore_full(&mut live, &sandbox, &snap).await?;
         } else {
-            self.swap_workspace(&mut live, &sandbox, move |s, n| s.restore(n, &snap))
-                .await?;
+            let found = Arc::clone(&tier);
+            self.swap_workspace(&mut live, &sandbox, move |s, n| {
+                s.restore_tiered(n, &snap).map(|t| {
+                    let _ = found.set(t);
+                })
+            })
+            .await?;
         }
         live.restored_to = Some(snapshot.to_owned());
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
-        tracing::info!(sandbox = %row.name, snapshot = %snapshot, "workspace restored");
+        let tier = tier.get().copied().unwrap_or(Tier::Hot);
+        tracing::info!(sandbox = %row.name, snapshot = %snapshot, ?tier, "workspace restored");
         let restored = crate::events::EventKind::SnapshotRestored {
             snapshot: snapshot.to_owned(),
         };
         self.publish_snapshot(row.owner_key_id, &row.name, restored);
-        Ok(())
+        Ok(tier)
     }
 
     /// Whether restoring `found` brings back memory too; 501 when it holds
@@ -94,7 +104,7 @@ impl Sandboxes {
         caller: &Caller,
         name: &str,
         snap: &SnapshotName,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<Tier, SandboxError> {
         let _lifecycle = self.lifecycle.lock().await;
         let row = self.find(caller, name).await?;
         if row.status != SandboxStatus::Stopped {
@@ -112,7 +122,7 @@ impl Sandboxes {
             self.runtime.verify_state(&dir).await?;
         }
         let (n, s) = (sandbox.clone(), snap.clone());
-        self.blocking(move |st| st.restore(&n, &s)).await?;
+        let tier = self.blocking(move |st| st.restore_tiered(&n, &s)).await?;
         let started = match with_memory {
             true => self.runtime.start_from_state(&ctx, &dir).await,
             false => self.runtime.start(&ctx).await,
@@ -130,12 +140,12 @@ impl Sandboxes {
         }
         let id = row.id;
         self.db.call(move |c| Db::touch_sandbox(c, id)).await?;
-        tracing::info!(sandbox = %row.name, snapshot = %snap, "stopped sandbox restored and started");
+        tracing::info!(sandbox = %row.name, snapshot = %snap, ?tier, "stopped sandbox restored and started");
         let restored = crate::events::EventKind::SnapshotRestored {
             snapshot: snap.to_string(),
         };
         self.publish_snapshot(row.owner_key_id, &row.name, restored);
-        Ok(())
+        Ok(tier)
     }
 
     /// A restore's start failed after the sandbox's processes were stopped:

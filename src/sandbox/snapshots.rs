@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use rewind_storage::{Retention, SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName};
+use rewind_storage::{
+    Retention, SandboxName, Sizes, SnapshotInfo, SnapshotKind, SnapshotName, Tier,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -37,6 +39,8 @@ pub struct SnapshotView {
     pub retention: Option<Retention>,
     /// A memory snapshot's saved state: its size and CRIU's version.
     pub memory: Option<SavedStateInfo>,
+    /// Hot (a subvolume) or cold (archived; restores more slowly).
+    pub tier: Tier,
 }
 
 impl SnapshotView {
@@ -56,6 +60,7 @@ impl SnapshotView {
             Retention::FiveMinutes => "five_minute",
             Retention::Hourly => "hourly",
             Retention::Daily => "daily",
+            Retention::Cold => "cold",
         })
     }
 }
@@ -86,6 +91,7 @@ impl Sandboxes {
                     pinned: info.is_some_and(|i| i.kind == SnapshotKind::Kept),
                     retention: info.and_then(|i| i.retention),
                     memory: memory.remove(&row.name),
+                    tier: info.map_or(Tier::Hot, |i| i.tier),
                     row,
                 }
             })
@@ -216,6 +222,7 @@ impl Sandboxes {
             sizes: info.sizes,
             pinned: true,
             retention: Some(Retention::Kept),
+            tier: Tier::Hot,
         })
     }
 

@@ -19,6 +19,7 @@ pub(crate) struct SubvolMeta {
     pub id: u64,
     pub otransid: u64,
     pub created: SystemTime,
+    pub uuid: [u8; 16],
 }
 
 /// The qgroup a new subvolume joins at creation (`None`: none).
@@ -74,6 +75,7 @@ pub(crate) fn subvolume_meta(path: &Path) -> Result<SubvolMeta, StorageError> {
         id: info.id(),
         otransid: info.otransid(),
         created: info.created(),
+        uuid: info.uuid().into_bytes(),
     })
 }
 

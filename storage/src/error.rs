@@ -83,6 +83,10 @@ pub enum StorageError {
         #[source]
         source: crate::send_stream::StreamError,
     },
+    #[error("cold snapshot {name:?} cannot be restored: {reason}")]
+    ColdHistory { name: String, reason: String },
+    #[error("not enough free space in the pool: {needed} bytes needed, {available} available")]
+    NoSpace { needed: u64, available: u64 },
     #[error("{path} is not a Btrfs pool: {reason}")]
     NotAPool { path: PathBuf, reason: &'static str },
 }
@@ -91,6 +95,9 @@ impl StorageError {
     /// Whether the pool (or the sandbox's disk limit) ran out of space:
     /// `ENOSPC` or `EDQUOT` from the failed call.
     pub fn is_no_space(&self) -> bool {
+        if matches!(self, StorageError::NoSpace { .. }) {
+            return true;
+        }
         let errno = match self {
             StorageError::Io { source, .. }
             | StorageError::Rename { source, .. }

@@ -30,6 +30,9 @@ pub const FAILPOINTS: &[&str] = &[
     "import:after_verify",
     "import:after_receive",
     "import:before_discard",
+    "cold:after_stream",
+    "cold:after_commit",
+    "cold_restore:after_receive",
 ];
 
 /// The environment variable naming the step to abort at.

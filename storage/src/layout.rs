@@ -23,6 +23,8 @@ pub(crate) const SNAPS: &str = "snaps";
 pub(crate) const SNAPSTATE: &str = "snapstate";
 pub(crate) const KEPT: &str = "kept";
 pub(crate) const AUX: &str = "aux";
+/// Cold history: one directory per archived snapshot (see `ops/cold.rs`).
+pub(crate) const COLD: &str = "cold";
 /// Prefix of sandbox directories still being built by `create_workspace`.
 pub(crate) const CREATING_PREFIX: &str = ".create-";
 pub(crate) const IMPORTING_PREFIX: &str = ".import.";
@@ -66,6 +68,12 @@ impl Layout {
     }
     pub fn aux(&self, sb: &SandboxName, snap: &SnapshotName) -> PathBuf {
         self.sandbox(sb).join(AUX).join(snap.as_ref())
+    }
+    pub fn cold_dir(&self, sb: &SandboxName) -> PathBuf {
+        self.sandbox(sb).join(COLD)
+    }
+    pub fn cold(&self, sb: &SandboxName, snap: &SnapshotName) -> PathBuf {
+        self.cold_dir(sb).join(snap.as_ref())
     }
     /// A fresh, unique path in the trash for something called `label`.
     pub fn trash_slot(&self, label: &str) -> PathBuf {

@@ -37,6 +37,9 @@
 //!     snapstate/<snap>            ro subvolume: snapshot of state (with_state only)
 //!     kept/<snap>                 empty file: snapshot is Kept (never pruned)
 //!     aux/<snap>/                 plain dir: data belonging to the snapshot
+//!     cold/<snap>/                archived (cold) snapshot: stream + meta files
+//!     cold/.base-<uuid>/          a deleted snapshot kept as cold snapshots' base
+//!     cold/.new-<snap>/           an archive being written
 //!     live.new, state.new         temporaries of an in-progress restore/wipe
 //!     exchange.intent[.tmp]       ids of live.new/state.new during a state restore
 //!   .create-<sandbox>.<unique>/   a sandbox being created (same contents)
@@ -80,6 +83,15 @@
 //!   it and verified (magic, SHA-256 trailer), `btrfs receive` of it, then
 //!   **create** with [`CreateOptions::import`] (commit: create's rename),
 //!   then the staging dir to the trash. Recovery trashes `.import.*`.
+//! * **archive to cold** (thinning with [`PoolConfig::cold_history`]):
+//!   stream + meta under `cold/.new-<snap>`, fsynced, renamed to
+//!   `cold/<snap>` (commit), then **delete snapshot** of the hot one. The
+//!   send runs outside the sandbox lock, under an archive gate that every
+//!   deletion takes before its sandbox lock.
+//!   Recovery trashes `.new-*` and deletes the hot copy of a snapshot that
+//!   is both. Restoring a cold snapshot receives its chain into an
+//!   `.import.<unique>/` staging dir, then runs the **restore** steps from
+//!   it. Details in `ops/cold.rs`.
 //! * **delete sandbox**: rename `sandboxes/<name>` into `trash/` (commit);
 //!   the background worker deletes every subvolume in it.
 //!
@@ -93,8 +105,9 @@
 //!    once recovery has run: without `exchange.intent` no exchange has
 //!    happened; with it, recovery completes both exchanges, identifying the
 //!    new subvolumes by the ids recorded in the intent.
-//! 3. A snapshot exists iff `snaps/<snap>` exists. `snapstate/`, `kept/`
-//!    and `aux/` entries without it are orphans.
+//! 3. A snapshot exists iff `snaps/<snap>` (hot) or `cold/<snap>` (cold)
+//!    exists. `snapstate/`, `kept/` and `aux/` entries without a hot one
+//!    are orphans (cold snapshots are automatic and have none).
 //! 4. Everything in `trash/` and every `live.new`, `state.new`,
 //!    `exchange.intent*` and `.create-*` outside an operation in progress is
 //!    garbage.
@@ -207,7 +220,7 @@ mod thinning;
 
 pub use error::StorageError;
 pub use names::{NameError, SandboxName, SnapshotName, MAX_NAME_LEN};
-pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, ARCHIVE_MAGIC};
+pub use ops::{CreateOptions, Received, SnapshotInfo, SnapshotKind, Tier, ARCHIVE_MAGIC};
 pub use qgroup::Sizes;
 pub use quota::{DiskUsage, QuotaMode};
 pub use send_stream::{ChangeKind, RawChange};

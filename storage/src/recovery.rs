@@ -76,6 +76,7 @@ pub(crate) fn run(l: &Layout) -> Result<(Vec<String>, Vec<PathBuf>), StorageErro
             ));
         } else if path.is_dir() {
             report.extend(finish_swap(l, &path, &mut trashed)?);
+            report.extend(crate::ops::cold::recover(l, &path, &mut trashed)?);
             report.extend(remove_orphans(l, &path, &mut trashed)?);
         }
     }

@@ -45,6 +45,9 @@ pub struct PoolConfig {
     /// Default true. Without it (or on a kernel without simple quotas, or
     /// with quotas off for good) limits are ignored.
     pub disk_limits: bool,
+    /// Archive thinned automatic snapshots as incremental send streams
+    /// (the cold tier, `ops/cold.rs`) instead of deleting them. Default false.
+    pub cold_history: bool,
 }
 
 impl PoolConfig {
@@ -56,6 +59,7 @@ impl PoolConfig {
             keep_recent: crate::thinning::DEFAULT_KEEP_RECENT,
             quotas: true,
             disk_limits: true,
+            cold_history: false,
         }
     }
 }
@@ -78,6 +82,11 @@ pub(crate) struct Inner {
     busy: Mutex<HashSet<SandboxName>>,
     released: Condvar,
     pub bg: Background,
+    /// Held while a snapshot is archived to the cold tier, and by every
+    /// deletion (taken before a sandbox lock): the kernel refuses to delete
+    /// a subvolume a send is reading, so deletions wait for the send
+    /// instead of failing. Runs and restores never take it.
+    archive_gate: Mutex<()>,
     /// Shared `flock` on the pool, held for this instance's lifetime.
     _pool_lock: Flock<File>,
 }
@@ -115,6 +124,7 @@ impl Storage {
             busy: Mutex::new(HashSet::new()),
             released: Condvar::new(),
             bg: Background::start(weak.clone(), root),
+            archive_gate: Mutex::new(()),
             _pool_lock: recovered.lock,
         });
         for path in recovered.trash {
@@ -211,6 +221,14 @@ impl Storage {
             inner: Arc::clone(&self.inner),
             sandbox: sb.clone(),
         }
+    }
+
+    /// The archive gate (see [`Inner`]); take it before any sandbox lock.
+    pub(crate) fn archive_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .archive_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Locks `sb` and checks it exists.

@@ -46,6 +46,9 @@ pub enum Retention {
     Hourly,
     /// First of its UTC day.
     Daily,
+    /// Thinned into the cold tier (`storage.cold_history`): archived, still
+    /// restorable, more slowly.
+    Cold,
 }
 
 /// One tier of the spread: the first snapshot of each `slot_secs` slot

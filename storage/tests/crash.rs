@@ -741,6 +741,9 @@ fn every_failpoint_is_exercised() {
         "snapshot",
         "delete_snapshot",
         "import",
+        // Exercised by tests/cold.rs (a pool with cold history on).
+        "cold",
+        "cold_restore",
     ]
     .iter()
     .flat_map(|op| steps(op))

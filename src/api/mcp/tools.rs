@@ -276,7 +276,7 @@ impl Rewind {
             .sandboxes
             .restore(&caller, &a.sandbox, &a.snapshot)
             .await;
-        reply(restored.map(|()| serde_json::json!({"restored": a.snapshot})))
+        reply(restored.map(|tier| serde_json::json!({"restored": a.snapshot, "tier": tier})))
     }
 
     #[tool(

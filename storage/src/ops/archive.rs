@@ -37,8 +37,10 @@ pub const ARCHIVE_MAGIC: &[u8; 16] = b"REWIND-ARCHIVE1\n";
 const TRAILER_TAG: &[u8; 8] = b"SHA256\0\0";
 const TRAILER_LEN: usize = 40;
 const ARCHIVE_FILE: &str = "archive";
-/// zstd level of exports (zstd's own default).
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of exports. 1, not zstd's default 3: compression is the
+/// export's bottleneck, and level 1 is about twice as fast for a few
+/// percent more bytes (docs/benchmarks.md).
+const ZSTD_LEVEL: i32 = 1;
 
 /// A verified archive received into a staging directory; pass it to
 /// [`CreateOptions::import`](crate::CreateOptions::import), then to
@@ -80,21 +82,33 @@ impl Storage {
         name: &SnapshotName,
         out: &mut dyn Write,
     ) -> Result<u64, StorageError> {
+        self.export_snapshot_from(sb, name, None, out)
+    }
+
+    /// Like [`Storage::export_snapshot`]; with `parent`, an incremental
+    /// archive holding only what changed since that (hot) snapshot of the
+    /// same sandbox. It can only be imported where the parent exists (this
+    /// pool, while the parent snapshot is kept).
+    pub fn export_snapshot_from(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+        parent: Option<&SnapshotName>,
+        out: &mut dyn Write,
+    ) -> Result<u64, StorageError> {
         let path = self.layout().snap(sb, name);
-        let dir = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StorageError::not_found("snapshot", name),
-            _ => StorageError::io("open", &path, e),
-        })?;
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| StorageError::io("create a pipe for", &path, e.into()))?;
-        let sender = std::thread::spawn(move || send(&dir, tx));
-        let written = compress_stream(File::from(rx), out, &path);
-        let sent = sender
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("send thread panicked")));
-        sent.map_err(|e| StorageError::io("btrfs send", &path, e))?;
-        let bytes = written?;
-        tracing::info!(sandbox = %sb, snapshot = %name, bytes, "snapshot exported");
+        let dir = open_snapshot(&path, name)?;
+        let parent_id = match parent {
+            Some(p) => {
+                let ppath = self.layout().snap(sb, p);
+                open_snapshot(&ppath, p)?;
+                Some(btrfs::subvolume_meta(&ppath)?.id)
+            }
+            None => None,
+        };
+        let label = parent.map(|p| format!("{sb}/{p}"));
+        let bytes = write_archive(dir, parent_id, label.as_deref(), out, &path)?;
+        tracing::info!(sandbox = %sb, snapshot = %name, parent = ?parent, bytes, "snapshot exported");
         Ok(bytes)
     }
 
@@ -121,20 +135,62 @@ impl Storage {
     }
 }
 
+fn open_snapshot(path: &Path, name: &SnapshotName) -> Result<File, StorageError> {
+    File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => StorageError::not_found("snapshot", name),
+        _ => StorageError::io("open", path, e),
+    })
+}
+
+/// Sends the subvolume open at `dir` (incrementally against the subvolume
+/// with id `parent` when given, named `parent_label` in the archive) and
+/// writes it to `out` as an archive.
+pub(crate) fn write_archive(
+    dir: File,
+    parent: Option<u64>,
+    parent_label: Option<&str>,
+    out: &mut dyn Write,
+    path: &Path,
+) -> Result<u64, StorageError> {
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StorageError::io("create a pipe for", path, e.into()))?;
+    widen_pipe(&tx);
+    let sender = std::thread::spawn(move || send(&dir, tx, parent));
+    let written = compress_stream(File::from(rx), out, parent_label, path);
+    let sent = sender
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("send thread panicked")));
+    sent.map_err(|e| StorageError::io("btrfs send", path, e))?;
+    written
+}
+
+/// A 1 MiB pipe (the default is 64 KiB): fewer wake-ups between the
+/// kernel's send and the compressor. Best effort.
+fn widen_pipe(fd: &OwnedFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; the kernel only reads the int.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+}
+
 /// `BTRFS_IOC_SEND` of the subvolume `dir` into `tx` (closed on return).
-fn send(dir: &File, tx: OwnedFd) -> io::Result<()> {
+fn send(dir: &File, tx: OwnedFd, parent: Option<u64>) -> io::Result<()> {
+    let mut clone_sources: [u64; 1] = [parent.unwrap_or(0)];
     let args = SendArgs {
         send_fd: i64::from(tx.as_raw_fd()),
-        clone_sources_count: 0,
-        clone_sources: std::ptr::null_mut(),
-        parent_root: 0,
+        clone_sources_count: u64::from(parent.is_some()),
+        clone_sources: if parent.is_some() {
+            clone_sources.as_mut_ptr()
+        } else {
+            std::ptr::null_mut()
+        },
+        parent_root: parent.unwrap_or(0),
         flags: 0,
         version: 0,
         reserved: [0; 28],
     };
     // SAFETY: `dir` is an open subvolume directory and `args` a valid,
-    // initialised btrfs_ioctl_send_args that outlives the call; the kernel
-    // only reads it. `tx` stays open until the ioctl returns.
+    // initialised btrfs_ioctl_send_args whose clone-source array (one id,
+    // or none) outlives the call; the kernel only reads them. `tx` stays
+    // open until the ioctl returns.
     unsafe { btrfs_ioc_send(dir.as_raw_fd(), &args) }?;
     drop(tx);
     Ok(())
@@ -161,7 +217,12 @@ impl Write for Hashing<'_> {
 
 /// magic, zstd(stream), trailer — the magic only once the stream has
 /// produced its first byte (or ended empty).
-fn compress_stream(rx: File, out: &mut dyn Write, path: &Path) -> Result<u64, StorageError> {
+fn compress_stream(
+    rx: File,
+    out: &mut dyn Write,
+    parent_label: Option<&str>,
+    path: &Path,
+) -> Result<u64, StorageError> {
     let io_err = |e| StorageError::io("export", path, e);
     let mut stream = BufReader::with_capacity(1 << 20, rx);
     let first = io::BufRead::fill_buf(&mut stream).map_err(io_err)?;
@@ -174,15 +235,87 @@ fn compress_stream(rx: File, out: &mut dyn Write, path: &Path) -> Result<u64, St
         bytes: 0,
     };
     hashing.write_all(ARCHIVE_MAGIC).map_err(io_err)?;
+    if let Some(label) = parent_label {
+        hashing.write_all(&parent_frame(label)).map_err(io_err)?;
+    }
     let mut encoder = zstd::Encoder::new(&mut hashing, ZSTD_LEVEL).map_err(io_err)?;
-    io::copy(&mut stream, &mut encoder).map_err(io_err)?;
+    let raw = io::copy(&mut stream, &mut encoder).map_err(io_err)?;
     encoder.finish().map_err(io_err)?;
+    hashing.write_all(&size_frame(raw)).map_err(io_err)?;
     let digest = hashing.hasher.finalize_reset();
     let mut trailer = TRAILER_TAG.to_vec();
     trailer.extend_from_slice(&digest);
     hashing.out.write_all(&trailer).map_err(io_err)?;
     hashing.out.flush().map_err(io_err)?;
     Ok(hashing.bytes + TRAILER_LEN as u64)
+}
+
+/// A zstd skippable frame recording the send stream's length (decoders
+/// skip it), so an import can check free space before it receives.
+const SIZE_FRAME_MAGIC: [u8; 4] = 0x184D_2A5E_u32.to_le_bytes();
+const SIZE_FRAME_LEN: usize = 16;
+
+/// A zstd skippable frame right after the magic of an incremental archive,
+/// naming its parent (`<sandbox>/<snapshot>`) for the import's error.
+const PARENT_FRAME_MAGIC: [u8; 4] = 0x184D_2A51_u32.to_le_bytes();
+
+fn parent_frame(label: &str) -> Vec<u8> {
+    let mut frame = PARENT_FRAME_MAGIC.to_vec();
+    frame.extend_from_slice(&(label.len() as u32).to_le_bytes());
+    frame.extend_from_slice(label.as_bytes());
+    frame
+}
+
+/// The parent named by a staged archive's parent frame, if it has one.
+fn parent_of(archive: &Path) -> Option<String> {
+    let mut file = File::open(archive).ok()?;
+    let mut head = [0u8; 8];
+    file.seek(SeekFrom::Start(ARCHIVE_MAGIC.len() as u64))
+        .ok()?;
+    file.read_exact(&mut head).ok()?;
+    let len = u32::from_le_bytes(head[4..].try_into().ok()?) as usize;
+    if head[..4] != PARENT_FRAME_MAGIC || len > 256 {
+        return None;
+    }
+    let mut label = vec![0u8; len];
+    file.read_exact(&mut label).ok()?;
+    String::from_utf8(label).ok()
+}
+
+fn size_frame(raw: u64) -> [u8; SIZE_FRAME_LEN] {
+    let mut frame = [0u8; SIZE_FRAME_LEN];
+    frame[..4].copy_from_slice(&SIZE_FRAME_MAGIC);
+    frame[4..8].copy_from_slice(&8u32.to_le_bytes());
+    frame[8..].copy_from_slice(&raw.to_le_bytes());
+    frame
+}
+
+/// The send stream length recorded at the end of a staged archive's body
+/// (`None` for archives written before it was recorded).
+fn recorded_stream_len(archive: &Path, body_end: u64) -> Result<Option<u64>, StorageError> {
+    if body_end < (ARCHIVE_MAGIC.len() + SIZE_FRAME_LEN) as u64 {
+        return Ok(None);
+    }
+    let mut file = File::open(archive).map_err(|e| StorageError::io("open", archive, e))?;
+    let mut frame = [0u8; SIZE_FRAME_LEN];
+    file.seek(SeekFrom::Start(body_end - SIZE_FRAME_LEN as u64))
+        .and_then(|_| file.read_exact(&mut frame))
+        .map_err(|e| StorageError::io("read", archive, e))?;
+    let is_size = frame[..4] == SIZE_FRAME_MAGIC && frame[4..8] == 8u32.to_le_bytes();
+    Ok(is_size.then(|| u64::from_le_bytes(frame[8..].try_into().expect("8 bytes"))))
+}
+
+/// Refuses to receive `needed` bytes into the pool holding `dir` when the
+/// filesystem reports less free space (Btrfs' estimate: data only; the
+/// metadata a receive also writes is not counted).
+fn check_space(dir: &Path, needed: u64) -> Result<(), StorageError> {
+    let stat =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| StorageError::io("statvfs", dir, e.into()))?;
+    let available = stat.blocks_available() * stat.fragment_size();
+    if needed > available {
+        return Err(StorageError::NoSpace { needed, available });
+    }
+    Ok(())
 }
 
 fn bad(reason: impl Into<String>) -> StorageError {
@@ -195,8 +328,12 @@ fn bad(reason: impl Into<String>) -> StorageError {
 fn receive_into(dir: &Path, input: &mut dyn Read) -> Result<Received, StorageError> {
     let archive = dir.join(ARCHIVE_FILE);
     let body_len = stage_verified(&archive, input)?;
+    let body_end = ARCHIVE_MAGIC.len() as u64 + body_len;
+    if let Some(needed) = recorded_stream_len(&archive, body_end)? {
+        check_space(dir, needed)?;
+    }
     failpoint::hit("import:after_verify");
-    btrfs_receive(dir, &archive, body_len)?;
+    btrfs_receive(dir, &archive, body_len, true)?;
     fs::remove_file(&archive).map_err(|e| StorageError::io("remove", &archive, e))?;
     let subvolume = only_subvolume(dir)?;
     failpoint::hit("import:after_receive");
@@ -230,8 +367,9 @@ fn stage_verified(path: &Path, input: &mut dyn Read) -> Result<u64, StorageError
         written += spill as u64;
         held.drain(..spill);
     }
+    // No fsync: the staged copy only has to outlive this process, and
+    // after a crash recovery deletes the staging dir anyway.
     check_trailer(written, &held, hasher)?;
-    file.sync_all().map_err(io_err)?;
     Ok(written - ARCHIVE_MAGIC.len() as u64)
 }
 
@@ -250,14 +388,68 @@ fn check_trailer(written: u64, trailer: &[u8], hasher: Sha256) -> Result<(), Sto
     Ok(())
 }
 
-/// Decompresses the staged body into `btrfs receive --chroot -e dir`.
-fn btrfs_receive(dir: &Path, archive: &Path, body_len: u64) -> Result<(), StorageError> {
+/// Checks the magic and checksum of the archive file at `path` (one this
+/// pool wrote: a cold-history stream); returns the length of its zstd body.
+pub(crate) fn verify_file(path: &Path) -> Result<u64, StorageError> {
+    let mut file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len();
+    let body = len.saturating_sub(TRAILER_LEN as u64);
+    let mut hasher = Sha256::new();
+    let mut head = [0u8; 16];
+    let mut reader = BufReader::with_capacity(1 << 20, (&mut file).take(body));
+    reader
+        .read_exact(&mut head)
+        .map_err(|_| bad(format!("{}: truncated", path.display())))?;
+    if &head != ARCHIVE_MAGIC {
+        return Err(bad(format!("{}: bad magic", path.display())));
+    }
+    hasher.update(head);
+    io::copy(&mut reader, &mut HashSink(&mut hasher))
+        .map_err(|e| StorageError::io("read", path, e))?;
+    let mut trailer = Vec::with_capacity(TRAILER_LEN);
+    file.read_to_end(&mut trailer)
+        .map_err(|e| StorageError::io("read", path, e))?;
+    check_trailer(body, &trailer, hasher)?;
+    Ok(body - ARCHIVE_MAGIC.len() as u64)
+}
+
+/// `Write` into a hasher.
+struct HashSink<'a>(&'a mut Sha256);
+
+impl Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decompresses the staged body into `btrfs receive -e dir`: confined
+/// with `--chroot` for archives from outside; without it for the pool's
+/// own (checksummed) cold-history streams, whose parents `btrfs receive`
+/// must find elsewhere in the pool.
+pub(crate) fn btrfs_receive(
+    dir: &Path,
+    archive: &Path,
+    body_len: u64,
+    confined: bool,
+) -> Result<(), StorageError> {
     let io_err = |e| StorageError::io("btrfs receive into", dir, e);
     let mut file = File::open(archive).map_err(io_err)?;
     file.seek(SeekFrom::Start(ARCHIVE_MAGIC.len() as u64))
         .map_err(io_err)?;
-    let mut child = Command::new("btrfs")
-        .args(["receive", "--chroot", "-e"])
+    let mut command = Command::new("btrfs");
+    command.arg("receive");
+    if confined {
+        command.arg("--chroot");
+    }
+    let mut child = command
+        .arg("-e")
         .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -281,6 +473,13 @@ fn btrfs_receive(dir: &Path, archive: &Path, body_len: u64) -> Result<(), Storag
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr.lines().last().unwrap_or("").trim().to_owned();
+        if last.contains("cannot find parent subvolume") {
+            let parent = parent_of(archive).unwrap_or_else(|| "(unnamed)".into());
+            return Err(bad(format!(
+                "the archive is incremental against parent snapshot {parent}, which is \
+                 not on this host; export it without ?parent"
+            )));
+        }
         return Err(bad(format!("not a receivable btrfs send stream: {last}")));
     }
     Ok(())

@@ -12,17 +12,25 @@ use crate::ops::SnapshotKind;
 use crate::storage::Storage;
 
 impl Storage {
-    /// Deletes one snapshot with its state snapshot, aux dir and marker.
+    /// Deletes one snapshot with its state snapshot, aux dir and marker,
+    /// hot or cold. One that cold snapshots depend on is kept, unlisted, as
+    /// their base (`ops/cold.rs`) until they are gone.
     pub fn delete_snapshot(
         &self,
         sb: &SandboxName,
         name: &SnapshotName,
     ) -> Result<(), StorageError> {
+        // Before the lock (the order thinning uses): no archive is being
+        // sent, so the kernel does not refuse to delete a snapshot in use.
+        let _gate = self.archive_gate();
         let _guard = self.lock_existing(sb)?;
-        if !self.layout().snap(sb, name).exists() {
-            return Err(StorageError::not_found("snapshot", name));
+        if self.layout().snap(sb, name).exists() {
+            return self.remove_hot(sb, name);
         }
-        self.delete_snapshot_locked(sb, name)
+        if self.layout().cold(sb, name).is_dir() {
+            return self.remove_cold(sb, name);
+        }
+        Err(StorageError::not_found("snapshot", name))
     }
 
     /// The workspace snapshot goes first (the commit point); recovery
@@ -64,6 +72,7 @@ impl Storage {
     /// Deletes the sandbox: one rename of its directory into the trash,
     /// then background deletion of every subvolume in it.
     pub fn delete_sandbox(&self, sb: &SandboxName) -> Result<(), StorageError> {
+        let _gate = self.archive_gate();
         let _guard = self.lock_existing(sb)?;
         self.trash(&self.layout().sandbox(sb), &format!("sandbox-{sb}"))?;
         failpoint::hit("delete:after_rename");
@@ -111,9 +120,15 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes one automatic snapshot if it is still there and still not
-    /// kept; false when it was spared.
+    /// Thins one automatic snapshot if it is still there and still not
+    /// kept: archives it to the cold tier when that is on, else deletes it
+    /// (kept as a hidden base if cold snapshots depend on it); false when
+    /// it was spared.
     fn thin_one(&self, sb: &SandboxName, name: &SnapshotName) -> Result<bool, StorageError> {
+        if self.inner.cfg.cold_history {
+            return self.archive_thinned(sb, name);
+        }
+        let _gate = self.archive_gate();
         let _guard = match self.lock_existing(sb) {
             Err(StorageError::NotFound { .. }) => return Ok(false),
             other => other?,
@@ -122,7 +137,7 @@ impl Storage {
         if !l.snap(sb, name).exists() || l.kept_marker(sb, name).exists() {
             return Ok(false);
         }
-        self.delete_snapshot_locked(sb, name)?;
+        self.remove_hot(sb, name)?;
         Ok(true)
     }
 }

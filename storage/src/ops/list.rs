@@ -8,7 +8,8 @@ use crate::btrfs;
 use crate::error::StorageError;
 use crate::layout;
 use crate::names::{SandboxName, SnapshotName};
-use crate::ops::{SnapshotInfo, SnapshotKind};
+use crate::ops::cold::ColdMeta;
+use crate::ops::{SnapshotInfo, SnapshotKind, Tier};
 use crate::qgroup::{self, Sizes};
 use crate::storage::Storage;
 use crate::thinning::Retention;
@@ -83,17 +84,31 @@ impl Storage {
             );
             found.push((meta.otransid, info));
         }
+        found.extend(self.cold_infos(sb)?);
         found.sort_by(|a, b| (a.0, a.1.created, &a.1.name).cmp(&(b.0, b.1.created, &b.1.name)));
         let mut infos: Vec<SnapshotInfo> = found.into_iter().map(|(_, info)| info).collect();
         self.mark_retention(&mut infos);
         Ok(infos)
     }
 
-    /// Fills in why each automatic snapshot is kept, per the thinning plan.
+    /// The listed cold snapshots of `sb`, with their creation transaction.
+    /// One still hot too (its hot copy could not be deleted yet, e.g.
+    /// while it was being exported) is listed once, as hot.
+    fn cold_infos(&self, sb: &SandboxName) -> Result<Vec<(u64, SnapshotInfo)>, StorageError> {
+        let entries = crate::ops::cold::entries(&self.layout().cold_dir(sb))?;
+        let snaps = self.layout().sandbox(sb).join(layout::SNAPS);
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.hidden && !snaps.join(&e.meta.name).exists())
+            .map(|e| (e.meta.otransid, cold_info(e.meta)))
+            .collect())
+    }
+
+    /// Fills in why each hot automatic snapshot is kept, per the thinning plan.
     fn mark_retention(&self, infos: &mut [SnapshotInfo]) {
         let autos: Vec<&mut SnapshotInfo> = infos
             .iter_mut()
-            .filter(|i| i.kind == SnapshotKind::Auto)
+            .filter(|i| i.kind == SnapshotKind::Auto && i.tier == Tier::Hot)
             .collect();
         let created: Vec<_> = autos.iter().map(|i| i.created).collect();
         let plan = self.thinning().plan(&created);
@@ -111,7 +126,10 @@ impl Storage {
         let _guard = self.lock_existing(sb)?;
         let path = self.layout().snap(sb, name);
         if !path.exists() {
-            return Err(StorageError::not_found("snapshot", name));
+            return match self.cold_entry(sb, name)? {
+                Some(entry) => Ok(cold_info(entry.meta)),
+                None => Err(StorageError::not_found("snapshot", name)),
+            };
         }
         let meta = btrfs::subvolume_meta(&path)?;
         let sizes = self.sizes_of(meta.id)?;
@@ -147,6 +165,7 @@ impl Storage {
                 SnapshotKind::Auto => Retention::Recent,
             }),
             sizes: self.sizes_of(meta.id)?,
+            tier: Tier::Hot,
         })
     }
 
@@ -170,6 +189,7 @@ impl Storage {
             has_state: l.snap_state(sb, name).exists(),
             retention: (kind == SnapshotKind::Kept).then_some(Retention::Kept),
             sizes,
+            tier: Tier::Hot,
         }
     }
 
@@ -185,6 +205,18 @@ impl Storage {
             return Ok(None);
         }
         qgroup::read_sizes(self.pool_path())
+    }
+}
+
+fn cold_info(meta: ColdMeta) -> SnapshotInfo {
+    SnapshotInfo {
+        name: meta.name,
+        created: meta.created,
+        kind: SnapshotKind::Auto,
+        has_state: false,
+        retention: Some(Retention::Cold),
+        sizes: None,
+        tier: Tier::Cold,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The storage operations, one file per lifecycle step.
 
 mod archive;
+pub(crate) mod cold;
 mod create;
 pub(crate) mod delete;
 mod diff;
@@ -16,6 +17,7 @@ use crate::qgroup::Sizes;
 use crate::thinning::Retention;
 
 pub use archive::{Received, ARCHIVE_MAGIC};
+pub use cold::Tier;
 pub(crate) use list::read_template_name;
 
 /// How a new workspace starts.
@@ -60,6 +62,9 @@ pub struct SnapshotInfo {
     /// background worker is about to thin (still restorable until then).
     pub retention: Option<Retention>,
     /// From the snapshot's quota group as of the last committed transaction;
-    /// `None` when quotas are off, inconsistent or rescanning.
+    /// `None` when quotas are off, inconsistent or rescanning (and for
+    /// cold snapshots).
     pub sizes: Option<Sizes>,
+    /// Hot (a subvolume) or cold (an archived stream; restores slower).
+    pub tier: Tier,
 }

@@ -13,25 +13,61 @@ use crate::error::StorageError;
 use crate::failpoint;
 use crate::layout::{file_name, Layout, INTENT, INTENT_TMP, LIVE, LIVE_NEW, STATE, STATE_NEW};
 use crate::names::{SandboxName, SnapshotName};
-use crate::ops::read_template_name;
+use crate::ops::{read_template_name, Tier};
 use crate::storage::Storage;
 
 impl Storage {
     /// Makes the live workspace a writable snapshot of `name` (and the state
     /// dir too when the snapshot has state). Later snapshots are kept.
     pub fn restore(&self, sb: &SandboxName, name: &SnapshotName) -> Result<(), StorageError> {
+        self.restore_tiered(sb, name).map(drop)
+    }
+
+    /// [`Storage::restore`], saying which tier the snapshot came from. A
+    /// cold snapshot's chain is received into a staging dir first (seconds,
+    /// not milliseconds), then restored the same atomic way.
+    pub fn restore_tiered(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+    ) -> Result<Tier, StorageError> {
         let _guard = self.lock_existing(sb)?;
-        let l = self.layout();
-        let snap = l.snap(sb, name);
-        if !snap.exists() {
-            return Err(StorageError::not_found("snapshot", name));
+        let snap = self.layout().snap(sb, name);
+        if snap.exists() {
+            return self.restore_hot(sb, name, &snap).map(|()| Tier::Hot);
         }
+        let Some(entry) = self.cold_entry(sb, name)? else {
+            return Err(StorageError::not_found("snapshot", name));
+        };
+        let staging = self.layout().importing();
+        fs::create_dir(&staging).map_err(|e| StorageError::io("create", &staging, e))?;
+        let result = self
+            .receive_cold_chain(sb, &entry, &staging)
+            .and_then(|received| self.restore_hot(sb, name, &received));
+        // Deleted now, not in the background: a received copy left around
+        // would be what the next cold restore's `btrfs receive` finds first.
+        if let Err(e) = crate::background::delete_tree(&staging) {
+            tracing::warn!(error = %e, "removing a cold restore's staging dir failed");
+            self.trash(&staging, "cold-restore")?;
+        }
+        result.map(|()| Tier::Cold)
+    }
+
+    /// The restore steps from the read-only subvolume `snap` (a snapshot of
+    /// `sb`, or a received cold one). The caller holds the lock.
+    fn restore_hot(
+        &self,
+        sb: &SandboxName,
+        name: &SnapshotName,
+        snap: &Path,
+    ) -> Result<(), StorageError> {
+        let l = self.layout();
         let dir = l.sandbox(sb);
         self.finish_interrupted(&dir)?;
         let state_snap = l.snap_state(sb, name);
         let state = state_snap.exists().then_some(state_snap.as_path());
         let group = self.disk_group(&dir)?;
-        let result = restore_steps(&dir, &snap, state, group);
+        let result = restore_steps(&dir, snap, state, group);
         self.finish_interrupted(&dir)?;
         result?;
         failpoint::hit("restore:after_trash");

@@ -48,7 +48,7 @@ impl Storage {
         let guard = self.lock_existing(sb)?;
         let l = self.layout();
         let snap = l.snap(sb, name);
-        if snap.exists() {
+        if snap.exists() || l.cold(sb, name).exists() {
             return Err(StorageError::exists("snapshot", name));
         }
         if let Err(e) = self.snapshot_steps(sb, name, kind, with_state) {
