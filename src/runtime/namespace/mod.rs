@@ -107,15 +107,7 @@ impl NamespaceRuntime {
             op: format!("create {}", sock_dir.display()),
             source,
         })?;
-        let digest = Sha256::digest(config.data_dir.as_os_str().as_encoded_bytes());
-        let group = format!(
-            "rewind-{}",
-            digest[..4]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let cgroups = Cgroups::detect(group);
+        let cgroups = Cgroups::for_data_dir(&config.data_dir);
         // Launched PID 1s are orphaned by the launcher's double fork; adopt
         // them so teardown can reap them (some hosts' init never does).
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -145,8 +137,9 @@ impl NamespaceRuntime {
     /// socket there, from inside).
     fn socket_path(&self, name: &str) -> PathBuf {
         let digest = Sha256::digest(name.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.sock_dir.join(hex).join("agent.sock")
+        self.sock_dir
+            .join(hex::encode(&digest[..8]))
+            .join("agent.sock")
     }
 
     fn launch_spec(
@@ -632,10 +625,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proc_starttime_of_self_is_some() {
-        let pid = std::process::id() as i32;
-        assert_eq!(proc_starttime(pid), proc_starttime(pid));
-        assert!(proc_starttime(pid).is_some());
+    fn proc_starttime_of_a_later_child_is_not_earlier_than_ours() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let ours = proc_starttime(std::process::id() as i32);
+        let its = proc_starttime(child.id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert!(matches!((ours, its), (Some(a), Some(b)) if b >= a), "{ours:?} {its:?}");
     }
 
     #[test]
