@@ -3,6 +3,7 @@
 //! to the built binaries, and a fresh data directory per test binary.
 #![allow(dead_code)]
 
+pub mod cleanup;
 pub mod cli;
 pub mod memory;
 pub mod process;
@@ -100,11 +101,13 @@ pub fn busybox_rootfs() -> PathBuf {
     root
 }
 
-/// A data directory for one test binary, emptied of everything but a mounted
-/// pool from an earlier run (which storage re-uses).
+/// A data directory for one test binary, emptied of everything but the
+/// pool from an earlier run (which storage re-uses). Its sandboxes, processes
+/// and mounts are released when the test binary exits ([`cleanup`]).
 pub fn data_dir(name: &str) -> PathBuf {
     let dir = test_root().join(name);
     std::fs::create_dir_all(&dir).unwrap();
+    cleanup::release_at_exit(&dir);
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let p = entry.path();
         let keep = ["pool", "pool.img", "images"]
@@ -119,6 +122,15 @@ pub fn data_dir(name: &str) -> PathBuf {
         }
     }
     dir
+}
+
+/// Poll `cond` until it holds; panics naming `what` after 60 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// A name unique within this test run.
@@ -146,18 +158,25 @@ pub fn http_get(port: u16) -> std::io::Result<String> {
 /// An HTTP server on the host's loopback answering every request with
 /// `body`; returns its port.
 pub fn host_http_server(body: &'static str) -> u16 {
-    host_http_server_logged(body).0
+    host_http_server_logged(body).port
+}
+
+/// A [`host_http_server_logged`]: its port, what it saw, and one message on
+/// `done` each time it has finished with a connection.
+pub struct LoggedServer {
+    pub port: u16,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub done: std::sync::mpsc::Receiver<()>,
 }
 
 /// Like [`host_http_server`], also recording every request head it got and
 /// any bytes that followed one on the same connection (within 300 ms).
-pub fn host_http_server_logged(
-    body: &'static str,
-) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+pub fn host_http_server_logged(body: &'static str) -> LoggedServer {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (done_tx, done) = std::sync::mpsc::channel();
     let seen = log.clone();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
@@ -182,9 +201,14 @@ pub fn host_http_server_logged(
                     .unwrap()
                     .push(String::from_utf8_lossy(&extra).into_owned());
             }
+            let _ = done_tx.send(());
         }
     });
-    (port, log)
+    LoggedServer {
+        port,
+        seen: log,
+        done,
+    }
 }
 
 /// `ip -netns <name of ns> args…`, which must succeed; its stdout.

@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rewind_storage::{PoolConfig, SandboxName, SnapshotName};
@@ -21,11 +22,47 @@ pub const TEST_IMAGE_SIZE: u64 = 8 << 30;
 
 /// A data dir for one test binary: `$REWIND_TEST_ROOT/<name>`, by default
 /// `/var/tmp/rewind-test-<name>` (separate roots let two checkouts test at once).
+/// Its pool is unmounted when the test binary exits.
 pub fn test_dir(name: &str) -> String {
-    match std::env::var("REWIND_TEST_ROOT") {
+    let dir = match std::env::var("REWIND_TEST_ROOT") {
         Ok(root) => format!("{root}/{name}"),
         Err(_) => format!("/var/tmp/rewind-test-{name}"),
+    };
+    release_at_exit(&dir);
+    dir
+}
+
+static DIRS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Unmount everything below `dir` (the pool, which releases its loop
+/// device) when this test binary exits, whatever its tests did.
+fn release_at_exit(dir: &str) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function without arguments;
+        // it catches every panic itself (on a thread of its own).
+        let rc = unsafe { libc::atexit(release_all) };
+        assert_eq!(rc, 0, "atexit");
+    });
+    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if !dirs.iter().any(|d| d == dir) {
+        dirs.push(dir.to_owned());
     }
+}
+
+extern "C" fn release_all() {
+    // A thread of its own: the main thread's thread-locals are already gone
+    // while `atexit` handlers run, and a panic must not cross this frame.
+    let worker = std::thread::spawn(|| {
+        let dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for dir in dirs {
+            let left = rewind_storage::leftovers::release(Path::new(&dir));
+            if !left.is_empty() {
+                eprintln!("LEFTOVER after the tests in {dir}: {left:?}");
+            }
+        }
+    });
+    let _ = worker.join();
 }
 
 pub fn config(dir: &str) -> PoolConfig {

@@ -1,0 +1,86 @@
+//! Clean-up after the tests: every data dir a test binary used is released
+//! when the binary exits, whatever its tests did (a panic included): the
+//! sandboxes of the dir are killed through their cgroups (the runtime's own
+//! teardown), any process naming the dir on its command line is killed, and
+//! every mount below the dir is unmounted, which releases the pool's loop
+//! device. `scripts/check-leftovers.sh` checks that nothing is left.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+
+use rewind::runtime::namespace::Cgroups;
+use rewind_storage::leftovers::{self, Leftovers};
+
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Release `dir` when this test binary exits.
+pub fn release_at_exit(dir: &Path) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function without arguments;
+        // it catches every panic itself (on a thread of its own).
+        let rc = unsafe { libc::atexit(release_all) };
+        assert_eq!(rc, 0, "atexit");
+    });
+    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if !dirs.iter().any(|d| d == dir) {
+        dirs.push(dir.to_owned());
+    }
+}
+
+extern "C" fn release_all() {
+    // A thread of its own: the main thread's thread-locals are already gone
+    // while `atexit` handlers run, and a panic must not cross this frame.
+    let worker = std::thread::spawn(|| {
+        let dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for dir in dirs {
+            let left = release(&dir);
+            if !left.is_empty() {
+                eprintln!("LEFTOVER after the tests in {}: {left:?}", dir.display());
+            }
+        }
+    });
+    let _ = worker.join();
+}
+
+/// Kill every sandbox and process of data dir `dir` and unmount what is
+/// mounted below it; returns what could not be released.
+pub fn release(dir: &Path) -> Leftovers {
+    let cgroups = Cgroups::for_data_dir(dir);
+    for name in cgroups.list() {
+        if let Err(e) = cgroups.remove(&name) {
+            eprintln!("cannot remove the cgroups of sandbox {name}: {e}");
+        }
+    }
+    kill_processes_naming(dir);
+    leftovers::release(dir)
+}
+
+/// SIGKILL every process (but this one) whose command line names `dir`,
+/// and wait until each is gone or a zombie.
+fn kill_processes_naming(dir: &Path) {
+    let me = std::process::id() as i32;
+    for pid in processes_naming(dir).into_iter().filter(|p| *p != me) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `dir`.
+pub fn processes_naming(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(") ").is_some_and(|(_, s)| s.starts_with('Z'));
+            !zombie && cmdline.windows(needle.len()).any(|w| w == needle)
+        })
+        .collect()
+}
