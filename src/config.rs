@@ -397,6 +397,21 @@ impl Config {
         Ok(config)
     }
 
+    /// The agent binary: configured, else next to our own executable, else
+    /// `rewind-agent` (looked up on PATH).
+    pub fn agent_binary_path(&self) -> PathBuf {
+        if !self.agent_binary.as_os_str().is_empty() {
+            return self.agent_binary.clone();
+        }
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("rewind-agent")));
+        match beside {
+            Some(p) if p.exists() => p,
+            _ => PathBuf::from("rewind-agent"),
+        }
+    }
+
     fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

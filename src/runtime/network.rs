@@ -238,7 +238,7 @@ fn enter_checked(target: &PortTarget) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let ns = File::open(&target.netns)?;
     if let Some((pid, start)) = target.guard {
-        if crate::runtime::cloud_hypervisor::process::proc_start_time(pid) != Some(start) {
+        if crate::runtime::proc::start_time(pid) != Some(start) {
             return Err(io::Error::other(format!("process {pid} is gone")));
         }
     }

@@ -124,10 +124,7 @@ impl CloudHypervisorRuntime {
 
     /// The service's constructor: binary from `ch_binary` (else
     /// [`find_binary`]), guest image from `<data_dir>/images/guest`.
-    pub fn from_config(
-        config: &crate::config::Config,
-        _storage: &rewind_storage::Storage,
-    ) -> Result<Self, RuntimeError> {
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, RuntimeError> {
         Self::new(Self::config_for(config))
     }
 

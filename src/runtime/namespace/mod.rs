@@ -36,6 +36,7 @@ use super::{
     Attached, Cause, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
 };
 use crate::config::Config;
+use crate::runtime::proc::start_time as proc_starttime;
 pub use cgroup::{CgroupError, Cgroups};
 pub use error::LaunchError;
 
@@ -76,15 +77,12 @@ struct NsState {
 
 impl NamespaceRuntime {
     /// Check the host and prepare the shifted rootfs (once).
-    pub async fn new(
-        config: &Config,
-        _storage: &rewind_storage::Storage,
-    ) -> Result<Self, RuntimeError> {
+    pub async fn new(config: &Config) -> Result<Self, RuntimeError> {
         let unavailable = |reason: String| RuntimeError::Unavailable { reason };
         if !nix::unistd::geteuid().is_root() {
             return Err(unavailable("the namespace runtime needs root".into()));
         }
-        let agent_bin = crate::server::agent_binary(config);
+        let agent_bin = config.agent_binary_path();
         let agent_bin = which(&agent_bin).ok_or_else(|| {
             unavailable(format!(
                 "agent binary {} not found (build with `cargo build -p rewind-agent`)",
@@ -595,11 +593,6 @@ fn log_tail(path: &Path, max: usize) -> String {
     }
 }
 
-/// Start time of a live (non-zombie) process, or `None`.
-/// The pid's start time, `None` once it is gone or a zombie.
-fn proc_starttime(pid: i32) -> Option<u64> {
-    crate::runtime::cloud_hypervisor::process::proc_start_time(pid)
-}
 
 fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -608,16 +601,9 @@ fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
     }
 }
 
-/// Resolve a binary path: as given if it exists, else on PATH.
+/// Resolve an executable: a path as given, a bare name on PATH.
 fn which(bin: &Path) -> Option<PathBuf> {
-    if bin.components().count() > 1 || bin.is_absolute() {
-        return bin.exists().then(|| bin.to_owned());
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(bin))
-        .find(|p| p.exists())
+    ::which::which(bin).ok()
 }
 
 #[cfg(test)]
