@@ -37,14 +37,7 @@ fn base_image() -> PathBuf {
 
 /// Every server test shares one cache of the uid-shifted rootfs.
 fn test_data_dir(name: &str) -> PathBuf {
-    let dir = common::data_dir(name);
-    let cache = common::test_root().join("images-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let link = dir.join("images");
-    if !link.exists() {
-        std::os::unix::fs::symlink(&cache, &link).unwrap();
-    }
-    dir
+    common::data_dir_sharing_images(name)
 }
 
 struct Server {

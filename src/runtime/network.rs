@@ -101,8 +101,7 @@ pub fn guest_cmdline() -> String {
 /// Namespace name prefix of one rewind instance.
 fn owner_prefix(owner: &str) -> String {
     let hash = Sha256::digest(owner.as_bytes());
-    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("rewind-{hex}-")
+    format!("rewind-{}-", hex::encode(&hash[..4]))
 }
 
 /// The namespace file of `sandbox` under `owner`.

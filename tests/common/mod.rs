@@ -3,6 +3,8 @@
 //! to the built binaries, and a fresh data directory per test binary.
 #![allow(dead_code)]
 
+#[path = "../../agent/tests/common/busybox.rs"]
+mod busybox;
 pub mod cleanup;
 pub mod cli;
 pub mod memory;
@@ -66,35 +68,7 @@ pub fn busybox_rootfs() -> PathBuf {
     }
     let tmp = root.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    for dir in [
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "etc",
-        "tmp",
-        "proc",
-        "dev",
-        "sys",
-        "root",
-        "workspace",
-    ] {
-        std::fs::create_dir_all(tmp.join(dir)).unwrap();
-    }
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "busybox-static is not installed (scripts/install-deps.sh installs it)"
-    );
-    std::fs::copy(busybox, tmp.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-        }
-    }
-    std::fs::write(tmp.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(tmp.join("etc/group"), "root:x:0:\n").unwrap();
+    busybox::populate(&tmp);
     std::fs::write(tmp.join(".complete"), "busybox\n").unwrap();
     let _ = std::fs::remove_dir_all(&root);
     std::fs::rename(&tmp, &root).unwrap();
@@ -131,6 +105,19 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// [`data_dir`] whose `images/` (the shifted rootfs the runtime prepares
+/// once) is shared by every data dir that uses this.
+pub fn data_dir_sharing_images(name: &str) -> PathBuf {
+    let dir = data_dir(name);
+    let cache = test_root().join("images-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let link = dir.join("images");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&cache, &link).unwrap();
+    }
+    dir
 }
 
 /// A name unique within this test run.
