@@ -79,6 +79,10 @@ pub struct LimitsConfig {
 pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Give clients the whole error chain of a runtime failure (host paths
+    /// included) instead of its first link; for development. The log line
+    /// always has the chain, with the request id.
+    pub expose_error_chain: bool,
 }
 
 /// File transfer and diff caps; see `sandbox/files.rs` and `sandbox/diff.rs`.
@@ -325,6 +329,7 @@ impl Default for ServerConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
+            expose_error_chain: false,
         }
     }
 }
