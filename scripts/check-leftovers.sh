@@ -36,7 +36,7 @@ for root in "${roots[@]}"; do
     if under "$backing" "$root"; then report "loop device /dev/${dev%%/*} backed by $backing"; fi
   done
   for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    { cmd=$(tr '\0' ' ' <"$p/cmdline"); } 2>/dev/null || continue
     case "$cmd" in *"$root"*) report "process ${p#/proc/}: $cmd" ;; esac
   done
   for dir in "$root" "$root"/*/; do

@@ -34,7 +34,9 @@ extern "C" fn release_all() {
     let worker = std::thread::spawn(|| {
         let dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for dir in dirs {
-            let left = release(&dir);
+            // The pool's loop device goes when this process (which still
+            // holds files of the pool) has exited; mounts must go now.
+            let left = release(&dir).mounts;
             if !left.is_empty() {
                 eprintln!("LEFTOVER after the tests in {}: {left:?}", dir.display());
             }
@@ -44,7 +46,8 @@ extern "C" fn release_all() {
 }
 
 /// Kill every sandbox and process of data dir `dir` and unmount what is
-/// mounted below it; returns what could not be released.
+/// mounted below it (lazily: the pool's loop device is released once the
+/// last file of the pool is closed); returns what is still there.
 pub fn release(dir: &Path) -> Leftovers {
     let cgroups = Cgroups::for_data_dir(dir);
     for name in cgroups.list() {

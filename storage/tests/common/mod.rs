@@ -56,7 +56,9 @@ extern "C" fn release_all() {
     let worker = std::thread::spawn(|| {
         let dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for dir in dirs {
-            let left = rewind_storage::leftovers::release(Path::new(&dir));
+            // The loop device goes when this process (which still holds
+            // files of the pool) has exited; mounts must go now.
+            let left = rewind_storage::leftovers::release(Path::new(&dir)).mounts;
             if !left.is_empty() {
                 eprintln!("LEFTOVER after the tests in {dir}: {left:?}");
             }
