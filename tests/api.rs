@@ -540,9 +540,7 @@ fn restore_while_command_runs_is_409() {
         )
         .await
     });
-    common::wait_until("the command started", || {
-        workspace.join("started").exists()
-    });
+    common::wait_until("the command started", || workspace.join("started").exists());
     let (status, body) = call(
         "POST",
         &format!("/vms/{vm}/snapshots/initial/restore"),
@@ -552,7 +550,10 @@ fn restore_while_command_runs_is_409() {
     std::fs::write(workspace.join("go"), "go\n").unwrap();
     let (run_status, out) = e.rt.block_on(running).unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!((run_status, &out["stdout"]), (StatusCode::OK, &json!("go\n")));
+    assert_eq!(
+        (run_status, &out["stdout"]),
+        (StatusCode::OK, &json!("go\n"))
+    );
 }
 
 #[test]

@@ -241,7 +241,10 @@ fn assert_workspace_whole(server: &Server, key: &str, vm: &str) {
 fn exec_directly(dir: &Path, vm: &str) -> Result<ExecOutput, AgentError> {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(vm.as_bytes());
-    let socket = dir.join("run").join(hex::encode(&digest[..8])).join("agent.sock");
+    let socket = dir
+        .join("run")
+        .join(hex::encode(&digest[..8]))
+        .join("agent.sock");
     let agent = AgentClient::new(Transport::Unix(socket));
     let req = ExecRequest {
         shell: Some("echo lost > /workspace/f".into()),

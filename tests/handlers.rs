@@ -37,7 +37,10 @@ struct FakeRuntime {
 
 impl FakeRuntime {
     fn record(&self, call: &str, sb: &SandboxContext) {
-        self.calls.lock().unwrap().push(format!("{call} {}", sb.name));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{call} {}", sb.name));
     }
 }
 
@@ -120,7 +123,14 @@ impl Env {
         });
         let sandboxes = Sandboxes::new(Arc::new(config), db, storage, runtime.clone());
         let state = AppState::new(sandboxes);
-        let (_, admin) = call(&state, "POST", "/api-keys", None, Some(json!({"name": "a"}))).await;
+        let (_, admin) = call(
+            &state,
+            "POST",
+            "/api-keys",
+            None,
+            Some(json!({"name": "a"})),
+        )
+        .await;
         let admin = admin["key"].as_str().unwrap().to_owned();
         let body = Some(json!({"name": "u"}));
         let (_, user) = call(&state, "POST", "/api-keys", Some(&admin), body).await;
@@ -214,7 +224,9 @@ async fn create_with_bad_input_is_400_naming_the_field_and_starts_nothing() {
     ];
 
     for (body, field) in cases {
-        let (status, out) = env.call("POST", "/vms", &env.user, Some(body.clone())).await;
+        let (status, out) = env
+            .call("POST", "/vms", &env.user, Some(body.clone()))
+            .await;
 
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {out}");
         let message = out["error"].as_str().unwrap();
@@ -235,7 +247,12 @@ async fn another_keys_sandbox_is_404_and_the_admin_sees_it() {
 
     let (as_other, _) = env.call("GET", "/vms/mine", other, None).await;
     let (run_as_other, _) = env
-        .call("POST", "/vms/mine/run", other, Some(json!({"command": "true"})))
+        .call(
+            "POST",
+            "/vms/mine/run",
+            other,
+            Some(json!({"command": "true"})),
+        )
         .await;
     let (as_admin, _) = env.call("GET", "/vms/mine", &env.admin, None).await;
 
@@ -251,7 +268,12 @@ async fn run_when_the_agent_is_gone_is_503() {
     env.sandbox("gone", SandboxStatus::Running).await;
 
     let (status, out) = env
-        .call("POST", "/vms/gone/run", &env.user, Some(json!({"command": "true"})))
+        .call(
+            "POST",
+            "/vms/gone/run",
+            &env.user,
+            Some(json!({"command": "true"})),
+        )
         .await;
 
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{out}");
@@ -274,7 +296,12 @@ async fn run_on_a_failed_sandbox_is_409_with_the_reason() {
     .unwrap();
 
     let (status, out) = env
-        .call("POST", "/vms/broken/run", &env.user, Some(json!({"command": "true"})))
+        .call(
+            "POST",
+            "/vms/broken/run",
+            &env.user,
+            Some(json!({"command": "true"})),
+        )
         .await;
 
     assert_eq!(status, StatusCode::CONFLICT, "{out}");
@@ -299,7 +326,12 @@ async fn restore_while_a_command_holds_the_sandbox_is_409() {
     let (held, _) = agent.accept().await.unwrap();
 
     let (status, out) = env
-        .call("POST", "/vms/busy/snapshots/initial/restore", &env.user, None)
+        .call(
+            "POST",
+            "/vms/busy/snapshots/initial/restore",
+            &env.user,
+            None,
+        )
         .await;
     drop((held, agent));
 

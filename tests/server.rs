@@ -422,9 +422,7 @@ fn sigterm_lets_inflight_run_finish() {
     });
     // The command runs until the test writes to the FIFO it made.
     let workspace = server.data_dir.join("pool/sandboxes/drain/live");
-    common::wait_until("the command started", || {
-        workspace.join("started").exists()
-    });
+    common::wait_until("the command started", || workspace.join("started").exists());
     let pid = server.pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

@@ -167,7 +167,10 @@ async fn exec_timeout_kills_grandchildren() {
         if left.is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "still running: {left}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {left}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -228,7 +228,9 @@ mod tests {
         );
         assert!(log.contains("req_test"), "{log}");
         assert!(
-            log.contains("failed to start sandbox s1: cannot mount /var/lib/rewind/pool/sandboxes/s1/live"),
+            log.contains(
+                "failed to start sandbox s1: cannot mount /var/lib/rewind/pool/sandboxes/s1/live"
+            ),
             "{log}"
         );
     }

@@ -228,7 +228,10 @@ impl Sandboxes {
         // Close the pooled agent connections: a process checkpoint (CRIU)
         // cannot hold the host's ends of them.
         live.agent = self.agent_for(&live.ctx, &live.state);
-        let dir = self.storage.snapshot_aux_path(sb, snap).join(super::VM_STATE_DIR);
+        let dir = self
+            .storage
+            .snapshot_aux_path(sb, snap)
+            .join(super::VM_STATE_DIR);
         let (storage, s, n) = (self.storage.clone(), sb.clone(), snap.clone());
         let take = async move {
             let taken = tokio::task::spawn_blocking(move || {

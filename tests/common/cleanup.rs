@@ -82,7 +82,9 @@ pub fn processes_naming(dir: &Path) -> Vec<i32> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(") ").is_some_and(|(_, s)| s.starts_with('Z'));
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('Z'));
             !zombie && cmdline.windows(needle.len()).any(|w| w == needle)
         })
         .collect()

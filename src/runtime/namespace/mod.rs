@@ -593,7 +593,6 @@ fn log_tail(path: &Path, max: usize) -> String {
     }
 }
 
-
 fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while proc_starttime(pid) == Some(starttime) && Instant::now() < deadline {
@@ -612,13 +611,19 @@ mod tests {
 
     #[test]
     fn proc_starttime_of_a_later_child_is_not_earlier_than_ours() {
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let ours = proc_starttime(std::process::id() as i32);
         let its = proc_starttime(child.id() as i32);
         child.kill().unwrap();
         child.wait().unwrap();
 
-        assert!(matches!((ours, its), (Some(a), Some(b)) if b >= a), "{ours:?} {its:?}");
+        assert!(
+            matches!((ours, its), (Some(a), Some(b)) if b >= a),
+            "{ours:?} {its:?}"
+        );
     }
 
     #[test]
