@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 
 use nix::mount::{umount2, MntFlags};
 
@@ -26,10 +27,7 @@ impl Leftovers {
 /// The mounts and loop devices of `dir` right now.
 pub fn find(dir: &Path) -> Leftovers {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<PathBuf> = mount_points(&mountinfo)
-        .into_iter()
-        .filter(|m| m.starts_with(dir))
-        .collect();
+    let mut mounts = mounts_below(&mountinfo, dir);
     mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     mounts.dedup();
     Leftovers {
@@ -50,37 +48,66 @@ pub fn release(dir: &Path) -> Leftovers {
     find(dir)
 }
 
-/// Mount points of a `/proc/<pid>/mountinfo` text (field 5, octal escapes
-/// such as `\040` for a space decoded).
-fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+/// How to release one directory (e.g. [`release`], or a caller's function
+/// that stops processes first).
+pub type Release = fn(&Path) -> Leftovers;
+
+static AT_EXIT: Mutex<Vec<(PathBuf, Release)>> = Mutex::new(Vec::new());
+
+/// Run `release(dir)` when this process exits, whatever happened before (a
+/// test's panic included); a mount still there then is printed as
+/// `LEFTOVER`. (Loop devices go only after the process that holds the
+/// pool's files has exited.)
+pub fn release_at_exit(dir: &Path, release: Release) {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function without arguments;
+        // it catches every panic itself (on a thread of its own).
+        let rc = unsafe { libc::atexit(release_all) };
+        assert_eq!(rc, 0, "atexit");
+    });
+    let mut dirs = AT_EXIT.lock().unwrap_or_else(|p| p.into_inner());
+    if !dirs.iter().any(|(d, _)| d == dir) {
+        dirs.push((dir.to_owned(), release));
+    }
+}
+
+extern "C" fn release_all() {
+    // A thread of its own: the main thread's thread-locals are already gone
+    // while `atexit` handlers run, and a panic must not cross this frame.
+    let worker = std::thread::spawn(|| {
+        let dirs = AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (dir, release) in dirs {
+            let left = release(&dir).mounts;
+            if !left.is_empty() {
+                eprintln!("LEFTOVER after the tests in {}: {left:?}", dir.display());
+            }
+        }
+    });
+    let _ = worker.join();
+}
+
+/// Mount points (field 5) of a `/proc/<pid>/mountinfo` text that are `dir`
+/// or below it. Compared as mountinfo writes paths, with octal escapes for
+/// space, tab, newline and backslash; what follows `dir` is a sandbox or
+/// snapshot name, which never needs one.
+fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let escaped: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
+        .filter_map(|point| match point.strip_prefix(escaped.as_str())? {
+            "" => Some(dir.to_owned()),
+            rest => Some(dir.join(rest.strip_prefix('/')?)),
+        })
         .collect()
-}
-
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            let s = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(s, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Loop devices whose backing file (`/sys/block/loopN/loop/backing_file`,
@@ -109,12 +136,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_points_decodes_octal_escapes() {
-        let text = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - btrfs /dev/loop0 rw\n\
-                    37 35 98:0 /x /var/tmp/t/pool rw - btrfs /dev/loop1 rw\n";
+    fn mounts_below_matches_escaped_paths_and_only_below() {
+        let text = "36 35 98:0 / /mnt/a\\040b rw - btrfs /dev/loop0 rw\n\
+                    37 35 98:0 / /mnt/a\\040b/pool rw - btrfs /dev/loop1 rw\n\
+                    38 35 98:0 / /mnt/a\\040bc rw - btrfs /dev/loop2 rw\n";
+
+        let found = mounts_below(text, Path::new("/mnt/a b"));
+
         assert_eq!(
-            mount_points(text),
-            vec![PathBuf::from("/mnt/a b"), PathBuf::from("/var/tmp/t/pool")]
+            found,
+            vec![PathBuf::from("/mnt/a b"), PathBuf::from("/mnt/a b/pool")]
         );
     }
 

@@ -5,44 +5,14 @@
 //! every mount below the dir is unmounted, which releases the pool's loop
 //! device. `scripts/check-leftovers.sh` checks that nothing is left.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
+use std::path::Path;
 
 use rewind::runtime::namespace::Cgroups;
 use rewind_storage::leftovers::{self, Leftovers};
 
-static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
 /// Release `dir` when this test binary exits.
 pub fn release_at_exit(dir: &Path) {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // SAFETY: registers a plain `extern "C"` function without arguments;
-        // it catches every panic itself (on a thread of its own).
-        let rc = unsafe { libc::atexit(release_all) };
-        assert_eq!(rc, 0, "atexit");
-    });
-    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
-    if !dirs.iter().any(|d| d == dir) {
-        dirs.push(dir.to_owned());
-    }
-}
-
-extern "C" fn release_all() {
-    // A thread of its own: the main thread's thread-locals are already gone
-    // while `atexit` handlers run, and a panic must not cross this frame.
-    let worker = std::thread::spawn(|| {
-        let dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for dir in dirs {
-            // The pool's loop device goes when this process (which still
-            // holds files of the pool) has exited; mounts must go now.
-            let left = release(&dir).mounts;
-            if !left.is_empty() {
-                eprintln!("LEFTOVER after the tests in {}: {left:?}", dir.display());
-            }
-        }
-    });
-    let _ = worker.join();
+    leftovers::release_at_exit(dir, release);
 }
 
 /// Kill every sandbox and process of data dir `dir` and unmount what is
@@ -60,7 +30,7 @@ pub fn release(dir: &Path) -> Leftovers {
 }
 
 /// SIGKILL every process (but this one) whose command line names `dir`,
-/// and wait until each is gone or a zombie.
+/// reaping those that are our children.
 fn kill_processes_naming(dir: &Path) {
     let me = std::process::id() as i32;
     for pid in processes_naming(dir).into_iter().filter(|p| *p != me) {

@@ -12,9 +12,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rewind_storage::leftovers;
 use rewind_storage::{PoolConfig, SandboxName, SnapshotName};
 
 /// 8 GiB sparse image: room for the large/sparse-file tests.
@@ -28,43 +28,8 @@ pub fn test_dir(name: &str) -> String {
         Ok(root) => format!("{root}/{name}"),
         Err(_) => format!("/var/tmp/rewind-test-{name}"),
     };
-    release_at_exit(&dir);
+    leftovers::release_at_exit(Path::new(&dir), leftovers::release);
     dir
-}
-
-static DIRS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Unmount everything below `dir` (the pool, which releases its loop
-/// device) when this test binary exits, whatever its tests did.
-fn release_at_exit(dir: &str) {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // SAFETY: registers a plain `extern "C"` function without arguments;
-        // it catches every panic itself (on a thread of its own).
-        let rc = unsafe { libc::atexit(release_all) };
-        assert_eq!(rc, 0, "atexit");
-    });
-    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
-    if !dirs.iter().any(|d| d == dir) {
-        dirs.push(dir.to_owned());
-    }
-}
-
-extern "C" fn release_all() {
-    // A thread of its own: the main thread's thread-locals are already gone
-    // while `atexit` handlers run, and a panic must not cross this frame.
-    let worker = std::thread::spawn(|| {
-        let dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for dir in dirs {
-            // The loop device goes when this process (which still holds
-            // files of the pool) has exited; mounts must go now.
-            let left = rewind_storage::leftovers::release(Path::new(&dir)).mounts;
-            if !left.is_empty() {
-                eprintln!("LEFTOVER after the tests in {dir}: {left:?}");
-            }
-        }
-    });
-    let _ = worker.join();
 }
 
 pub fn config(dir: &str) -> PoolConfig {
