@@ -7,12 +7,13 @@
 //! any user: `cargo test --test handlers`. The fakes prove no feature: the
 //! service tests (tests/api.rs and the others) run the real thing as root.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use rewind::api::{app, AppState};
 use rewind::config::{Config, Overrides};
 use rewind::db::{Db, SandboxStatus};
@@ -178,17 +179,8 @@ async fn call(
     key: Option<&str>,
     body: Option<Value>,
 ) -> Reply {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(k) = key {
-        req = req.header("x-api-key", k);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    };
-    let resp = app(state.clone()).oneshot(req.unwrap()).await.unwrap();
+    let req = common::service::request(method, path, key, body);
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let request_id = resp.headers().get("x-request-id").cloned();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)

@@ -182,18 +182,22 @@ pub async fn call_app(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    raw(state, request(method, path, key, body)).await
+}
+
+/// A request with `x-api-key: key` and a JSON `body`, if given.
+pub fn request(method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Request<Body> {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let req = match body {
+    match body {
         Some(b) => req
             .header("content-type", "application/json")
             .body(Body::from(b.to_string())),
         None => req.body(Body::empty()),
     }
-    .unwrap();
-    raw(state, req).await
+    .unwrap()
 }
 
 pub async fn raw(state: &AppState, req: Request<Body>) -> (StatusCode, Value) {
