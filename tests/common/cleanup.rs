@@ -5,6 +5,7 @@
 //! every mount below the dir is unmounted, which releases the pool's loop
 //! device. `scripts/check-leftovers.sh` checks that nothing is left.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rewind::runtime::namespace::Cgroups;
@@ -40,9 +41,9 @@ fn kill_processes_naming(dir: &Path) {
     }
 }
 
-/// Live (non-zombie) processes whose command line contains `dir`.
+/// Live (non-zombie) processes with an argument that is `dir` or a path
+/// below it.
 pub fn processes_naming(dir: &Path) -> Vec<i32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -55,7 +56,10 @@ pub fn processes_naming(dir: &Path) -> Vec<i32> {
             let zombie = stat
                 .rsplit_once(") ")
                 .is_some_and(|(_, s)| s.starts_with('Z'));
-            !zombie && cmdline.windows(needle.len()).any(|w| w == needle)
+            let names_dir = cmdline
+                .split(|b| *b == 0)
+                .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)).starts_with(dir));
+            !zombie && names_dir
         })
         .collect()
 }
