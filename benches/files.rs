@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{row, timed, Client};
-use rewind::config::{Config, Overrides};
 use serde_json::json;
 
 fn base_image() -> PathBuf {
@@ -33,16 +32,6 @@ fn base_image() -> PathBuf {
         "no base image"
     );
     real
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap();
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.parent().unwrap().join(p).join("rewind-agent"))
-        .find(|p| p.exists())
-        .expect("build the agent first: cargo build --release -p rewind-agent")
 }
 
 fn snapshot_dir(vm: &str, snap: &str) -> PathBuf {
@@ -137,28 +126,15 @@ async fn bench_diff(client: &Client, files: usize, iters: usize) -> Vec<String> 
 }
 
 fn main() {
-    let iters: usize = std::env::var("REWIND_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let iters = common::iters(50);
     let sizes: Vec<usize> = std::env::var("REWIND_BENCH_DIFF_SIZES")
         .unwrap_or_else(|_| "20000,200000".into())
         .split(',')
         .map(|s| s.trim().parse().unwrap())
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
-        let overrides = Overrides {
-            data_dir: Some(common::data_dir("files")),
-            runtime: Some("namespace".into()),
-            base_image: Some(base_image()),
-            agent_binary: Some(agent_binary()),
-            ..Default::default()
-        };
-        let (client, server) = common::start(Config::load(None, &overrides).unwrap()).await;
+        let (client, server) = common::start(common::config("files", base_image())).await;
         common::delete_all_vms(&client).await;
         let mut lines = common::header();
         lines.extend(bench_reads(&client, iters).await);

@@ -33,27 +33,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn base_image() -> PathBuf {
-    if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
-        return p.into();
-    }
-    let real = PathBuf::from("/var/lib/rewind/images/base/rootfs");
-    if real.join(".rewind-image-complete").exists() {
-        return real;
-    }
-    PathBuf::from("/var/tmp/rewind-test/busybox-rootfs")
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("rewind-agent"))
-        .find(|p| p.exists())
-        .expect("build the agent first: cargo build -p rewind-agent")
-}
-
 fn data_dir() -> PathBuf {
     match std::env::var_os("REWIND_BENCH_DIR") {
         Some(dir) => {
@@ -70,8 +49,8 @@ async fn start() -> (Client, tokio::task::JoinHandle<()>) {
     let overrides = Overrides {
         data_dir: Some(data_dir()),
         runtime: Some("namespace".into()),
-        base_image: Some(base_image()),
-        agent_binary: Some(agent_binary()),
+        base_image: Some(common::base_image_or_busybox()),
+        agent_binary: Some(common::agent_binary()),
         ..Default::default()
     };
     common::start(Config::load(None, &overrides).unwrap()).await

@@ -18,7 +18,6 @@ mod common;
 use std::path::PathBuf;
 
 use common::{row, timed, Client};
-use rewind::config::{Config, Overrides};
 use serde_json::{json, Value};
 
 fn base_image() -> PathBuf {
@@ -31,16 +30,6 @@ fn base_image() -> PathBuf {
         image.display()
     );
     image
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap();
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.parent().unwrap().join(profile).join("rewind-agent"))
-        .find(|p| p.exists())
-        .expect("build the agent first: cargo build --release -p rewind-agent")
 }
 
 fn rpc(method: &str, params: Value) -> Value {
@@ -89,23 +78,10 @@ async fn run_samples(client: &Client, iters: usize) -> Vec<f64> {
 }
 
 fn main() {
-    let iters: usize = std::env::var("REWIND_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let iters = common::iters(100);
+    let rt = common::runtime();
     rt.block_on(async {
-        let overrides = Overrides {
-            data_dir: Some(common::data_dir("repl")),
-            runtime: Some("namespace".into()),
-            base_image: Some(base_image()),
-            agent_binary: Some(agent_binary()),
-            ..Default::default()
-        };
-        let (client, server) = common::start(Config::load(None, &overrides).unwrap()).await;
+        let (client, server) = common::start(common::config("repl", base_image())).await;
         common::delete_all_vms(&client).await;
         let (first, warm) = repl_samples(&client, iters).await;
         let cold = run_samples(&client, iters).await;

@@ -19,50 +19,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{row, timed, Client};
-use rewind::config::{Config, Overrides};
 use serde_json::json;
 
-fn base_image() -> PathBuf {
-    if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
-        return p.into();
-    }
-    let real = PathBuf::from("/var/lib/rewind/images/base/rootfs");
-    if real.join(".rewind-image-complete").exists() {
-        return real;
-    }
-    let bb = PathBuf::from("/var/tmp/rewind-test/busybox-rootfs");
-    assert!(
-        bb.exists(),
-        "no base image: run images/build-rootfs.sh or the test suite first"
-    );
-    bb
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap();
-    for profile in ["release", "debug"] {
-        let p = target.parent().unwrap().join(profile).join("rewind-agent");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("build the agent first: cargo build --release -p rewind-agent");
-}
-
 async fn start() -> (Client, tokio::task::JoinHandle<()>) {
-    let overrides = Overrides {
-        data_dir: Some(common::data_dir("service")),
-        runtime: Some("namespace".into()),
-        base_image: Some(base_image()),
-        agent_binary: Some(agent_binary()),
-        ..Default::default()
-    };
-    common::start(Config::load(None, &overrides).unwrap()).await
+    common::start(common::config("service", common::base_image_or_busybox())).await
 }
 
 async fn run_samples(client: &Client, vm: &str, iters: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -142,14 +105,8 @@ async fn bench_lifecycle(client: &Client, iters: usize) -> Vec<String> {
 }
 
 fn main() {
-    let iters: usize = std::env::var("REWIND_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let iters = common::iters(200);
+    let rt = common::runtime();
     rt.block_on(async {
         let (client, server) = start().await;
         let client = std::sync::Arc::new(client);
@@ -160,7 +117,7 @@ fn main() {
         common::delete_all_vms(&client).await;
         println!(
             "\nrewind service benchmark (base image: {})\n",
-            base_image().display()
+            common::base_image_or_busybox().display()
         );
         println!("{}", lines.join("\n"));
         server.abort();

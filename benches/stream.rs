@@ -21,38 +21,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{row, timed, Client};
 use futures::{SinkExt, StreamExt};
-use rewind::config::{Config, Overrides};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-fn base_image() -> PathBuf {
-    if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
-        return p.into();
-    }
-    let real = PathBuf::from("/var/lib/rewind/images/base/rootfs");
-    if real.join(".rewind-image-complete").exists() {
-        return real;
-    }
-    PathBuf::from("/var/tmp/rewind-test/busybox-rootfs")
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap();
-    for profile in ["release", "debug"] {
-        let p = target.parent().unwrap().join(profile).join("rewind-agent");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("build the agent first: cargo build --release -p rewind-agent");
-}
 
 /// Milliseconds to the first `stdout` event and to the end of the stream.
 async fn sse_run(client: &Client, vm: &str, command: &str) -> (f64, f64) {
@@ -146,23 +121,11 @@ async fn bench_pty(client: &Client, vm: &str, iters: usize) -> Vec<String> {
 }
 
 fn main() {
-    let iters: usize = std::env::var("REWIND_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let iters = common::iters(100);
+    let rt = common::runtime();
     rt.block_on(async {
-        let overrides = Overrides {
-            data_dir: Some(common::data_dir("stream")),
-            runtime: Some("namespace".into()),
-            base_image: Some(base_image()),
-            agent_binary: Some(agent_binary()),
-            ..Default::default()
-        };
-        let (client, server) = common::start(Config::load(None, &overrides).unwrap()).await;
+        let (client, server) =
+            common::start(common::config("stream", common::base_image_or_busybox())).await;
         common::delete_all_vms(&client).await;
         let vm = format!("bench-stream-{}", std::process::id());
         client.post("/vms", json!({"name": vm})).await;
@@ -172,7 +135,7 @@ fn main() {
         common::delete_all_vms(&client).await;
         println!(
             "\nrewind streaming benchmark (base image: {})\n",
-            base_image().display()
+            common::base_image_or_busybox().display()
         );
         println!("{}", lines.join("\n"));
         server.abort();

@@ -16,12 +16,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{row, timed, Client};
-use rewind::config::{Config, Overrides};
 use serde_json::json;
 
 const DELETES: usize = 8;
@@ -29,37 +27,8 @@ const DELETES: usize = 8;
 /// host they would slow the probe by themselves, whatever the teardown does).
 const BUSY: &str = "for i in $(seq 300); do sleep 600 >/dev/null 2>&1 & done; true";
 
-fn base_image() -> PathBuf {
-    if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
-        return p.into();
-    }
-    let real = PathBuf::from("/var/lib/rewind/images/base/rootfs");
-    if real.join(".rewind-image-complete").exists() {
-        return real;
-    }
-    let root = std::env::var_os("REWIND_TEST_ROOT").unwrap_or("/var/tmp/rewind-test".into());
-    PathBuf::from(root).join("busybox-rootfs")
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap();
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.parent().unwrap().join(profile).join("rewind-agent"))
-        .find(|p| p.exists())
-        .expect("build the agent first: cargo build -p rewind-agent")
-}
-
 async fn start() -> (Client, tokio::task::JoinHandle<()>) {
-    let overrides = Overrides {
-        data_dir: Some(common::data_dir("teardown")),
-        runtime: Some("namespace".into()),
-        base_image: Some(base_image()),
-        agent_binary: Some(agent_binary()),
-        ..Default::default()
-    };
-    common::start(Config::load(None, &overrides).unwrap()).await
+    common::start(common::config("teardown", common::base_image_or_busybox())).await
 }
 
 async fn run_true(client: &Client, probe: &mut Probe) {
@@ -138,10 +107,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let (client, server) = start().await;
         let client = Arc::new(client);
@@ -177,7 +143,7 @@ fn main() {
         lines.push(row("delete of a busy sandbox (8 at once)", deletes));
         println!(
             "\nrewind teardown benchmark (base image: {})\n",
-            base_image().display()
+            common::base_image_or_busybox().display()
         );
         println!("{}", lines.join("\n"));
         println!("\np50 during deletes / p50 idle: run `true` {ratio:.2} (goal ≤ 2), GET /health {health_ratio:.2}");

@@ -166,10 +166,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let mode = std::env::var("REWIND_BENCH_VM_MODE").unwrap_or_else(|_| "auto".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let config = config();
     let forced = std::env::var("REWIND_BENCH_FORCE").as_deref() == Ok("1");
     let guest = match mode.as_str() {

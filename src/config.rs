@@ -83,6 +83,10 @@ pub struct LimitsConfig {
 pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Give clients the whole error chain of a runtime failure (host paths
+    /// included) instead of its first link; for development. The log line
+    /// always has the chain, with the request id.
+    pub expose_error_chain: bool,
 }
 
 /// File transfer and diff caps; see `sandbox/files.rs` and `sandbox/diff.rs`.
@@ -331,6 +335,7 @@ impl Default for ServerConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
+            expose_error_chain: false,
         }
     }
 }
@@ -401,6 +406,21 @@ impl Config {
         config.fill_defaults();
         config.validate()?;
         Ok(config)
+    }
+
+    /// The agent binary: configured, else next to our own executable, else
+    /// `rewind-agent` (looked up on PATH).
+    pub fn agent_binary_path(&self) -> PathBuf {
+        if !self.agent_binary.as_os_str().is_empty() {
+            return self.agent_binary.clone();
+        }
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("rewind-agent")));
+        match beside {
+            Some(p) if p.exists() => p,
+            _ => PathBuf::from("rewind-agent"),
+        }
     }
 
     fn from_file(path: &Path) -> Result<Config, ConfigError> {

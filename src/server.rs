@@ -2,7 +2,6 @@
 //! pick the runtime, reconcile, serve until SIGTERM/SIGINT, then drain.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ pub async fn build(config: Config) -> anyhow::Result<Sandboxes> {
     }
     let db = Db::open(&config.db_path).context("opening the database")?;
     let storage = open_storage(&config).await?;
-    let runtime = choose_runtime(&config, &storage).await?;
+    let runtime = choose_runtime(&config).await?;
     let sandboxes = Sandboxes::new(config, db, storage, runtime);
     let report = sandboxes.recover().await.context("startup recovery")?;
     tracing::info!(actions = report.actions.len(), "startup recovery done");
@@ -61,24 +60,10 @@ async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     Ok(storage)
 }
 
-/// The agent binary: configured, else next to our own executable, else on PATH.
-pub fn agent_binary(config: &Config) -> PathBuf {
-    if !config.agent_binary.as_os_str().is_empty() {
-        return config.agent_binary.clone();
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("rewind-agent")));
-    match beside {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from("rewind-agent"),
-    }
-}
-
-async fn choose_runtime(config: &Config, storage: &Storage) -> anyhow::Result<Arc<dyn Runtime>> {
-    let ch = || CloudHypervisorRuntime::from_config(config, storage);
+async fn choose_runtime(config: &Config) -> anyhow::Result<Arc<dyn Runtime>> {
+    let ch = || CloudHypervisorRuntime::from_config(config);
     match config.runtime {
-        RuntimeChoice::Namespace => Ok(Arc::new(NamespaceRuntime::new(config, storage).await?)),
+        RuntimeChoice::Namespace => Ok(Arc::new(NamespaceRuntime::new(config).await?)),
         RuntimeChoice::CloudHypervisor => Ok(Arc::new(ch().context("cloud-hypervisor runtime")?)),
         RuntimeChoice::Auto => match CloudHypervisorRuntime::probe(config) {
             Ok(()) => {
@@ -87,7 +72,7 @@ async fn choose_runtime(config: &Config, storage: &Storage) -> anyhow::Result<Ar
             }
             Err(reason) => {
                 tracing::info!(reason = %reason, "runtime auto: using namespace");
-                Ok(Arc::new(NamespaceRuntime::new(config, storage).await?))
+                Ok(Arc::new(NamespaceRuntime::new(config).await?))
             }
         },
     }

@@ -526,28 +526,34 @@ fn restore_while_command_runs_is_409() {
     let key = user_key();
     let vm = create_vm(&key, "busy");
     let e = env();
+    let workspace = e.workspace(&vm);
     let state = e.state.clone();
     let (k, v) = (key.clone(), vm.clone());
+    // The command runs until the test writes to the FIFO it made.
     let running = e.rt.spawn(async move {
         call_app(
             &state,
             "POST",
             &format!("/vms/{v}/run"),
             Some(&k),
-            Some(json!({"command": "sleep 2"})),
+            Some(json!({"command": "mkfifo go && touch started && cat go"})),
         )
         .await
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    common::wait_until("the command started", || workspace.join("started").exists());
     let (status, body) = call(
         "POST",
         &format!("/vms/{vm}/snapshots/initial/restore"),
         Some(&key),
         None,
     );
-    let (run_status, _) = e.rt.block_on(running).unwrap();
+    std::fs::write(workspace.join("go"), "go\n").unwrap();
+    let (run_status, out) = e.rt.block_on(running).unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(run_status, StatusCode::OK);
+    assert_eq!(
+        (run_status, &out["stdout"]),
+        (StatusCode::OK, &json!("go\n"))
+    );
 }
 
 #[test]
@@ -1082,7 +1088,8 @@ fn egress_env_yields_to_the_callers_env() {
 fn egress_plain_http_sends_one_request_with_the_uri_host_only() {
     let key = user_key();
     let vm = create_vm(&key, "egresspipe");
-    let (port, seen) = common::host_http_server_logged("one");
+    let upstream = common::host_http_server_logged("one");
+    let port = upstream.port;
     let two_requests = format!(
         "printf 'GET http://127.0.0.1:{port}/a HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\nGET http://127.0.0.1:{port}/b HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n' | nc 127.0.0.1 3128"
     );
@@ -1090,8 +1097,11 @@ fn egress_plain_http_sends_one_request_with_the_uri_host_only() {
     let out = run(&key, &vm, &two_requests);
 
     assert!(out["stdout"].as_str().unwrap().ends_with("one"), "{out}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let seen = seen.lock().unwrap().clone();
+    upstream
+        .done
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the upstream connection ends");
+    let seen = upstream.seen.lock().unwrap().clone();
     assert_eq!(
         seen.len(),
         1,

@@ -143,14 +143,7 @@ impl Drop for Server {
 }
 
 fn data_dir(name: &str) -> PathBuf {
-    let dir = common::data_dir(name);
-    let cache = common::test_root().join("images-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let link = dir.join("images");
-    if !link.exists() {
-        std::os::unix::fs::symlink(&cache, &link).unwrap();
-    }
-    dir
+    common::data_dir_sharing_images(name)
 }
 
 fn bootstrap_key(server: &Server) -> String {
@@ -248,8 +241,10 @@ fn assert_workspace_whole(server: &Server, key: &str, vm: &str) {
 fn exec_directly(dir: &Path, vm: &str) -> Result<ExecOutput, AgentError> {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(vm.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let socket = dir.join("run").join(hex).join("agent.sock");
+    let socket = dir
+        .join("run")
+        .join(hex::encode(&digest[..8]))
+        .join("agent.sock");
     let agent = AgentClient::new(Transport::Unix(socket));
     let req = ExecRequest {
         shell: Some("echo lost > /workspace/f".into()),

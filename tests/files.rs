@@ -68,10 +68,7 @@ fn get_json(key: &str, uri: &str) -> (StatusCode, Value) {
 }
 
 fn sha(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(data))
 }
 
 fn vm(prefix: &str) -> (String, String) {

@@ -37,14 +37,7 @@ fn base_image() -> PathBuf {
 
 /// Every server test shares one cache of the uid-shifted rootfs.
 fn test_data_dir(name: &str) -> PathBuf {
-    let dir = common::data_dir(name);
-    let cache = common::test_root().join("images-cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let link = dir.join("images");
-    if !link.exists() {
-        std::os::unix::fs::symlink(&cache, &link).unwrap();
-    }
-    dir
+    common::data_dir_sharing_images(name)
 }
 
 struct Server {
@@ -422,22 +415,25 @@ fn sigterm_lets_inflight_run_finish() {
         let resp = client
             .post(format!("{base}/vms/drain/run"))
             .header("x-api-key", k)
-            .json(&json!({"command": "sleep 2; echo done"}))
+            .json(&json!({"command": "mkfifo go && touch started && cat go && echo done"}))
             .send()
             .unwrap();
         (resp.status().as_u16(), resp.json::<Value>().unwrap())
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // The command runs until the test writes to the FIFO it made.
+    let workspace = server.data_dir.join("pool/sandboxes/drain/live");
+    common::wait_until("the command started", || workspace.join("started").exists());
     let pid = server.pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    std::fs::write(workspace.join("go"), "go\n").unwrap();
     let (status, body) = inflight.join().unwrap();
     assert_eq!(
         (status, body["stdout"].as_str()),
-        (200, Some("done\n")),
+        (200, Some("go\ndone\n")),
         "{body}"
     );
     assert!(body["snapshot"].as_str().unwrap().starts_with("cmd_"));

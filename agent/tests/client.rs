@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{ServedAgent, AGENT};
 use rewind_agent::client::{AgentClient, AgentError, Transport};
@@ -34,7 +33,8 @@ async fn client_reconnects_after_agent_restart() {
     first.kill().unwrap();
     first.wait().unwrap();
     let mut second = spawn_agent(&socket, dir.path());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same client, polled until the new agent listens.
+    common::wait_ready(&client).await;
     let pong = client.ping().await;
     second.kill().unwrap();
     second.wait().unwrap();

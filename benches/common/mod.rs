@@ -152,3 +152,67 @@ pub async fn delete_all_vms(client: &Client) {
         let _ = client.delete(&format!("/vms/{name}")).await;
     }
 }
+
+/// The agent next to this bench's target dir (release preferred).
+#[allow(dead_code)] // used by some bench binaries only
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("rewind-agent"))
+        .find(|p| p.exists())
+        .expect("build the agent first: cargo build --release -p rewind-agent")
+}
+
+/// `$REWIND_BENCH_BASE_IMAGE`, else the debootstrap base image, else the
+/// tests' busybox rootfs.
+#[allow(dead_code)] // used by some bench binaries only
+pub fn base_image_or_busybox() -> PathBuf {
+    if let Some(p) = std::env::var_os("REWIND_BENCH_BASE_IMAGE") {
+        return p.into();
+    }
+    let real = PathBuf::from("/var/lib/rewind/images/base/rootfs");
+    if real.join(".rewind-image-complete").exists() {
+        return real;
+    }
+    let root = std::env::var_os("REWIND_TEST_ROOT").unwrap_or("/var/tmp/rewind-test".into());
+    let busybox = PathBuf::from(root).join("busybox-rootfs");
+    assert!(
+        busybox.exists(),
+        "no base image: run images/build-rootfs.sh or the test suite first"
+    );
+    busybox
+}
+
+/// The service config of bench `name`: its data dir, the namespace runtime,
+/// `base_image` and the agent next to the bench.
+#[allow(dead_code)] // used by some bench binaries only
+pub fn config(name: &str, base_image: PathBuf) -> Config {
+    let overrides = rewind::config::Overrides {
+        data_dir: Some(data_dir(name)),
+        runtime: Some("namespace".into()),
+        base_image: Some(base_image),
+        agent_binary: Some(agent_binary()),
+        ..Default::default()
+    };
+    Config::load(None, &overrides).unwrap()
+}
+
+/// `$REWIND_BENCH_ITERS`, else `default`.
+#[allow(dead_code)] // used by some bench binaries only
+pub fn iters(default: usize) -> usize {
+    std::env::var("REWIND_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A multi-threaded runtime for a bench's `main`.
+#[allow(dead_code)] // used by some bench binaries only
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -36,11 +36,13 @@ pub enum ApiError {
     /// CRIU); the message says why.
     #[error("{0}")]
     NotImplemented(String),
-    /// The sandbox's runtime (hypervisor, namespaces) failed: the message
-    /// carries its error chain (e.g. Cloud Hypervisor's), so the client sees
-    /// why, and the log has it with the request id.
-    #[error("{0}")]
-    Runtime(String),
+    /// The sandbox's runtime (hypervisor, namespaces) failed. The client sees
+    /// `message`, the first link of the error chain (e.g. Cloud Hypervisor's
+    /// message), and the request id; the log line with that id has `chain`,
+    /// the whole chain, which may name host paths. `server.expose_error_chain`
+    /// sends the chain to the client too.
+    #[error("{message}")]
+    Runtime { message: String, chain: String },
     /// Anything else; the detail goes to the log only.
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -59,7 +61,9 @@ impl ApiError {
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Internal { .. } | ApiError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } | ApiError::Runtime { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -71,7 +75,19 @@ impl ApiError {
                 logged_request_id(detail, "internal error");
                 "Internal server error".into()
             }
+            ApiError::Runtime { message, chain } => {
+                logged_request_id(chain, "runtime error");
+                client_message(message, chain)
+            }
             other => other.to_string(),
+        }
+    }
+
+    /// A runtime failure: its first link for the client, the chain for the log.
+    pub fn runtime(err: &(dyn std::error::Error + 'static)) -> ApiError {
+        ApiError::Runtime {
+            message: err.to_string(),
+            chain: crate::runtime::chain(err),
         }
     }
 
@@ -92,6 +108,18 @@ impl ApiError {
 tokio::task_local! {
     /// The id of the request being served (set by the request-id middleware).
     pub static REQUEST_ID: String;
+    /// `server.expose_error_chain` of the service serving the request (set
+    /// by the same middleware; false outside a request).
+    pub static EXPOSE_ERROR_CHAIN: bool;
+}
+
+/// What the client sees of a runtime failure: the chain when the service
+/// exposes it, else the first link.
+fn client_message(message: &str, chain: &str) -> String {
+    match EXPOSE_ERROR_CHAIN.try_with(|on| *on) {
+        Ok(true) => chain.to_owned(),
+        _ => message.to_owned(),
+    }
 }
 
 /// The id of the request being served ("" outside a request).
@@ -119,9 +147,9 @@ impl IntoResponse for ApiError {
                 "error": "Internal server error",
                 "request_id": logged_request_id(detail, "internal error"),
             }),
-            ApiError::Runtime(message) => json!({
-                "error": message,
-                "request_id": logged_request_id(message, "runtime error"),
+            ApiError::Runtime { message, chain } => json!({
+                "error": client_message(message, chain),
+                "request_id": logged_request_id(chain, "runtime error"),
             }),
             other => json!({ "error": other.to_string() }),
         };
@@ -154,19 +182,69 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn into_response_runtime_error_carries_the_chain_and_request_id() {
-        let err = ApiError::Runtime("vm.snapshot failed: GetNestedState(Invalid argument)".into());
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to start sandbox s1")]
+    struct Outer(#[source] std::io::Error);
 
-        let (status, body) = body_of(err).await;
+    fn start_failure() -> ApiError {
+        let inner = std::io::Error::other("cannot mount /var/lib/rewind/pool/sandboxes/s1/live");
+        ApiError::runtime(&Outer(inner))
+    }
+
+    /// Log lines written while `f` runs, as text.
+    async fn logged<F: std::future::Future>(f: F) -> (F::Output, String) {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let out = f.await;
+        drop(guard);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (out, text)
+    }
+
+    #[tokio::test]
+    async fn into_response_runtime_error_gives_the_first_link_and_logs_the_chain() {
+        let ((status, body), log) = logged(body_of(start_failure())).await;
 
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
             body,
-            serde_json::json!({
-                "error": "vm.snapshot failed: GetNestedState(Invalid argument)",
-                "request_id": "req_test"
-            })
+            serde_json::json!({"error": "failed to start sandbox s1", "request_id": "req_test"})
+        );
+        assert!(log.contains("req_test"), "{log}");
+        assert!(
+            log.contains(
+                "failed to start sandbox s1: cannot mount /var/lib/rewind/pool/sandboxes/s1/live"
+            ),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn into_response_runtime_error_with_expose_error_chain_gives_the_chain() {
+        let (status, body) = EXPOSE_ERROR_CHAIN
+            .scope(true, body_of(start_failure()))
+            .await;
+
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body["error"],
+            "failed to start sandbox s1: cannot mount /var/lib/rewind/pool/sandboxes/s1/live"
         );
     }
 

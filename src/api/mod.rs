@@ -26,17 +26,22 @@ mod vms;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use rand::Rng;
-use tracing::Instrument;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
 
 use crate::auth::{self, AuthError, Caller};
 use crate::sandbox::{SandboxError, Sandboxes};
 pub use error::ApiError;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -154,7 +159,14 @@ pub fn app(state: AppState) -> Router {
         .merge(mcp)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), request_id))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+        .layer(middleware::map_request(drop_client_request_id))
         .with_state(state)
 }
 
@@ -170,27 +182,47 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
-/// Give every request an id: in a tracing span, in the task-local used by
-/// 5xx bodies, and in the `x-request-id` response header.
-async fn request_id(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let id = format!("req_{:016x}", rand::rng().random::<u64>());
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    let started = Instant::now();
-    let mut response = error::REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span.clone()))
-        .await;
-    let elapsed = started.elapsed();
-    state.stats.record(elapsed);
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            ms = elapsed.as_millis() as u64,
-            "done"
-        )
-    });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", v);
+/// Every request gets an id of ours (`SetRequestIdLayer`; one a client
+/// sent is dropped first, so ids in logs and audit rows are unique), in the
+/// `x-request-id` response header (`PropagateRequestIdLayer`) and in the
+/// `request` span of every log line (`TraceLayer`).
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = format!("req_{:016x}", rand::rng().random::<u64>());
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
     }
+}
+
+async fn drop_client_request_id(mut req: Request) -> Request {
+    req.headers_mut().remove(X_REQUEST_ID);
+    req
+}
+
+fn id_of<B>(req: &axum::http::Request<B>) -> String {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    tracing::info_span!("request", request_id = %id_of(req), method = %req.method(), path = %req.uri().path())
+}
+
+/// The request id and `server.expose_error_chain` in the task-locals that
+/// 5xx bodies read; the request's time in the `/api/v1` status counters.
+async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let id = id_of(&req);
+    let expose = state.sandboxes.config.server.expose_error_chain;
+    let started = Instant::now();
+    let response = error::REQUEST_ID
+        .scope(id, error::EXPOSE_ERROR_CHAIN.scope(expose, next.run(req)))
+        .await;
+    state.stats.record(started.elapsed());
     response
 }
 
@@ -270,7 +302,7 @@ impl From<SandboxError> for ApiError {
             SandboxError::Runtime(crate::runtime::RuntimeError::SavedStateDamaged { .. }) => {
                 ApiError::Conflict(storage_message(&e))
             }
-            SandboxError::Runtime(ref r) => ApiError::Runtime(crate::runtime::chain(r)),
+            SandboxError::Runtime(ref r) => ApiError::runtime(r),
             other => ApiError::internal_chain(&other),
         }
     }
@@ -342,7 +374,7 @@ mod tests {
 
         let api = ApiError::from(e);
 
-        let ApiError::Runtime(message) = api else {
+        let ApiError::Runtime { message, .. } = api else {
             panic!("expected a runtime error, got {api:?}");
         };
         assert!(message.contains("vm.snapshot"), "{message}");

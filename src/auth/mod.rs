@@ -59,8 +59,7 @@ pub fn generate() -> Result<NewKey, AuthError> {
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .map_err(AuthError::Rng)?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = format!("ws_{hex}");
+    let secret = format!("ws_{}", hex::encode(bytes));
     Ok(NewKey {
         prefix: prefix_of(&secret).unwrap_or_default().to_owned(),
         hash: hash(&secret),

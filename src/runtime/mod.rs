@@ -11,6 +11,7 @@ pub mod cloud_hypervisor;
 pub mod egress;
 pub mod namespace;
 pub mod network;
+pub mod proc;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

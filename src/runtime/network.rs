@@ -101,8 +101,7 @@ pub fn guest_cmdline() -> String {
 /// Namespace name prefix of one rewind instance.
 fn owner_prefix(owner: &str) -> String {
     let hash = Sha256::digest(owner.as_bytes());
-    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("rewind-{hex}-")
+    format!("rewind-{}-", hex::encode(&hash[..4]))
 }
 
 /// The namespace file of `sandbox` under `owner`.
@@ -238,7 +237,7 @@ fn enter_checked(target: &PortTarget) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let ns = File::open(&target.netns)?;
     if let Some((pid, start)) = target.guard {
-        if crate::runtime::cloud_hypervisor::process::proc_start_time(pid) != Some(start) {
+        if crate::runtime::proc::start_time(pid) != Some(start) {
             return Err(io::Error::other(format!("process {pid} is gone")));
         }
     }

@@ -10,12 +10,9 @@ use rewind_storage::{
     CreateOptions, Received, SandboxName, SnapshotKind, SnapshotName, StorageError,
 };
 
-use super::{parse_sandbox_name, SandboxError, Sandboxes};
+use super::{parse_sandbox_name, system_ms, SandboxError, Sandboxes, INITIAL};
 use crate::auth::Caller;
 use crate::db::{Db, NewSnapshot, SandboxRow, SandboxSpec, SandboxStatus};
-
-/// Name of the snapshot every sandbox starts with.
-pub const INITIAL: &str = "initial";
 
 /// Not a sandbox name: `/vms/import` is the import route.
 pub const RESERVED_IMPORT: &str = "import";
@@ -227,7 +224,7 @@ impl Sandboxes {
         let dir = self
             .storage
             .snapshot_aux_path(&from.sandbox, &from.snapshot)
-            .join(super::snapshots::VM_STATE_DIR);
+            .join(super::VM_STATE_DIR);
         self.runtime.verify_state(&dir).await?;
         let state = self.runtime.start_from_state(ctx, &dir).await?;
         let mut seed = vec![0u8; 64];
@@ -312,11 +309,4 @@ fn linux_spec() -> SandboxSpec {
         os_type: "linux".into(),
         ..Default::default()
     }
-}
-
-/// A `SystemTime` as unix milliseconds.
-pub fn system_ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

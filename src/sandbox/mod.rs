@@ -406,3 +406,16 @@ pub fn parse_snapshot_name(field: &'static str, name: &str) -> Result<SnapshotNa
 pub fn now_ms() -> i64 {
     crate::db::now().1
 }
+
+/// Name of the snapshot every sandbox starts with.
+pub const INITIAL: &str = "initial";
+
+/// Sub-directory of a snapshot's aux dir holding the VM's saved state.
+pub const VM_STATE_DIR: &str = "vm";
+
+/// A `SystemTime` as unix milliseconds.
+pub fn system_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

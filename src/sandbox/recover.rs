@@ -123,7 +123,7 @@ impl Sandboxes {
             let new = NewSnapshot {
                 name: info.name.clone(),
                 kind: "recovered",
-                created_ms: Some(super::create::system_ms(info.created)),
+                created_ms: Some(super::system_ms(info.created)),
                 ..Default::default()
             };
             self.db

@@ -92,7 +92,7 @@ impl Sandboxes {
     fn memory_dir(&self, sandbox: &SandboxName, snap: &SnapshotName) -> PathBuf {
         self.storage
             .snapshot_aux_path(sandbox, snap)
-            .join(super::snapshots::VM_STATE_DIR)
+            .join(super::VM_STATE_DIR)
     }
 
     /// Restore a stopped sandbox: storage first (atomic: on failure the

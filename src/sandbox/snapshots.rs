@@ -15,9 +15,6 @@ use crate::db::{Db, NewSnapshot, SnapshotRow};
 use crate::failpoint;
 use crate::runtime::{full_snapshot, FullSnapshotError, SavedStateInfo};
 
-/// Sub-directory of a snapshot's aux dir holding the VM's saved state.
-pub const VM_STATE_DIR: &str = "vm";
-
 /// Body of `POST /vms/:name/snapshots` (MicroVM Sandbox reference).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +108,7 @@ impl Sandboxes {
             .filter_map(|r| {
                 let snap: SnapshotName = r.name.parse().ok()?;
                 let dir = self.storage.snapshot_aux_path(sandbox, &snap);
-                Some((r.name.clone(), dir.join(VM_STATE_DIR)))
+                Some((r.name.clone(), dir.join(super::VM_STATE_DIR)))
             })
             .collect();
         let runtime = self.runtime.clone();
@@ -132,7 +129,7 @@ impl Sandboxes {
         let snap = super::parse_snapshot_name("name", &req.name)?;
         if req.name.starts_with("cmd_")
             || req.name.starts_with("wipe_")
-            || req.name == super::create::INITIAL
+            || req.name == super::INITIAL
         {
             return Err(SandboxError::Invalid {
                 field: "name",
@@ -202,7 +199,7 @@ impl Sandboxes {
             description: req.description,
             include_memory: req.include_memory,
             checksum: Some(checksum),
-            created_ms: Some(super::create::system_ms(info.created)),
+            created_ms: Some(super::system_ms(info.created)),
             ..Default::default()
         };
         let saved = self
@@ -238,7 +235,10 @@ impl Sandboxes {
         // Close the pooled agent connections: a process checkpoint (CRIU)
         // cannot hold the host's ends of them.
         live.agent = self.agent_for(&live.ctx, &live.state);
-        let dir = self.storage.snapshot_aux_path(sb, snap).join(VM_STATE_DIR);
+        let dir = self
+            .storage
+            .snapshot_aux_path(sb, snap)
+            .join(super::VM_STATE_DIR);
         let (storage, s, n) = (self.storage.clone(), sb.clone(), snap.clone());
         let take = async move {
             let taken = tokio::task::spawn_blocking(move || {
@@ -324,11 +324,7 @@ pub fn tree_sha256(roots: &[std::path::PathBuf]) -> std::io::Result<String> {
         hash_dir(root, root, &mut hasher)?;
         hasher.update([0xfe]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn hash_dir(root: &std::path::Path, dir: &std::path::Path, h: &mut Sha256) -> std::io::Result<()> {

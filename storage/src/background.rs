@@ -15,19 +15,18 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::btrfs;
 use crate::error::StorageError;
 use crate::failpoint;
-use crate::names::SandboxName;
-use crate::storage::{Inner, Storage};
 
 pub(crate) enum Job {
     /// Delete this path (in the trash) and everything below it.
     Delete(PathBuf),
-    /// Enforce the automatic-snapshot limit of this sandbox.
-    Prune(SandboxName),
+    /// Any other work (pruning a sandbox's automatic snapshots): the worker
+    /// owns nothing of the `Storage` that submits it.
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 /// Number of queued or running jobs, for `flush_background`.
@@ -43,15 +42,15 @@ pub(crate) struct Background {
 }
 
 impl Background {
-    /// Starts the worker thread; it exits once `Inner` (and with it the
-    /// sender) is dropped and the queue is drained.
-    pub fn start(owner: Weak<Inner>, pool: PathBuf) -> Background {
+    /// Starts the worker thread; it exits once this `Background` (and with
+    /// it the sender) is dropped and the queue is drained.
+    pub fn start(pool: PathBuf) -> Background {
         let (tx, rx) = channel();
         let pending = Arc::new(Pending::default());
         let worker_pending = Arc::clone(&pending);
         std::thread::Builder::new()
             .name("rewind-storage-bg".into())
-            .spawn(move || run(rx, owner, pool, worker_pending))
+            .spawn(move || run(rx, pool, worker_pending))
             .expect("spawn storage background thread");
         Background {
             tx: Mutex::new(tx),
@@ -87,7 +86,7 @@ impl Pending {
     }
 }
 
-fn run(rx: Receiver<Job>, owner: Weak<Inner>, pool: PathBuf, pending: Arc<Pending>) {
+fn run(rx: Receiver<Job>, pool: PathBuf, pending: Arc<Pending>) {
     // Jobs done but not yet reported to `flush`: reported after the commit
     // that follows them, so a flush also waits for the cleaner's wake-up.
     let mut done = 0;
@@ -119,13 +118,7 @@ fn run(rx: Receiver<Job>, owner: Weak<Inner>, pool: PathBuf, pending: Arc<Pendin
                     tracing::warn!(path = %path.display(), error = %e, "background delete failed; retried at next start");
                 }
             }
-            Job::Prune(sandbox) => {
-                if let Some(inner) = owner.upgrade() {
-                    if let Err(e) = (Storage { inner }).prune(&sandbox) {
-                        tracing::warn!(%sandbox, error = %e, "pruning automatic snapshots failed");
-                    }
-                }
-            }
+            Job::Run(work) => work(),
         }
         done += 1;
     }

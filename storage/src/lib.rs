@@ -207,6 +207,7 @@ mod btrfs;
 mod error;
 pub mod failpoint;
 mod layout;
+pub mod leftovers;
 mod loopdev;
 mod names;
 mod ops;

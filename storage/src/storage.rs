@@ -109,13 +109,30 @@ impl Storage {
     /// Ensures the pool, runs crash recovery and starts the background worker.
     pub fn open(cfg: PoolConfig) -> Result<Storage, StorageError> {
         let pool = pool::ensure(&cfg)?;
+        Self::open_in(cfg, pool)
+    }
+
+    /// A `Storage` on the plain directory `cfg.data_dir`: no root, no Btrfs,
+    /// no quotas, no mount. Only for tests of the layers above (the API's
+    /// validation, ownership and status mapping, without root): every
+    /// operation that needs a subvolume fails with a [`StorageError`].
+    #[cfg(feature = "test-util")]
+    pub fn open_plain_dir(cfg: PoolConfig) -> Result<Storage, StorageError> {
+        let pool = pool::Pool {
+            path: cfg.data_dir.clone(),
+            quota: QuotaMode::Off,
+        };
+        Self::open_in(cfg, pool)
+    }
+
+    fn open_in(cfg: PoolConfig, pool: pool::Pool) -> Result<Storage, StorageError> {
         let layout = Layout { root: pool.path };
         for dir in [layout.sandboxes(), layout.templates(), layout.trash()] {
             fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
         }
         let recovered = recovery::lock_and_recover(&layout)?;
         let root = layout.root.clone();
-        let inner = Arc::new_cyclic(|weak| Inner {
+        let inner = Arc::new(Inner {
             layout,
             cfg,
             quotas: pool.quota == QuotaMode::Full,
@@ -123,7 +140,7 @@ impl Storage {
             report: recovered.report,
             busy: Mutex::new(HashSet::new()),
             released: Condvar::new(),
-            bg: Background::start(weak.clone(), root),
+            bg: Background::start(root),
             archive_gate: Mutex::new(()),
             _pool_lock: recovered.lock,
         });

@@ -3,6 +3,9 @@
 //! to the built binaries, and a fresh data directory per test binary.
 #![allow(dead_code)]
 
+#[path = "../../agent/tests/common/busybox.rs"]
+mod busybox;
+pub mod cleanup;
 pub mod cli;
 pub mod memory;
 pub mod process;
@@ -65,46 +68,20 @@ pub fn busybox_rootfs() -> PathBuf {
     }
     let tmp = root.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    for dir in [
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "etc",
-        "tmp",
-        "proc",
-        "dev",
-        "sys",
-        "root",
-        "workspace",
-    ] {
-        std::fs::create_dir_all(tmp.join(dir)).unwrap();
-    }
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "busybox-static is not installed (scripts/install-deps.sh installs it)"
-    );
-    std::fs::copy(busybox, tmp.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-        }
-    }
-    std::fs::write(tmp.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(tmp.join("etc/group"), "root:x:0:\n").unwrap();
+    busybox::populate(&tmp);
     std::fs::write(tmp.join(".complete"), "busybox\n").unwrap();
     let _ = std::fs::remove_dir_all(&root);
     std::fs::rename(&tmp, &root).unwrap();
     root
 }
 
-/// A data directory for one test binary, emptied of everything but a mounted
-/// pool from an earlier run (which storage re-uses).
+/// A data directory for one test binary, emptied of everything but the
+/// pool from an earlier run (which storage re-uses). Its sandboxes, processes
+/// and mounts are released when the test binary exits ([`cleanup`]).
 pub fn data_dir(name: &str) -> PathBuf {
     let dir = test_root().join(name);
     std::fs::create_dir_all(&dir).unwrap();
+    cleanup::release_at_exit(&dir);
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let p = entry.path();
         let keep = ["pool", "pool.img", "images"]
@@ -117,6 +94,31 @@ pub fn data_dir(name: &str) -> PathBuf {
                 std::fs::remove_file(&p)
             };
         }
+    }
+    dir
+}
+
+/// Poll `cond` until it holds; panics naming `what` after 60 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// [`data_dir`] whose `images/` (the shifted rootfs the runtime prepares
+/// once) is shared by every data dir that uses this.
+pub fn data_dir_sharing_images(name: &str) -> PathBuf {
+    let dir = data_dir(name);
+    let cache = test_root().join("images-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let link = dir.join("images");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&cache, &link).unwrap();
     }
     dir
 }
@@ -146,18 +148,25 @@ pub fn http_get(port: u16) -> std::io::Result<String> {
 /// An HTTP server on the host's loopback answering every request with
 /// `body`; returns its port.
 pub fn host_http_server(body: &'static str) -> u16 {
-    host_http_server_logged(body).0
+    host_http_server_logged(body).port
+}
+
+/// A [`host_http_server_logged`]: its port, what it saw, and one message on
+/// `done` each time it has finished with a connection.
+pub struct LoggedServer {
+    pub port: u16,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub done: std::sync::mpsc::Receiver<()>,
 }
 
 /// Like [`host_http_server`], also recording every request head it got and
 /// any bytes that followed one on the same connection (within 300 ms).
-pub fn host_http_server_logged(
-    body: &'static str,
-) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+pub fn host_http_server_logged(body: &'static str) -> LoggedServer {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (done_tx, done) = std::sync::mpsc::channel();
     let seen = log.clone();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
@@ -182,9 +191,14 @@ pub fn host_http_server_logged(
                     .unwrap()
                     .push(String::from_utf8_lossy(&extra).into_owned());
             }
+            let _ = done_tx.send(());
         }
     });
-    (port, log)
+    LoggedServer {
+        port,
+        seen: log,
+        done,
+    }
 }
 
 /// `ip -netns <name of ns> args…`, which must succeed; its stdout.

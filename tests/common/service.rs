@@ -4,7 +4,8 @@
 //!
 //! A test binary keeps one [`Service`] in a `static OnceLock` (as a real
 //! deployment shares one service), and its tests keep apart by sandbox names
-//! and API keys.
+//! and API keys. Its sandboxes and mounts are released when the binary
+//! exits, or when a [`Service`] that is not in a static is dropped.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,17 @@ pub struct Service {
     pub state: AppState,
     /// The first (admin) API key.
     pub admin: String,
+    pub data_dir: PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let left = super::cleanup::release(&self.data_dir).mounts;
+        assert!(
+            left.is_empty() || std::thread::panicking(),
+            "still mounted: {left:?}"
+        );
+    }
 }
 
 impl Service {
@@ -30,8 +42,9 @@ impl Service {
             .enable_all()
             .build()
             .unwrap();
+        let data_dir = super::data_dir(name);
         let overrides = Overrides {
-            data_dir: Some(super::data_dir(name)),
+            data_dir: Some(data_dir.clone()),
             runtime: Some("namespace".into()),
             base_image: Some(base_image),
             agent_binary: Some(super::agent_binary()),
@@ -54,7 +67,12 @@ impl Service {
         ));
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let admin = body["key"].as_str().unwrap().to_owned();
-        Service { rt, state, admin }
+        Service {
+            rt,
+            state,
+            admin,
+            data_dir,
+        }
     }
 
     /// Serves the API on a real socket (127.0.0.1, a free port) for clients
@@ -136,6 +154,14 @@ impl Service {
             .collect()
     }
 
+    /// The host path of sandbox `vm`'s live workspace.
+    pub fn workspace(&self, vm: &str) -> PathBuf {
+        self.state
+            .sandboxes
+            .storage
+            .workspace_path(&vm.parse().unwrap())
+    }
+
     pub fn vm_names(&self, key: &str) -> Vec<String> {
         let (status, body) = self.call("GET", "/vms", Some(key), None);
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -156,18 +182,22 @@ pub async fn call_app(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    raw(state, request(method, path, key, body)).await
+}
+
+/// A request with `x-api-key: key` and a JSON `body`, if given.
+pub fn request(method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Request<Body> {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let req = match body {
+    match body {
         Some(b) => req
             .header("content-type", "application/json")
             .body(Body::from(b.to_string())),
         None => req.body(Body::empty()),
     }
-    .unwrap();
-    raw(state, req).await
+    .unwrap()
 }
 
 pub async fn raw(state: &AppState, req: Request<Body>) -> (StatusCode, Value) {

@@ -2,6 +2,8 @@
 //! a tiny uid-shifted busybox rootfs.
 #![allow(dead_code)]
 
+pub mod busybox;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,35 +183,6 @@ impl Drop for LoopExt4 {
 
 /// Builds a tiny root file system from busybox-static, owned by `uid`.
 pub fn busybox_rootfs(root: &Path, uid: u32) {
-    for dir in [
-        "bin",
-        "sbin",
-        "usr/bin",
-        "usr/sbin",
-        "etc",
-        "root",
-        "tmp",
-        "proc",
-        "sys",
-        "dev",
-        "workspace",
-    ] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    // Ask the host's busybox: exec'ing the fresh copy races with other test
-    // threads' forks, which briefly inherit its write fd (ETXTBSY).
-    let out = Command::new("/bin/busybox")
-        .arg("--list-full")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        let link = root.join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("/bin/busybox", &link).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    busybox::populate(root);
     sh(&format!("chown -hR {uid}:{uid} {}", root.display()));
 }

@@ -115,10 +115,7 @@ fn api_body(e: ApiError) -> Body {
             crate::api::error::log_internal(detail);
             "An unexpected error occurred".to_owned()
         }
-        ApiError::Runtime(m) => {
-            crate::api::error::log_internal(m);
-            m.clone()
-        }
+        ApiError::Runtime { .. } => e.public_message(),
         other => other.to_string(),
     };
     let code = match e.status_code() {

@@ -88,10 +88,7 @@ pub fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(BINARY_ENV).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("cloud-hypervisor"))
-        .find(|p| p.is_file())
+    which::which("cloud-hypervisor").ok()
 }
 
 pub struct CloudHypervisorRuntime {
@@ -124,10 +121,7 @@ impl CloudHypervisorRuntime {
 
     /// The service's constructor: binary from `ch_binary` (else
     /// [`find_binary`]), guest image from `<data_dir>/images/guest`.
-    pub fn from_config(
-        config: &crate::config::Config,
-        _storage: &rewind_storage::Storage,
-    ) -> Result<Self, RuntimeError> {
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, RuntimeError> {
         Self::new(Self::config_for(config))
     }
 

@@ -20,6 +20,7 @@ use tokio::io::Interest;
 use tokio::sync::watch;
 
 use super::client::{ChClient, ClientError};
+pub use crate::runtime::proc::start_time as proc_start_time;
 
 /// The fd number CH finds its API socket on.
 const API_FD: i32 = 3;
@@ -428,27 +429,6 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Field 22 of `/proc/<pid>/stat`; `None` when the process does not exist
-/// (zombies included: they are gone for our purposes).
-pub fn proc_start_time(pid: i32) -> Option<u64> {
-    if pid <= 0 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
-}
-
-fn parse_start_time(stat: &str) -> Option<u64> {
-    // "pid (comm) state ppid ..." — comm may contain spaces and ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    if matches!(fields.next()?, "Z" | "X") {
-        return None;
-    }
-    // `rest` starts at field 3 (state); field 22 is 19 further.
-    fields.nth(18)?.parse().ok()
-}
-
 /// Append the last lines of CH's log to an exit reason.
 fn with_log_tail(reason: String, log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -471,27 +451,6 @@ pub fn remove_if_exists(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parse_start_time_handles_spaces_in_comm() {
-        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-
-        assert_eq!(parse_start_time(stat), Some(987654));
-    }
-
-    #[test]
-    fn parse_start_time_zombie_is_none() {
-        let stat = "42 (ch) Z 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-
-        assert_eq!(parse_start_time(stat), None);
-    }
-
-    #[test]
-    fn proc_start_time_of_self_is_some() {
-        let me = std::process::id() as i32;
-
-        assert!(proc_start_time(me).unwrap() > 0);
-    }
 
     #[test]
     fn with_log_tail_keeps_last_five_lines() {

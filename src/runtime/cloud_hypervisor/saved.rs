@@ -131,12 +131,7 @@ fn digest(path: &Path) -> Result<(u64, String), SavedError> {
     let mut file = std::fs::File::open(path).map_err(io("cannot open", path))?;
     let mut hasher = sha2::Sha256::new();
     let size = std::io::copy(&mut file, &mut hasher).map_err(io("cannot read", path))?;
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((size, hex))
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SavedError {

@@ -7,6 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::runtime::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -58,6 +60,13 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 impl Cgroups {
+    /// The cgroups of the rewind instance whose data dir is `data_dir`: parent
+    /// group `rewind-<first 4 bytes of the path's SHA-256, in hex>`.
+    pub fn for_data_dir(data_dir: &Path) -> Cgroups {
+        let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+        Cgroups::detect(format!("rewind-{}", hex::encode(&digest[..4])))
+    }
+
     /// Look at /sys/fs/cgroup and pick the hierarchy to use.
     pub fn detect(group: String) -> Cgroups {
         let root = Path::new(ROOT);

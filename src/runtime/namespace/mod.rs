@@ -36,6 +36,7 @@ use super::{
     Attached, Cause, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
 };
 use crate::config::Config;
+use crate::runtime::proc::start_time as proc_starttime;
 pub use cgroup::{CgroupError, Cgroups};
 pub use error::LaunchError;
 
@@ -76,15 +77,12 @@ struct NsState {
 
 impl NamespaceRuntime {
     /// Check the host and prepare the shifted rootfs (once).
-    pub async fn new(
-        config: &Config,
-        _storage: &rewind_storage::Storage,
-    ) -> Result<Self, RuntimeError> {
+    pub async fn new(config: &Config) -> Result<Self, RuntimeError> {
         let unavailable = |reason: String| RuntimeError::Unavailable { reason };
         if !nix::unistd::geteuid().is_root() {
             return Err(unavailable("the namespace runtime needs root".into()));
         }
-        let agent_bin = crate::server::agent_binary(config);
+        let agent_bin = config.agent_binary_path();
         let agent_bin = which(&agent_bin).ok_or_else(|| {
             unavailable(format!(
                 "agent binary {} not found (build with `cargo build -p rewind-agent`)",
@@ -107,15 +105,7 @@ impl NamespaceRuntime {
             op: format!("create {}", sock_dir.display()),
             source,
         })?;
-        let digest = Sha256::digest(config.data_dir.as_os_str().as_encoded_bytes());
-        let group = format!(
-            "rewind-{}",
-            digest[..4]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let cgroups = Cgroups::detect(group);
+        let cgroups = Cgroups::for_data_dir(&config.data_dir);
         // Launched PID 1s are orphaned by the launcher's double fork; adopt
         // them so teardown can reap them (some hosts' init never does).
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -145,8 +135,9 @@ impl NamespaceRuntime {
     /// socket there, from inside).
     fn socket_path(&self, name: &str) -> PathBuf {
         let digest = Sha256::digest(name.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.sock_dir.join(hex).join("agent.sock")
+        self.sock_dir
+            .join(hex::encode(&digest[..8]))
+            .join("agent.sock")
     }
 
     fn launch_spec(
@@ -602,12 +593,6 @@ fn log_tail(path: &Path, max: usize) -> String {
     }
 }
 
-/// Start time of a live (non-zombie) process, or `None`.
-/// The pid's start time, `None` once it is gone or a zombie.
-fn proc_starttime(pid: i32) -> Option<u64> {
-    crate::runtime::cloud_hypervisor::process::proc_start_time(pid)
-}
-
 fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while proc_starttime(pid) == Some(starttime) && Instant::now() < deadline {
@@ -615,16 +600,9 @@ fn wait_gone(pid: i32, starttime: u64, timeout: Duration) {
     }
 }
 
-/// Resolve a binary path: as given if it exists, else on PATH.
+/// Resolve an executable: a path as given, a bare name on PATH.
 fn which(bin: &Path) -> Option<PathBuf> {
-    if bin.components().count() > 1 || bin.is_absolute() {
-        return bin.exists().then(|| bin.to_owned());
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(bin))
-        .find(|p| p.exists())
+    ::which::which(bin).ok()
 }
 
 #[cfg(test)]
@@ -632,10 +610,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proc_starttime_of_self_is_some() {
-        let pid = std::process::id() as i32;
-        assert_eq!(proc_starttime(pid), proc_starttime(pid));
-        assert!(proc_starttime(pid).is_some());
+    fn proc_starttime_of_a_later_child_is_not_earlier_than_ours() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let ours = proc_starttime(std::process::id() as i32);
+        let its = proc_starttime(child.id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert!(
+            matches!((ours, its), (Some(a), Some(b)) if b >= a),
+            "{ours:?} {its:?}"
+        );
     }
 
     #[test]

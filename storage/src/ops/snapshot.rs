@@ -60,7 +60,14 @@ impl Storage {
         drop(guard);
         tracing::debug!(sandbox = %sb, snapshot = %name, ?kind, with_state, "snapshot taken");
         if prune {
-            self.submit(Job::Prune(sb.clone()));
+            let (owner, sb) = (std::sync::Arc::downgrade(&self.inner), sb.clone());
+            // Weak: a queued prune never keeps a dropped `Storage` alive.
+            self.submit(Job::Run(Box::new(move || {
+                let Some(inner) = owner.upgrade() else { return };
+                if let Err(e) = (Storage { inner }).prune(&sb) {
+                    tracing::warn!(sandbox = %sb, error = %e, "pruning automatic snapshots failed");
+                }
+            })));
         }
         info
     }

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rewind_storage::leftovers;
 use rewind_storage::{PoolConfig, SandboxName, SnapshotName};
 
 /// 8 GiB sparse image: room for the large/sparse-file tests.
@@ -21,11 +22,14 @@ pub const TEST_IMAGE_SIZE: u64 = 8 << 30;
 
 /// A data dir for one test binary: `$REWIND_TEST_ROOT/<name>`, by default
 /// `/var/tmp/rewind-test-<name>` (separate roots let two checkouts test at once).
+/// Its pool is unmounted when the test binary exits.
 pub fn test_dir(name: &str) -> String {
-    match std::env::var("REWIND_TEST_ROOT") {
+    let dir = match std::env::var("REWIND_TEST_ROOT") {
         Ok(root) => format!("{root}/{name}"),
         Err(_) => format!("/var/tmp/rewind-test-{name}"),
-    }
+    };
+    leftovers::release_at_exit(Path::new(&dir), leftovers::release);
+    dir
 }
 
 pub fn config(dir: &str) -> PoolConfig {
