@@ -2,7 +2,9 @@
 //! [`record_v1`] (`/api/v1`) append one row for every state-changing
 //! request once its response is known, and `GET /audit-logs` (and
 //! `GET /api/v1/security/audit-logs`) query them (admins see all, others
-//! their own rows). A failed login is `login_failed`.
+//! their own rows). A failed login is `login_failed`. JSON-RPC and MCP
+//! calls are audited per call through [`begin`] / [`Pending::finish`]
+//! (`api/rpc/audit.rs`, `api/mcp/audit.rs`).
 //!
 //! Rows never hold a key, a password, an environment variable or command
 //! output; the command of a run is kept, capped at [`MAX_COMMAND_CHARS`].
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, AppResult, AppState, Auth};
 use crate::auth::Caller;
 use crate::db::{AuditFilter, AuditRow, Db, NewAudit, Retention};
+use crate::sandbox::Sandboxes;
 
 /// Longest command kept in a row's details (characters).
 pub const MAX_COMMAND_CHARS: usize = 256;
@@ -79,10 +82,7 @@ async fn record_with(state: AppState, req: Request, next: Next, table: ActionTab
     let Some((action, resource_type)) = table(req.method(), &template) else {
         return next.run(req).await;
     };
-    let source_ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let source_ip = source_ip(req.extensions());
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let (req, peek) = peek_body(req, state.sandboxes.config.server.max_body_bytes).await;
     // Who the credentials name (the handler checks them again and refuses).
@@ -97,16 +97,23 @@ async fn record_with(state: AppState, req: Request, next: Next, table: ActionTab
         request_id: super::error::REQUEST_ID.try_with(Clone::clone).ok(),
         details: details_json(method, path, peek.command),
     };
-    let pending = append(&state, row.clone()).await;
+    let pending = append(&state.sandboxes, row.clone()).await;
     let response = next.run(req).await;
     // A crash here (as `kill -9` could) leaves the row pending.
     let _ = crate::failpoint::hit(crate::failpoint::AUDIT_BEFORE_OUTCOME);
     outcome(&mut row, &response);
     match pending {
-        Some(id) => finish(&state, id, row).await,
-        None => drop(append(&state, row).await),
+        Some(id) => finish(&state.sandboxes, id, row).await,
+        None => drop(append(&state.sandboxes, row).await),
     }
     response
+}
+
+/// The client's address, when the server recorded it.
+pub fn source_ip(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
 }
 
 /// What the answer tells: status, owner, created resource, failed login.
@@ -157,9 +164,8 @@ fn details_json(method: String, path: String, command: Option<String>) -> String
     serde_json::to_string(&details).unwrap_or_else(|_| "{}".into())
 }
 
-async fn finish(state: &AppState, id: i64, row: NewAudit) {
-    let result = state
-        .sandboxes
+async fn finish(sandboxes: &Sandboxes, id: i64, row: NewAudit) {
+    let result = sandboxes
         .db
         .call(move |c| Db::finish_audit(c, id, &row))
         .await;
@@ -168,16 +174,86 @@ async fn finish(state: &AppState, id: i64, row: NewAudit) {
     }
 }
 
+/// A call of the JSON-RPC or MCP endpoint (one HTTP request may carry
+/// several, so these are audited per call, not by [`record`]).
+#[derive(Debug, Default)]
+pub struct ProtocolCall {
+    /// `rpc:<method>` or `mcp:<tool>`.
+    pub action_type: String,
+    pub resource_type: &'static str,
+    /// The sandbox's name.
+    pub resource_id: Option<String>,
+    pub key_id: Option<i64>,
+    pub source_ip: Option<String>,
+    pub request_id: Option<String>,
+    pub details: ProtocolDetails,
+}
+
+/// `details` of a protocol call: never output, keys or code.
+#[derive(Debug, Default, Serialize)]
+pub struct ProtocolDetails {
+    /// `jsonrpc` or `mcp`.
+    pub protocol: &'static str,
+    /// The JSON-RPC method or MCP tool.
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// A file's path (`write_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+/// A protocol call's row, written pending before the call runs: give it
+/// its outcome with [`Pending::finish`].
+#[must_use = "a pending audit row needs its outcome"]
+pub struct Pending {
+    id: Option<i64>,
+    row: NewAudit,
+}
+
+/// Append `call`'s row as pending (the same row shape as [`record`]'s).
+pub async fn begin(sandboxes: &Sandboxes, call: ProtocolCall) -> Pending {
+    let mut details = call.details;
+    details.command = details
+        .command
+        .map(|c| c.chars().take(MAX_COMMAND_CHARS).collect());
+    let row = NewAudit {
+        action_type: call.action_type,
+        resource_type: call.resource_type.into(),
+        resource_id: call.resource_id,
+        key_id: call.key_id,
+        source_ip: call.source_ip,
+        status: crate::db::AUDIT_PENDING,
+        request_id: call.request_id,
+        details: serde_json::to_string(&details).unwrap_or_else(|_| "{}".into()),
+    };
+    let id = append(sandboxes, row.clone()).await;
+    Pending { id, row }
+}
+
+impl Pending {
+    /// Record the outcome: `status` is the HTTP status the same failure has
+    /// on the REST API (200 on success).
+    pub async fn finish(mut self, sandboxes: &Sandboxes, status: u16) {
+        self.row.status = status;
+        match self.id {
+            Some(id) => finish(sandboxes, id, self.row).await,
+            None => drop(append(sandboxes, self.row).await),
+        }
+    }
+}
+
 /// Append a row; its id, or `None` (logged) when the database refused it:
 /// the request still runs (the audit log fails open).
-async fn append(state: &AppState, row: NewAudit) -> Option<i64> {
-    let audit = &state.sandboxes.config.audit;
+async fn append(sandboxes: &Sandboxes, row: NewAudit) -> Option<i64> {
+    let audit = &sandboxes.config.audit;
     let retention = Retention {
         days: audit.retention_days,
         rows: audit.retention_rows,
     };
-    let result = state
-        .sandboxes
+    let result = sandboxes
         .db
         .call(move |c| Db::insert_audit(c, &row, retention))
         .await;

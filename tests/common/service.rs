@@ -83,7 +83,9 @@ impl Service {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = app(self.state.clone());
+        // With the client's address, as `rewind::server` serves it.
+        let app =
+            app(self.state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
         self.rt
             .spawn(async move { axum::serve(listener, app).await });
         url

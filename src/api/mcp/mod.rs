@@ -3,6 +3,7 @@
 //! (`Authorization: Bearer <key>` or `x-api-key`) on every HTTP request.
 //! Tools act as the key of the request that called them.
 
+mod audit;
 mod tools;
 
 use axum::extract::{Request, State};

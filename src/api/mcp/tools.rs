@@ -6,14 +6,15 @@
 use axum::http::request::Parts;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::tool::{Extension, ToolCallContext};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, Content, GetPromptRequestParams, GetPromptResult, ListPromptsResult,
-    PaginatedRequestParams, PromptMessage, PromptMessageRole, ServerCapabilities, ServerInfo,
+    CallToolRequestParams, CallToolResult, Content, GetPromptRequestParams, GetPromptResult,
+    ListPromptsResult, ListToolsResult, PaginatedRequestParams, PromptMessage, PromptMessageRole,
+    ServerCapabilities, ServerInfo,
 };
 use rmcp::service::{RequestContext, RoleServer};
-use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router};
+use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_router};
 use rmcp::{ErrorData, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -129,9 +130,11 @@ fn reply(result: Result<impl Serialize, SandboxError>) -> ToolResult {
             let text = serde_json::to_string_pretty(&value).unwrap_or_default();
             CallToolResult::success(vec![Content::text(text)])
         }
-        Err(e) => CallToolResult::error(vec![Content::text(
-            super::super::ApiError::from(e).to_string(),
-        )]),
+        Err(e) => {
+            let error = super::super::ApiError::from(e);
+            super::audit::set_status(error.status_code().as_u16());
+            CallToolResult::error(vec![Content::text(error.to_string())])
+        }
     })
 }
 
@@ -351,9 +354,38 @@ fn setup_message(language: &str, name: &str) -> PromptMessage {
     )
 }
 
-#[tool_handler]
+/// `call_tool`, `list_tools` and `get_tool` as `#[tool_handler]` writes
+/// them, with every call audited (one place for all tools).
 #[prompt_handler]
 impl ServerHandler for Rewind {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let pending = super::audit::begin(&self.sandboxes, &request, &context).await;
+        let call = self
+            .tool_router
+            .call(ToolCallContext::new(self, request, context));
+        super::audit::audited(&self.sandboxes, pending, call).await
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult {
+            tools: self.tool_router.list_all(),
+            meta: None,
+            next_cursor: None,
+        })
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.tool_router.get(name).cloned()
+    }
+
     fn get_info(&self) -> ServerInfo {
         ServerInfo {
             instructions: Some(

@@ -16,12 +16,13 @@
 //! 1+ characters of `[A-Za-z0-9_-]` (no dot), so the mapping is one-to-one
 //! and two keys can use the same names.
 
+mod audit;
 mod methods;
 mod names;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -138,7 +139,12 @@ impl From<AuthError> for RpcError {
 }
 
 /// `POST /api/v1/rpc`.
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Json<Reply> {
+pub async fn handle(
+    State(state): State<AppState>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Json<Reply> {
     let envelope = match parse(&body) {
         Ok(envelope) => envelope,
         Err((err, id)) => return Json(failure(id, err)),
@@ -146,9 +152,20 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let id = envelope.id.clone().unwrap_or(Value::Null);
     let result = async {
         let method = method_name(&envelope)?;
-        let caller = authenticate(&state, &headers).await?;
+        let caller = authenticate(&state, &headers).await;
         let params = envelope.params.unwrap_or(Value::Null);
-        methods::call(&state, &caller, &method, params).await
+        let known = caller.as_ref().ok();
+        let pending = audit::begin(&state, &extensions, &method, &params, known).await;
+        let result = match caller {
+            Ok(caller) => methods::call(&state, &caller, &method, params).await,
+            Err(err) => Err(err),
+        };
+        if let Some(pending) = pending {
+            pending
+                .finish(&state.sandboxes, audit::status_of(&result))
+                .await;
+        }
+        result
     }
     .await;
     Json(match result {
