@@ -8,8 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
-use serde_json::Value;
+use utoipa::IntoParams;
 
+use super::error::ErrorBody;
+use super::vms::Vm;
 use super::{AppResult, AppState, Auth};
 
 /// Media type of an archive (magic, zstd send stream, SHA-256 trailer).
@@ -25,6 +27,18 @@ pub struct ExportQuery {
 /// Answers 200 only once the first chunk is ready; a failure after that
 /// aborts the response (the client sees an incomplete body, and the
 /// archive's checksum trailer is missing), never a clean truncated end.
+#[utoipa::path(get, path = "/vms/{name}/snapshots/{snapshot}/export", tag = "snapshots",
+    params(
+        ("name" = String, Path, description = "sandbox name"),
+        ("snapshot" = String, Path, description = "snapshot name"),
+        ("parent" = Option<String>, Query, description = "an earlier snapshot: export only what changed since it"),
+    ),
+    responses(
+        (status = 200, description = "the archive (magic, zstd send stream, SHA-256 trailer), streamed",
+            content_type = "application/vnd.rewind.snapshot-archive", body = Vec<u8>),
+        (status = 400, description = "not a valid snapshot name, or not possible on this runtime", body = ErrorBody),
+        (status = 404, description = "no such sandbox or snapshot", body = ErrorBody),
+    ))]
 pub async fn export(
     State(state): State<AppState>,
     caller: Auth,
@@ -51,20 +65,33 @@ pub async fn export(
 }
 
 /// Query of `POST /vms/import`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
+    /// Name of the new sandbox.
     name: String,
 }
 
 /// The raw request body is the archive. Answers like `POST /vms`.
+#[utoipa::path(post, path = "/vms/import", tag = "snapshots",
+    params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/vnd.rewind.snapshot-archive",
+        description = "an archive made by export"),
+    responses(
+        (status = 201, description = "the new sandbox; its `initial` is the archived state", body = Vm),
+        (status = 400, description = "no `name`, or a damaged archive (the message says what)", body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 413, description = "over the import size cap; nothing created", body = ErrorBody),
+        (status = 507, description = "not enough free space in the pool; nothing created", body = ErrorBody),
+    ))]
 pub async fn import(
     State(state): State<AppState>,
     caller: Auth,
     Query(query): Query<ImportQuery>,
     headers: HeaderMap,
     body: Body,
-) -> AppResult<(StatusCode, Json<Value>)> {
+) -> AppResult<(StatusCode, Json<Vm>)> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -74,5 +101,5 @@ pub async fn import(
         .sandboxes
         .import(&caller, &query.name, declared, Box::pin(stream))
         .await?;
-    Ok((StatusCode::CREATED, Json(super::vms::vm_json(&row))))
+    Ok((StatusCode::CREATED, Json(Vm::new(&row))))
 }

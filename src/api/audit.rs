@@ -341,19 +341,24 @@ fn resource_of(template: &str, path: &str, body_name: Option<String>) -> Option<
 }
 
 /// Query parameters of `GET /audit-logs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// `YYYY-MM-DDTHH:MM:SS`, UTC.
     pub start_time: Option<String>,
+    /// `YYYY-MM-DDTHH:MM:SS`, UTC.
     pub end_time: Option<String>,
     pub action_type: Option<String>,
     pub resource_type: Option<String>,
+    /// Key id (admin only).
     pub user_id: Option<i64>,
+    /// 1-1000, default 100.
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     audit_logs: Vec<AuditRow>,
     total: i64,
@@ -363,6 +368,13 @@ pub struct AuditPage {
 
 /// `GET /audit-logs`: admins see every row (and may filter by `user_id`),
 /// others only their own.
+#[utoipa::path(get, path = "/audit-logs", tag = "operations",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "audit rows, newest first", body = AuditPage),
+        (status = 400, description = "bad query; the message names the field", body = super::error::ErrorBody),
+        (status = 403, description = "`user_id` of another owner needs an admin key", body = super::error::ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Auth,

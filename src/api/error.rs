@@ -5,7 +5,16 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every native error body: `{"error": "..."}`, plus `request_id` on a 500.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -143,15 +152,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let body = match &self {
-            ApiError::Internal { detail } => json!({
-                "error": "Internal server error",
-                "request_id": logged_request_id(detail, "internal error"),
-            }),
-            ApiError::Runtime { message, chain } => json!({
-                "error": client_message(message, chain),
-                "request_id": logged_request_id(chain, "runtime error"),
-            }),
-            other => json!({ "error": other.to_string() }),
+            ApiError::Internal { detail } => ErrorBody {
+                error: "Internal server error".into(),
+                request_id: Some(logged_request_id(detail, "internal error")),
+            },
+            ApiError::Runtime { message, chain } => ErrorBody {
+                error: client_message(message, chain),
+                request_id: Some(logged_request_id(chain, "runtime error")),
+            },
+            other => ErrorBody {
+                error: other.to_string(),
+                request_id: None,
+            },
         };
         (status, Json(body)).into_response()
     }

@@ -13,6 +13,7 @@ use axum::Json;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::error::ErrorBody;
 use super::{ApiError, AppResult, AppState, Auth};
 use crate::sandbox::{
     parse_mode, Diff, FileChange, FileDownload, FileEntry, SandboxError, SandboxPath, WriteFile,
@@ -62,7 +63,7 @@ impl FileQuery {
 }
 
 /// `{"message", "path", "size_bytes"?, "snapshot"}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ChangeBody {
     message: &'static str,
     #[serde(flatten)]
@@ -77,6 +78,16 @@ fn written(change: FileChange) -> Json<ChangeBody> {
 }
 
 /// `PUT /vms/:name/files?path=&mode=`: the raw body becomes the file.
+#[utoipa::path(put, path = "/vms/{name}/files", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("path" = String, Query, description = "file path, absolute or relative to `/workspace`"), ("mode" = Option<String>, Query, description = "octal permissions, e.g. `0644`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file's bytes"),
+    responses(
+        (status = 200, description = "written; snapshot taken", body = ChangeBody),
+        (status = 400, description = "bad query; the message names the field", body = ErrorBody),
+        (status = 404, description = "no such sandbox (of yours), or no such directory", body = ErrorBody),
+        (status = 409, description = "busy, or the sandbox is not running", body = ErrorBody),
+        (status = 413, description = "over `files.max_upload_bytes`; nothing written", body = ErrorBody),
+    ))]
 pub async fn put(
     State(state): State<AppState>,
     caller: Auth,
@@ -108,6 +119,16 @@ pub async fn put(
 
 /// `POST /vms/:name/files`, multipart: `path` and `permissions` (optional)
 /// fields, then the `file` field (streamed; it must come last).
+#[utoipa::path(post, path = "/vms/{name}/files", tag = "files",
+    params(("name" = String, Path, description = "sandbox name")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "written; snapshot taken", body = ChangeBody),
+        (status = 400, description = "bad form; the message names the field", body = ErrorBody),
+        (status = 404, description = "no such sandbox (of yours), or no such directory", body = ErrorBody),
+        (status = 409, description = "busy, or the sandbox is not running", body = ErrorBody),
+        (status = 413, description = "over `files.max_upload_bytes`; nothing written", body = ErrorBody),
+    ))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Auth,
@@ -171,6 +192,14 @@ pub(crate) fn download(file: FileDownload) -> Response {
 }
 
 /// `GET /vms/:name/files?path=`.
+#[utoipa::path(get, path = "/vms/{name}/files", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("path" = String, Query, description = "file path, absolute or relative to `/workspace`")),
+    responses(
+        (status = 200, description = "the file, streamed with `Content-Length`", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "bad query; the message names the field", body = ErrorBody),
+        (status = 404, description = "no such sandbox (of yours), or no such file", body = ErrorBody),
+        (status = 409, description = "busy, or the sandbox is not running", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Auth,
@@ -183,6 +212,14 @@ pub async fn get(
 }
 
 /// `DELETE /vms/:name/files?path=&recursive=`.
+#[utoipa::path(delete, path = "/vms/{name}/files", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("path" = String, Query, description = "file path, absolute or relative to `/workspace`"), ("recursive" = Option<bool>, Query, description = "descend into subdirectories")),
+    responses(
+        (status = 200, description = "removed; snapshot taken", body = ChangeBody),
+        (status = 400, description = "bad query, or a non-empty directory without `recursive`", body = ErrorBody),
+        (status = 404, description = "no such sandbox (of yours), or no such file", body = ErrorBody),
+        (status = 409, description = "busy, or the sandbox is not running", body = ErrorBody),
+    ))]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Auth,
@@ -202,13 +239,22 @@ pub async fn remove(
 }
 
 /// `{"path", "files": [...]}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Listing {
     path: String,
     files: Vec<FileEntry>,
 }
 
 /// `GET /vms/:name/files/list?path=&recursive=`.
+#[utoipa::path(get, path = "/vms/{name}/files/list", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("path" = Option<String>, Query, description = "directory (default `/workspace`)"), ("recursive" = Option<bool>, Query, description = "descend into subdirectories")),
+    responses(
+        (status = 200, description = "the directory's entries", body = Listing),
+        (status = 400, description = "bad query; the message names the field", body = ErrorBody),
+        (status = 404, description = "no such sandbox (of yours), or no such directory", body = ErrorBody),
+        (status = 409, description = "busy, or the sandbox is not running", body = ErrorBody),
+        (status = 413, description = "more than `files.max_list_entries` entries", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Auth,
@@ -228,6 +274,13 @@ pub async fn list(
 }
 
 /// `GET /vms/:name/snapshots/:snapshot/files?path=`.
+#[utoipa::path(get, path = "/vms/{name}/snapshots/{snapshot}/files", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("snapshot" = String, Path, description = "snapshot name"), ("path" = String, Query, description = "file path, absolute or relative to `/workspace`")),
+    responses(
+        (status = 200, description = "the file as it was in the snapshot, streamed", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "bad query, or not possible on this runtime", body = ErrorBody),
+        (status = 404, description = "no such sandbox, snapshot or file", body = ErrorBody),
+    ))]
 pub async fn snapshot_get(
     State(state): State<AppState>,
     caller: Auth,
@@ -243,6 +296,14 @@ pub async fn snapshot_get(
 }
 
 /// `GET /vms/:name/snapshots/:snapshot/files/list?path=&recursive=`.
+#[utoipa::path(get, path = "/vms/{name}/snapshots/{snapshot}/files/list", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("snapshot" = String, Path, description = "snapshot name"), ("path" = Option<String>, Query, description = "directory (default `/workspace`)"), ("recursive" = Option<bool>, Query, description = "descend into subdirectories")),
+    responses(
+        (status = 200, description = "the directory's entries in the snapshot", body = Listing),
+        (status = 400, description = "bad query, or not possible on this runtime", body = ErrorBody),
+        (status = 404, description = "no such sandbox, snapshot or directory", body = ErrorBody),
+        (status = 413, description = "more than `files.max_list_entries` entries", body = ErrorBody),
+    ))]
 pub async fn snapshot_list(
     State(state): State<AppState>,
     caller: Auth,
@@ -262,6 +323,13 @@ pub async fn snapshot_list(
 }
 
 /// `GET /vms/:name/snapshots/:snapshot/diff?from=&content=`.
+#[utoipa::path(get, path = "/vms/{name}/snapshots/{snapshot}/diff", tag = "files",
+    params(("name" = String, Path, description = "sandbox name"), ("snapshot" = String, Path, description = "snapshot name"), ("from" = Option<String>, Query, description = "the earlier snapshot (default: the one before)"), ("content" = Option<bool>, Query, description = "include unified diffs of small text files")),
+    responses(
+        (status = 200, description = "what changed", body = Diff),
+        (status = 400, description = "bad query, or not possible on this runtime", body = ErrorBody),
+        (status = 404, description = "no such sandbox or snapshot", body = ErrorBody),
+    ))]
 pub async fn diff(
     State(state): State<AppState>,
     caller: Auth,
@@ -275,4 +343,18 @@ pub async fn diff(
         .diff(&caller, &name, &snapshot, q.from.as_deref(), content)
         .await?;
     Ok(Json(diff))
+}
+
+/// The multipart form of `POST /vms/:name/files` (documentation only: the
+/// handler reads the fields as a stream).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// Where to write, absolute or relative to `/workspace`; before `file`.
+    path: String,
+    /// Octal permissions, e.g. `0644`; before `file`.
+    permissions: Option<String>,
+    /// The content; the last field.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
 }

@@ -5,18 +5,19 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::audit::CreatedResource;
+use super::error::ErrorBody;
 use super::extract::JsonOrEmpty;
-use super::{ApiError, AppResult, AppState, Auth};
+use super::{ApiError, AppResult, AppState, Auth, Message};
 use crate::auth::{self, Caller};
 use crate::db::Db;
 
 const MAX_NAME: usize = 128;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     #[serde(default)]
@@ -26,6 +27,46 @@ pub struct CreateKey {
     admin: bool,
 }
 
+/// A new key; `key` is shown only here.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    id: i64,
+    key: String,
+    name: Option<String>,
+    admin: bool,
+    created_at: String,
+    message: &'static str,
+}
+
+/// One key as listed: its display prefix, never the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    id: i64,
+    /// The key's prefix, e.g. `rw_ab12…`.
+    key: String,
+    name: Option<String>,
+    admin: bool,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+/// `{"api_keys": [...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    api_keys: Vec<KeyView>,
+}
+
+/// No key needed while no key exists (that first key is an admin key), or
+/// with `auth.open_key_creation`; otherwise an admin key.
+#[utoipa::path(post, path = "/api-keys", tag = "keys",
+    request_body(content = Option<CreateKey>, description = "optional; an empty body is `{}`"),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 201, description = "the key (shown once)", body = CreatedKey),
+        (status = 400, description = "bad body; the message names the field", body = ErrorBody),
+        (status = 401, description = "keys exist and no key was sent", body = ErrorBody),
+        (status = 403, description = "the key is unknown or not an admin key", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -71,18 +112,15 @@ pub async fn create(
         return Err(ApiError::Unauthorized);
     };
     tracing::info!(key_id = row.id, admin, bootstrap, "api key created");
-    let mut response = (
-        StatusCode::CREATED,
-        Json(json!({
-            "id": row.id,
-            "key": key.secret,
-            "name": row.name,
-            "admin": row.admin,
-            "created_at": row.created_at,
-            "message": "Save your API key - it won't be shown again!",
-        })),
-    )
-        .into_response();
+    let created = CreatedKey {
+        id: row.id,
+        key: key.secret,
+        name: row.name,
+        admin: row.admin,
+        created_at: row.created_at,
+        message: "Save your API key - it won't be shown again!",
+    };
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
     let extensions = response.extensions_mut();
     extensions.insert(CreatedResource(row.id.to_string()));
     if let Some(caller) = caller {
@@ -106,7 +144,12 @@ fn require_admin(caller: &Caller) -> AppResult<()> {
     }
 }
 
-pub async fn list(State(state): State<AppState>, caller: Auth) -> AppResult<Json<Value>> {
+#[utoipa::path(get, path = "/api-keys", tag = "keys",
+    responses(
+        (status = 200, description = "every key, prefixes only", body = KeyList),
+        (status = 403, description = "not an admin key", body = ErrorBody),
+    ))]
+pub async fn list(State(state): State<AppState>, caller: Auth) -> AppResult<Json<KeyList>> {
     require_admin(&caller)?;
     let rows = state
         .sandboxes
@@ -114,27 +157,33 @@ pub async fn list(State(state): State<AppState>, caller: Auth) -> AppResult<Json
         .call(Db::list_keys)
         .await
         .map_err(|e| ApiError::internal_chain(&e))?;
-    let keys: Vec<Value> = rows
+    let api_keys = rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "key": auth::display_prefix(r),
-                "name": r.name,
-                "admin": r.admin,
-                "created_at": r.created_at,
-                "revoked_at": r.revoked_at,
-            })
+        .map(|r| KeyView {
+            id: r.id,
+            key: auth::display_prefix(r),
+            name: r.name.clone(),
+            admin: r.admin,
+            created_at: r.created_at.clone(),
+            revoked_at: r.revoked_at.clone(),
         })
         .collect();
-    Ok(Json(json!({ "api_keys": keys })))
+    Ok(Json(KeyList { api_keys }))
 }
 
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "keys",
+    params(("id" = i64, Path, description = "key id")),
+    responses(
+        (status = 200, description = "revoked", body = Message),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 403, description = "not an admin key", body = ErrorBody),
+        (status = 404, description = "no such key", body = ErrorBody),
+    ))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Auth,
     Path(id): Path<String>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Message>> {
     require_admin(&caller)?;
     let id: i64 = id
         .parse()
@@ -149,5 +198,5 @@ pub async fn revoke(
         return Err(ApiError::NotFound(format!("API key {id} not found")));
     }
     tracing::info!(key_id = id, "api key revoked");
-    Ok(Json(json!({ "message": format!("API key {id} revoked") })))
+    Ok(Message::json(format!("API key {id} revoked")))
 }

@@ -109,6 +109,11 @@ fn route_label(template: &str) -> String {
 }
 
 /// `GET /metrics` (admin key).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 403, description = "not an admin key", body = super::error::ErrorBody),
+    ))]
 pub async fn scrape(State(state): State<AppState>, caller: Auth) -> AppResult<Response> {
     if !caller.admin {
         return Err(ApiError::Forbidden("/metrics needs an admin key".into()));

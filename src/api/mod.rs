@@ -12,6 +12,7 @@ mod health;
 mod keys;
 mod mcp;
 pub mod metrics;
+pub mod openapi;
 mod pty;
 pub mod ratelimit;
 mod repl;
@@ -29,13 +30,16 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::{Json, Router};
 use rand::Rng;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth::{self, AuthError, Caller};
 use crate::sandbox::{SandboxError, Sandboxes};
@@ -68,95 +72,14 @@ impl AppState {
     }
 }
 
-/// The whole API.
+/// The whole API, with its OpenAPI document at `/openapi.json` and the docs
+/// page at `/docs`.
 pub fn app(state: AppState) -> Router {
     let max_body = state.sandboxes.config.server.max_body_bytes;
-    let authed = Router::new()
-        .route("/vms", get(vms::list).post(vms::create))
-        .route("/vms/{name}", get(vms::get).delete(vms::destroy))
-        .route("/vms/{name}/run", post(run::run))
-        .route("/vms/{name}/stop", post(vms::stop))
-        .route("/vms/{name}/start", post(vms::start))
-        .route("/vms/{name}/run/ws", get(run_stream::ws))
-        .route("/vms/{name}/pty", get(pty::pty))
-        .route("/vms/{name}/wipe", post(run::wipe))
-        .route("/vms/{name}/repl", post(repl::repl))
-        .route("/vms/{name}/restore", post(snapshots::restore_alias))
-        .route(
-            "/vms/{name}/files",
-            get(files::get)
-                .put(files::put)
-                .post(files::upload)
-                .delete(files::remove)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/vms/{name}/files/list", get(files::list))
-        .route(
-            "/vms/{name}/snapshots/{snapshot}/files",
-            get(files::snapshot_get),
-        )
-        .route(
-            "/vms/{name}/snapshots/{snapshot}/files/list",
-            get(files::snapshot_list),
-        )
-        .route("/vms/{name}/snapshots/{snapshot}/diff", get(files::diff))
-        .route(
-            "/vms/{name}/snapshots",
-            get(snapshots::list).post(snapshots::create),
-        )
-        .route(
-            "/vms/{name}/snapshots/{snapshot}",
-            delete(snapshots::destroy),
-        )
-        .route("/vms/import", post(archive::import))
-        .route(
-            "/vms/{name}/snapshots/{snapshot}/export",
-            get(archive::export),
-        )
-        .route(
-            "/vms/{name}/snapshots/{snapshot}/fork",
-            post(snapshots::fork),
-        )
-        .route(
-            "/vms/{name}/snapshots/{snapshot}/restore",
-            post(snapshots::restore),
-        )
-        .route(
-            "/vms/{name}/port-forwards",
-            get(forwards::list).post(forwards::create),
-        )
-        .route(
-            "/vms/{name}/port-forwards/{host_port}",
-            delete(forwards::destroy),
-        )
-        .route("/api-keys", get(keys::list))
-        .route("/api-keys/{id}", delete(keys::revoke))
-        .route("/audit-logs", get(audit::list));
-    let authed = with_metrics_route(authed, &state)
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit,
-        ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    let mcp = Router::new()
-        .nest_service("/mcp", mcp::service(&state))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            mcp::require_key,
-        ));
-    let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip);
-    Router::new()
-        .route("/health", get(health::health).route_layer(per_ip()))
-        .route("/api-keys", post(keys::create).route_layer(per_ip()))
-        .route("/api/v1/rpc", post(rpc::handle))
-        .merge(authed)
-        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .nest("/api/v1", v1::router(state.clone()))
-        .merge(mcp)
+    let (router, mut doc) = routes(&state).split_for_parts();
+    openapi::finish(&mut doc);
+    router
+        .merge(openapi::serve(doc))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
@@ -170,9 +93,74 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn with_metrics_route(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+/// Every route with its OpenAPI operation: `routes!` takes each path and
+/// method from the handler's `#[utoipa::path]`, so the router and the
+/// document come from one source. Add routes here only through `routes!`
+/// (`tests/openapi.rs` checks this file for plain `.route(` calls).
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let authed = OpenApiRouter::default()
+        .routes(routes!(vms::list, vms::create))
+        .routes(routes!(vms::get, vms::destroy))
+        .routes(routes!(run::run))
+        .routes(routes!(vms::stop))
+        .routes(routes!(vms::start))
+        .routes(routes!(run_stream::ws))
+        .routes(routes!(pty::pty))
+        .routes(routes!(run::wipe))
+        .routes(routes!(repl::repl))
+        .routes(routes!(snapshots::restore_alias))
+        .routes(
+            routes!(files::get, files::put, files::upload, files::remove)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .routes(routes!(files::list))
+        .routes(routes!(files::snapshot_get))
+        .routes(routes!(files::snapshot_list))
+        .routes(routes!(files::diff))
+        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::destroy))
+        .routes(routes!(archive::import))
+        .routes(routes!(archive::export))
+        .routes(routes!(snapshots::fork))
+        .routes(routes!(snapshots::restore))
+        .routes(routes!(forwards::list, forwards::create))
+        .routes(routes!(forwards::destroy))
+        .routes(routes!(keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(audit::list));
+    let authed = with_metrics_route(authed, state)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let mcp = OpenApiRouter::default()
+        .nest_service("/mcp", mcp::service(state))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            mcp::require_key,
+        ));
+    let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip);
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(health::health).map(|r| r.route_layer(per_ip())))
+        .routes(routes!(keys::create).map(|r| r.route_layer(per_ip())))
+        .routes(routes!(rpc::handle))
+        .merge(authed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .nest("/api/v1", v1::router(state.clone()))
+        .merge(mcp)
+}
+
+fn with_metrics_route(
+    router: OpenApiRouter<AppState>,
+    state: &AppState,
+) -> OpenApiRouter<AppState> {
     if state.sandboxes.config.metrics.enabled {
-        router.route("/metrics", get(metrics::scrape))
+        router.routes(routes!(metrics::scrape))
     } else {
         router
     }
@@ -335,6 +323,18 @@ fn storage_message(e: &SandboxError) -> String {
     std::error::Error::source(e)
         .map(|s| s.to_string())
         .unwrap_or_else(|| e.to_string())
+}
+
+/// `{"message": "..."}`: the answer of an operation with nothing else to say.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    message: String,
+}
+
+impl Message {
+    pub fn json(message: String) -> Json<Message> {
+        Json(Message { message })
+    }
 }
 
 /// The authenticated caller, inserted by [`require_key`].

@@ -20,14 +20,20 @@ use super::{ws_upgrade, ApiError, AppResult, AppState, Auth};
 use crate::sandbox::{PtyEnd, PtyInput, PtyOptions, PtySession, SandboxError};
 
 /// Query of `GET /vms/:name/pty`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PtyQuery {
+    /// What to run (default: a login shell).
     #[serde(default)]
     command: Option<String>,
+    /// Terminal width (default 80).
     #[serde(default = "default_cols")]
+    #[param(default = 80)]
     cols: u16,
+    /// Terminal height (default 24).
     #[serde(default = "default_rows")]
+    #[param(default = 24)]
     rows: u16,
 }
 
@@ -101,6 +107,15 @@ impl From<PtyEnd> for ServerMessage {
 
 /// Opens the session before upgrading, so a bad query (400), an unknown
 /// (404) or stopped/failed/busy (409) sandbox is a plain HTTP answer.
+#[utoipa::path(get, path = "/vms/{name}/pty", tag = "run",
+    params(("name" = String, Path, description = "sandbox name"), PtyQuery),
+    responses(
+        (status = 101, description = "WebSocket: binary frames are terminal bytes both ways; text frames are \
+            control messages (`{\"resize\": {\"cols\", \"rows\"}}`) and, at the end, the exit message with the snapshot"),
+        (status = 400, description = "not a WebSocket upgrade, or a bad query", body = super::error::ErrorBody),
+        (status = 404, description = "no such sandbox (of yours)", body = super::error::ErrorBody),
+        (status = 409, description = "busy, or the sandbox is not running", body = super::error::ErrorBody),
+    ))]
 pub async fn pty(
     State(state): State<AppState>,
     caller: Auth,

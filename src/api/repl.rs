@@ -4,12 +4,13 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
+use super::error::ErrorBody;
 use super::extract::Json as Body;
 use super::{AppResult, AppState, Auth};
 use crate::sandbox::{ReplRequest, ReplResult};
 
 /// Response body; field names follow the run response (camelCase).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplResponse {
     pub language: &'static str,
@@ -41,6 +42,17 @@ impl From<ReplResult> for ReplResponse {
     }
 }
 
+/// One cell in the sandbox's stateful interpreter, then snapshot.
+#[utoipa::path(post, path = "/vms/{name}/repl", tag = "run",
+    params(("name" = String, Path, description = "sandbox name")),
+    request_body = ReplRequest,
+    responses(
+        (status = 200, description = "the cell's output and the snapshot taken after it", body = ReplResponse),
+        (status = 400, description = "bad body; the message names the field", body = ErrorBody),
+        (status = 404, description = "no such sandbox (of yours)", body = ErrorBody),
+        (status = 409, description = "another command is running, or the sandbox is not running", body = ErrorBody),
+        (status = 503, description = "the sandbox's agent did not answer", body = ErrorBody),
+    ))]
 pub async fn repl(
     State(state): State<AppState>,
     caller: Auth,

@@ -214,6 +214,15 @@ fn sse_response(
 /// `GET /vms/:name/run/ws`: the first client message is the run request
 /// (the JSON body of `POST /vms/:name/run`); then the events as text
 /// messages; then the server closes. Closing early kills the command.
+#[utoipa::path(get, path = "/vms/{name}/run/ws", tag = "run",
+    params(("name" = String, Path, description = "sandbox name")),
+    responses(
+        (status = 101, description = "WebSocket: send the run request (the body of `POST /vms/{name}/run`) \
+            as the first text message; the events follow as text messages (`stdout`, `stderr`, then `exit` or `error`)"),
+        (status = 400, description = "not a WebSocket upgrade", body = super::error::ErrorBody),
+        (status = 404, description = "no such sandbox (of yours)", body = super::error::ErrorBody),
+        (status = 409, description = "the sandbox is not running", body = super::error::ErrorBody),
+    ))]
 pub async fn ws(
     State(state): State<AppState>,
     caller: Auth,

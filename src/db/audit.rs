@@ -29,7 +29,7 @@ pub struct NewAudit {
 }
 
 /// A stored row, as `GET /audit-logs` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     pub id: i64,
     pub timestamp: String,
@@ -40,6 +40,7 @@ pub struct AuditRow {
     pub source_ip: Option<String>,
     pub status: u16,
     pub request_id: Option<String>,
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
 

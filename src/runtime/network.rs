@@ -79,16 +79,19 @@ pub enum NetError {
 
 /// A sandbox's network as the API shows it (`network_config` of
 /// `GET /vms/:name`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct NetworkInfo {
     /// The guest's address.
+    #[schema(value_type = String)]
     pub ip: Ipv4Addr,
     pub prefix: u8,
+    #[schema(value_type = String)]
     pub gateway: Ipv4Addr,
     pub mac_address: String,
     /// The TAP in the namespace (the reference's `network_interface`).
     pub network_interface: String,
     /// The namespace file (`ip netns exec <name> ...` for operators).
+    #[schema(value_type = String)]
     pub netns: PathBuf,
 }
 

@@ -20,7 +20,7 @@ use crate::auth::Caller;
 use crate::db::Db;
 
 /// How a path changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Added,
@@ -29,7 +29,7 @@ pub enum ChangeKind {
 }
 
 /// One changed path.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Change {
     /// Absolute path inside the sandbox.
     pub path: String,
@@ -46,7 +46,7 @@ pub struct Change {
 }
 
 /// The changes from snapshot `from` to snapshot `to`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Diff {
     pub from: String,
     pub to: String,
@@ -58,7 +58,7 @@ pub struct Diff {
 
 /// A run's `changes`: counts, and the paths when there are at most
 /// `files.max_change_paths` of them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChangeSummary {
     pub added: usize,
     pub modified: usize,

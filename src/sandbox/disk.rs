@@ -12,7 +12,7 @@ use super::{parse_sandbox_name, SandboxError, Sandboxes};
 const MIB: u64 = 1024 * 1024;
 
 /// `disk` in `GET /vms/:name`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DiskView {
     pub limit_mb: u64,
     /// As of the last committed Btrfs transaction (at most ~30 s old).

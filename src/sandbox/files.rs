@@ -102,7 +102,7 @@ pub fn parse_mode(field: &'static str, raw: &str) -> Result<u32, SandboxError> {
 }
 
 /// One file-system entry, in the shape every front door shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FileEntry {
     pub name: String,
     /// Absolute path inside the sandbox.
@@ -176,7 +176,7 @@ pub struct WriteFile {
 }
 
 /// What a write or a removal did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FileChange {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]

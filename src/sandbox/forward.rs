@@ -30,7 +30,7 @@ const MAX_CONNECTIONS: usize = 256;
 pub(super) type Listeners = Arc<Mutex<HashMap<u16, (i64, JoinHandle<()>)>>>;
 
 /// A forward to create.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewForward {
     /// Host port; absent or 0 picks a free one.

@@ -14,7 +14,7 @@ use super::{SandboxError, Sandboxes};
 use crate::auth::Caller;
 
 /// Body of `POST /vms/:name/repl`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplRequest {
     /// `python` or `nodejs` (`node` is accepted too).

@@ -32,7 +32,7 @@ pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(10);
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
 /// Body of `POST /vms/:name/run`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub command: String,

@@ -16,7 +16,7 @@ use crate::failpoint;
 use crate::runtime::{full_snapshot, FullSnapshotError, SavedStateInfo};
 
 /// Body of `POST /vms/:name/snapshots` (MicroVM Sandbox reference).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     pub name: String,

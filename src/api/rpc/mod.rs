@@ -32,30 +32,41 @@ use crate::auth::{self, AuthError, Caller};
 use crate::sandbox::SandboxError;
 
 /// One request envelope. `params` is decoded per method into its struct.
-#[derive(Debug, Deserialize)]
-struct Envelope {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Envelope {
+    /// `"2.0"`.
     jsonrpc: Option<String>,
+    /// `sandbox.start`, `sandbox.stop`, `sandbox.metrics.get`,
+    /// `sandbox.repl.run` or `sandbox.command.run`.
+    #[schema(value_type = String)]
     method: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     id: Option<Value>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Reply {
     jsonrpc: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorObject>,
+    #[schema(value_type = Object)]
     id: Value,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorObject {
+/// A JSON-RPC error: `code` -32700, -32600, -32601, -32602, -32603, or
+/// -32000 to -32003 (see the README).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
     code: i32,
     message: String,
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
@@ -139,6 +150,11 @@ impl From<AuthError> for RpcError {
 }
 
 /// `POST /api/v1/rpc`.
+#[utoipa::path(post, path = "/api/v1/rpc", tag = "json-rpc",
+    request_body = Envelope,
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, description = "the JSON-RPC answer; errors are in its `error` \
+        (authentication too: -32001)", body = Reply)))]
 pub async fn handle(
     State(state): State<AppState>,
     extensions: Extensions,

@@ -15,7 +15,8 @@ use crate::auth::users::{self, MAX_PASSWORD, MIN_PASSWORD};
 
 const MAX_USERNAME: usize = 64;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::Register)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
     username: String,
@@ -24,7 +25,8 @@ pub struct Register {
     role: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::UserView)]
 pub struct UserView {
     user_id: String,
     username: String,
@@ -32,14 +34,16 @@ pub struct UserView {
     created_at: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::Login)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     username: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::TokenView)]
 pub struct TokenView {
     access_token: String,
     token_type: &'static str,
@@ -80,6 +84,16 @@ fn validate(body: &Register) -> V1Result<bool> {
     }
 }
 
+#[utoipa::path(post, path = "/auth/register", tag = "v1 auth",
+    request_body = Register,
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 201, description = "the user", body = UserView),
+        (status = 400, description = "malformed JSON", body = super::error::Body),
+        (status = 403, description = "registering an admin needs an admin caller", body = super::error::Body),
+        (status = 409, description = "the username is taken", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -107,6 +121,15 @@ pub async fn register(
     ))
 }
 
+#[utoipa::path(post, path = "/auth/login", tag = "v1 auth",
+    request_body = Login,
+    security(()),
+    responses(
+        (status = 200, description = "a bearer JWT", body = TokenView),
+        (status = 401, description = "wrong username or password", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+        (status = 429, description = "too many failed logins for this username and address; retry_after_seconds says when", body = super::error::Body),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     extensions: axum::http::Extensions,

@@ -12,7 +12,8 @@ use crate::auth::users::UserError;
 use crate::sandbox::SandboxError;
 
 /// One entry of a `validation_error`'s `details`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = v1::FieldError)]
 pub struct FieldError {
     pub field: String,
     pub error: String,
@@ -45,8 +46,14 @@ pub enum V1Error {
     Api(ApiError),
 }
 
-#[derive(Serialize)]
-struct Body {
+/// Every `/api/v1` error body: `{"error": code, "message", "details"?,
+/// "retry_after_seconds"?, "request_id"?}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Error)]
+pub struct Body {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `validation_error`, `rate_limit_exceeded`, `not_implemented`,
+    /// `service_unavailable` or `internal_error`.
     error: &'static str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -37,9 +37,12 @@ pub const CLOSE_TOO_SLOW: u16 = 1013;
 
 type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
+    /// The JWT or API key, for clients that cannot set headers on a
+    /// WebSocket upgrade.
     token: Option<String>,
 }
 
@@ -55,6 +58,14 @@ impl Filter {
     }
 }
 
+#[utoipa::path(get, path = "/vms/{vm_name}/events", tag = "v1 events",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name"), TokenQuery),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 101, description = "WebSocket: one JSON text message per event of this VM"),
+        (status = 400, description = "not a WebSocket upgrade", body = super::error::Body),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+    ))]
 pub async fn vm_events(
     State(state): State<AppState>,
     Path(vm_name): Path<String>,
@@ -71,6 +82,13 @@ pub async fn vm_events(
     subscribe(&state, filter, upgrade)
 }
 
+#[utoipa::path(get, path = "/system/events", tag = "v1 events",
+    params(TokenQuery),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 101, description = "WebSocket: one JSON text message per event the caller may see"),
+        (status = 400, description = "not a WebSocket upgrade", body = super::error::Body),
+    ))]
 pub async fn system_events(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -14,7 +14,8 @@ use crate::api::AppState;
 use crate::auth::Caller;
 use crate::sandbox::RunRequest;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::Execute)]
 #[serde(deny_unknown_fields)]
 pub struct Execute {
     command: String,
@@ -26,7 +27,8 @@ pub struct Execute {
     environment: BTreeMap<String, String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Executed)]
 pub struct Executed {
     exit_code: i32,
     stdout: String,
@@ -42,6 +44,15 @@ pub struct Executed {
     timed_out: bool,
 }
 
+#[utoipa::path(post, path = "/vms/{vm_name}/execute", tag = "v1 exec",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body = Execute,
+    responses(
+        (status = 200, description = "the command's result and the snapshot it left", body = Executed),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn execute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -93,4 +104,23 @@ pub async fn execute(
         snapshot: out.snapshot,
         timed_out: out.timed_out,
     }))
+}
+
+/// py-microvm's name for [`execute`]: the same body, answer and codes.
+#[utoipa::path(post, path = "/vms/{vm_name}/guest/command", tag = "v1 exec",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body = Execute,
+    responses(
+        (status = 200, description = "the command's result and the snapshot it left", body = Executed),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
+pub async fn guest_command(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    name: Path<String>,
+    body: Body<Execute>,
+) -> V1Result<Json<Executed>> {
+    execute(state, caller, name, body).await
 }

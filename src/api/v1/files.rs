@@ -19,7 +19,8 @@ use crate::api::AppState;
 use crate::auth::Caller;
 use crate::sandbox::{parse_mode, FileEntry, SandboxError, SandboxPath, WriteFile};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Uploaded)]
 pub struct Uploaded {
     message: &'static str,
     /// py-microvm's `FileTransferResult` needs it.
@@ -51,6 +52,17 @@ fn bad(e: axum::extract::multipart::MultipartError) -> V1Error {
 /// (or `remote_path`), `permissions` (octal, default 644). The file is
 /// streamed into the sandbox when the path comes first, else held in memory
 /// (up to `files.max_upload_bytes`) until the path arrives.
+#[utoipa::path(post, path = "/vms/{vm_name}/files/upload", tag = "v1 files",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body(content = crate::api::files::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "written and snapshotted", body = Uploaded),
+        (status = 400, description = "not a multipart body", body = super::error::Body),
+        (status = 404, description = "no such VM (of yours), or no such directory", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 413, description = "over `files.max_upload_bytes`; nothing written", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -206,14 +218,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
+    /// A path in the sandbox (download: required; list: default `/`).
     path: Option<String>,
+    /// List subdirectories too (list only).
     recursive: Option<bool>,
 }
 
 /// `GET .../files/download?path=`: the bytes, streamed.
+#[utoipa::path(get, path = "/vms/{vm_name}/files/download", tag = "v1 files",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name"), PathQuery),
+    responses(
+        (status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "no such VM (of yours), or no such file", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn download(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -228,13 +251,23 @@ pub async fn download(
     Ok(crate::api::files::download(file))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Listing)]
 pub struct Listing {
     files: Vec<FileEntry>,
     directory: String,
 }
 
 /// `GET .../files?path=&recursive=` (path default `/`, as the reference).
+#[utoipa::path(get, path = "/vms/{vm_name}/files", tag = "v1 files",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name"), PathQuery),
+    responses(
+        (status = 200, description = "the directory's entries", body = Listing),
+        (status = 404, description = "no such VM (of yours), or no such directory", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 413, description = "more than `files.max_list_entries` entries", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -251,4 +284,25 @@ pub async fn list(
         files,
         directory: path.as_str().to_owned(),
     }))
+}
+
+/// py-microvm's name for [`upload`] (its form field is `remote_path`).
+#[utoipa::path(post, path = "/vms/{vm_name}/guest/upload", tag = "v1 files",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body(content = crate::api::files::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "written and snapshotted", body = Uploaded),
+        (status = 400, description = "not a multipart body", body = super::error::Body),
+        (status = 404, description = "no such VM (of yours), or no such directory", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 413, description = "over `files.max_upload_bytes`; nothing written", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
+pub async fn guest_upload(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    name: Path<String>,
+    req: Request,
+) -> V1Result<Json<Uploaded>> {
+    upload(state, caller, name, req).await
 }

@@ -12,12 +12,14 @@ use super::error::V1Result;
 use crate::api::AppState;
 use crate::sandbox::health::Probe;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::HealthView)]
 pub struct HealthView {
     status: &'static str,
     timestamp: String,
     version: &'static str,
     /// `healthy`, or `unhealthy: <why>`.
+    #[schema(value_type = BTreeMap<String, String>)]
     components: BTreeMap<&'static str, String>,
     uptime_seconds: u64,
 }
@@ -29,6 +31,12 @@ fn word(p: &Probe) -> String {
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "v1 system",
+    security(()),
+    responses(
+        (status = 200, description = "every component answered", body = HealthView),
+        (status = 503, description = "a component failed (its entry says why)", body = HealthView),
+    ))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthView>) {
     let h = state.sandboxes.probe().await;
     let all_ok = h.database.is_ok() && h.storage.is_ok() && h.runtime.is_ok();
@@ -53,7 +61,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthVi
     (code, Json(view))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::SystemView)]
 pub struct SystemView {
     host_os: Option<String>,
     runtime: &'static str,
@@ -62,7 +71,8 @@ pub struct SystemView {
     rewind_version: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Statistics)]
 pub struct Statistics {
     total_vms: u64,
     running_vms: u64,
@@ -71,7 +81,8 @@ pub struct Statistics {
     average_response_time_ms: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::StatusView)]
 pub struct StatusView {
     api_version: &'static str,
     timestamp: String,
@@ -86,6 +97,10 @@ fn host_os() -> Option<String> {
     Some(line["PRETTY_NAME=".len()..].trim_matches('"').to_owned())
 }
 
+#[utoipa::path(get, path = "/status", tag = "v1 system",
+    responses(
+        (status = 200, description = "system and request statistics", body = StatusView),
+    ))]
 pub async fn status(State(state): State<AppState>) -> V1Result<Json<StatusView>> {
     let counts = state.sandboxes.counts().await?;
     let (requests, mean_ms) = state.stats.today();

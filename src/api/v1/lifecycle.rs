@@ -16,7 +16,8 @@ use crate::sandbox::StopMode;
 /// Body of `stop` (optional). `force`: SIGKILL at once. Otherwise the
 /// sandbox's processes get SIGTERM and up to `timeout_seconds` (default
 /// [`DEFAULT_STOP_TIMEOUT`]) to exit before SIGKILL.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[schema(as = v1::StopBody)]
 #[serde(deny_unknown_fields)]
 pub struct StopBody {
     #[serde(default)]
@@ -43,7 +44,8 @@ impl StopBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Changed)]
 pub struct Changed {
     message: &'static str,
     vm_name: String,
@@ -67,6 +69,13 @@ fn changed(message: &'static str, vm_name: String, status: &'static str) -> Chan
     }
 }
 
+#[utoipa::path(post, path = "/vms/{vm_name}/start", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 200, description = "running again on its current workspace", body = Changed),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or not stopped", body = super::error::Body),
+    ))]
 pub async fn start(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -79,6 +88,15 @@ pub async fn start(
     }))
 }
 
+#[utoipa::path(post, path = "/vms/{vm_name}/stop", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body(content = Option<StopBody>, description = "optional"),
+    responses(
+        (status = 200, description = "every process of the sandbox has ended; workspace and snapshots stay", body = Changed),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn stop(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -93,6 +111,13 @@ pub async fn stop(
     }))
 }
 
+#[utoipa::path(post, path = "/vms/{vm_name}/restart", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 200, description = "stopped and started again", body = Changed),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+    ))]
 pub async fn restart(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -12,7 +12,8 @@ use crate::auth::Caller;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Cpu)]
 pub struct Cpu {
     /// Mean over the time since the sandbox started: CPU time / (uptime ×
     /// vCPUs) × 100.
@@ -21,7 +22,8 @@ pub struct Cpu {
     cpu_time_seconds: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Memory)]
 pub struct Memory {
     allocated_mb: u64,
     used_mb: Option<f64>,
@@ -32,7 +34,8 @@ pub struct Memory {
 /// The sandbox's disk limit and what counts against it (its workspace,
 /// overlay upper dir and what its snapshots still hold: the qgroup), as of
 /// the last committed Btrfs transaction; `null` without a disk limit.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Disk)]
 pub struct Disk {
     allocated_gb: Option<f64>,
     used_gb: Option<f64>,
@@ -58,7 +61,8 @@ impl Disk {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Network)]
 pub struct Network {
     bytes_in: u64,
     bytes_out: u64,
@@ -66,7 +70,8 @@ pub struct Network {
     packets_out: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::MetricsView)]
 pub struct MetricsView {
     vm_name: String,
     timestamp: String,
@@ -80,6 +85,12 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+#[utoipa::path(get, path = "/vms/{vm_name}/metrics", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 200, description = "cpu, memory, disk and network; null where the runtime cannot know", body = MetricsView),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+    ))]
 pub async fn metrics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -30,8 +30,8 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
-use axum::Router;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::{audit, ratelimit, AppState};
 use crate::auth::jwt::{looks_like_jwt, Tokens};
@@ -75,35 +75,27 @@ impl AppState {
     }
 }
 
-/// Every `/api/v1` route (nested by [`crate::api::app`]). Extend here.
-pub fn router(state: AppState) -> Router<AppState> {
-    let authed = Router::new()
-        .route("/vms", get(vms::list).post(vms::create))
-        .route("/vms/{vm_name}", get(vms::get).delete(vms::destroy))
-        .route("/vms/{vm_name}/start", post(lifecycle::start))
-        .route("/vms/{vm_name}/stop", post(lifecycle::stop))
-        .route("/vms/{vm_name}/restart", post(lifecycle::restart))
-        .route("/vms/{vm_name}/execute", post(execute::execute))
+/// Every `/api/v1` route (nested by [`crate::api::app`]), each with its
+/// OpenAPI operation. Extend here, only through `routes!`.
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let authed = OpenApiRouter::default()
+        .routes(routes!(vms::list, vms::create))
+        .routes(routes!(vms::get, vms::destroy))
+        .routes(routes!(lifecycle::start))
+        .routes(routes!(lifecycle::stop))
+        .routes(routes!(lifecycle::restart))
+        .routes(routes!(execute::execute))
         // py-microvm's name for execute.
-        .route("/vms/{vm_name}/guest/command", post(execute::execute))
-        .route(
-            "/vms/{vm_name}/snapshots",
-            get(snapshots::list).post(snapshots::create),
-        )
-        .route(
-            "/vms/{vm_name}/snapshots/{snapshot_name}",
-            delete(snapshots::destroy),
-        )
-        .route(
-            "/vms/{vm_name}/snapshots/{snapshot_name}/restore",
-            post(snapshots::restore),
-        )
-        .route("/vms/{vm_name}/metrics", get(metrics::metrics))
-        .route("/status", get(health::status))
+        .routes(routes!(execute::guest_command))
+        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::destroy))
+        .routes(routes!(snapshots::restore))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(health::status))
         .merge(more_routes())
-        .route("/security/audit-logs", get(security::audit_logs))
-        .route("/security/scan", post(security::scan))
-        .route("/security/scans/{scan_id}", get(security::scan_result))
+        .routes(routes!(security::audit_logs))
+        .routes(routes!(security::scan))
+        .routes(routes!(security::scan_result))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit_v1,
@@ -113,14 +105,14 @@ pub fn router(state: AppState) -> Router<AppState> {
             require_caller,
         ));
     let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip_v1);
-    Router::new()
-        .route("/auth/register", post(auth::register).route_layer(per_ip()))
-        .route("/auth/login", post(auth::login).route_layer(per_ip()))
-        .route("/health", get(health::health).route_layer(per_ip()))
+    OpenApiRouter::default()
+        .routes(routes!(auth::register).map(|r| r.route_layer(per_ip())))
+        .routes(routes!(auth::login).map(|r| r.route_layer(per_ip())))
+        .routes(routes!(health::health).map(|r| r.route_layer(per_ip())))
         .merge(authed)
         // Authenticated on the upgrade, by header or `?token=` (events.rs).
-        .route("/vms/{vm_name}/events", get(events::vm_events))
-        .route("/system/events", get(events::system_events))
+        .routes(routes!(events::vm_events))
+        .routes(routes!(events::system_events))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             audit::record_v1,
@@ -129,21 +121,18 @@ pub fn router(state: AppState) -> Router<AppState> {
 }
 
 /// Files, resources, host metrics and networks.
-fn more_routes() -> Router<AppState> {
-    Router::new()
-        .route("/vms/{vm_name}/files", get(files::list))
-        .route("/vms/{vm_name}/files/upload", post(files::upload))
-        .route("/vms/{vm_name}/files/download", get(files::download))
+fn more_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(files::list))
+        .routes(routes!(files::upload))
+        .routes(routes!(files::download))
         // py-microvm's name for upload (its form field is `remote_path`).
-        .route("/vms/{vm_name}/guest/upload", post(files::upload))
-        .route("/vms/{vm_name}/resources", put(resources::update))
-        .route("/vms/{vm_name}/network", get(network::get))
-        .route(
-            "/vms/{vm_name}/network/port-forward",
-            post(network::port_forward),
-        )
-        .route("/networks", get(network::list))
-        .route("/system/metrics", get(system::metrics))
+        .routes(routes!(files::guest_upload))
+        .routes(routes!(resources::update))
+        .routes(routes!(network::get))
+        .routes(routes!(network::port_forward))
+        .routes(routes!(network::list))
+        .routes(routes!(system::metrics))
 }
 
 async fn not_found() -> V1Error {

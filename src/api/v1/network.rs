@@ -18,7 +18,8 @@ use crate::db::{ForwardRow, SandboxRow, SandboxStatus};
 use crate::runtime::network::NetworkInfo;
 use crate::sandbox::NewForward;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::NetworkView)]
 pub struct NetworkView {
     name: String,
     /// `isolated` (its own namespace with a TAP and an address) or
@@ -32,7 +33,8 @@ pub struct NetworkView {
     vm_name: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Networks)]
 pub struct Networks {
     networks: Vec<NetworkView>,
 }
@@ -63,6 +65,10 @@ fn network_view(row: &SandboxRow, net: Option<NetworkInfo>) -> NetworkView {
     }
 }
 
+#[utoipa::path(get, path = "/networks", tag = "v1 network",
+    responses(
+        (status = 200, description = "one network per visible VM", body = Networks),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -81,7 +87,8 @@ pub async fn list(
     Ok(Json(Networks { networks }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Forward)]
 pub struct Forward {
     host_port: u16,
     guest_port: u16,
@@ -100,7 +107,8 @@ fn forward(state: &AppState, f: &ForwardRow) -> Forward {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::VmNetwork)]
 pub struct VmNetwork {
     vm_name: String,
     ip_address: Option<String>,
@@ -113,6 +121,12 @@ pub struct VmNetwork {
     port_forwards: Vec<Forward>,
 }
 
+#[utoipa::path(get, path = "/vms/{vm_name}/network", tag = "v1 network",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 200, description = "its address, interface and port forwards", body = VmNetwork),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -137,7 +151,8 @@ pub async fn get(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::PortForwardCreated)]
 pub struct Created {
     message: &'static str,
     vm_name: String,
@@ -147,6 +162,15 @@ pub struct Created {
 
 /// Body: `host_port` (absent or 0: a free one), `guest_port`, `protocol`
 /// (`tcp` only), `description`.
+#[utoipa::path(post, path = "/vms/{vm_name}/network/port-forward", tag = "v1 network",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body = crate::sandbox::NewForward,
+    responses(
+        (status = 201, description = "forwarding", body = Created),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "the host port is taken, or not running", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn port_forward(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

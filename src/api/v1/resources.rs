@@ -17,30 +17,38 @@ use crate::sandbox::Resize;
 /// The reference's body plus `disk_size_gb`. `cpu_limit_percent` and
 /// `memory_limit_percent` are refused (422): rewind's limits are whole
 /// vCPUs and megabytes.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::ResourcesBody)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
     vcpus: Option<i64>,
     memory_mb: Option<i64>,
     disk_size_gb: Option<i64>,
+    /// Refused (422): limits are whole vCPUs.
+    #[schema(value_type = Option<f64>)]
     cpu_limit_percent: Option<serde::de::IgnoredAny>,
+    /// Refused (422): limits are megabytes.
+    #[schema(value_type = Option<f64>)]
     memory_limit_percent: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::NewResources)]
 pub struct NewResources {
     vcpus: u32,
     memory_mb: u64,
     disk_size_gb: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Later)]
 pub struct Later {
     field: &'static str,
     reason: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::ResourcesView)]
 pub struct ResourcesView {
     message: &'static str,
     vm_name: String,
@@ -99,6 +107,15 @@ fn validate(body: &ResourcesBody) -> Result<Resize, Vec<FieldError>> {
     })
 }
 
+#[utoipa::path(put, path = "/vms/{vm_name}/resources", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body = ResourcesBody,
+    responses(
+        (status = 200, description = "what applies now and what after a restart", body = ResourcesView),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or the running VM holds more than the new limit", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -21,7 +21,8 @@ use crate::auth::Caller;
 use crate::db::{AuditRow, Db};
 use crate::security::{Scan, ScanRequest, ScanType};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     start_time: Option<String>,
@@ -33,7 +34,8 @@ pub struct LogsQuery {
     offset: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::AuditLog)]
 pub struct LogView {
     id: i64,
     timestamp: String,
@@ -44,10 +46,12 @@ pub struct LogView {
     source_ip: Option<String>,
     status: u16,
     request_id: Option<String>,
+    #[schema(value_type = Object)]
     details: serde_json::Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::AuditLogs)]
 pub struct LogsPage {
     logs: Vec<LogView>,
     total: i64,
@@ -55,6 +59,13 @@ pub struct LogsPage {
     offset: u32,
 }
 
+#[utoipa::path(get, path = "/security/audit-logs", tag = "v1 security",
+    params(LogsQuery),
+    responses(
+        (status = 200, description = "audit rows, newest first; admins see all, others their own", body = LogsPage),
+        (status = 403, description = "`user_id` of another owner needs an admin", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn audit_logs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -127,9 +138,12 @@ fn view(r: AuditRow) -> LogView {
 const MAX_FRAMEWORKS: usize = 16;
 const MAX_WAIT_SECONDS: u64 = 60;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::ScanBody)]
 #[serde(deny_unknown_fields)]
 pub struct ScanBody {
+    /// `configuration`, `compliance` or `vulnerability`.
+    #[schema(value_type = String)]
     scan_type: ScanType,
     #[serde(default)]
     target: Option<String>,
@@ -137,7 +151,8 @@ pub struct ScanBody {
     frameworks: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::ScanStarted)]
 pub struct Started {
     scan_id: String,
     status: &'static str,
@@ -146,6 +161,14 @@ pub struct Started {
     estimated_completion: Option<String>,
 }
 
+#[utoipa::path(post, path = "/security/scan", tag = "v1 security",
+    request_body = ScanBody,
+    responses(
+        (status = 202, description = "started; poll `GET /api/v1/security/scans/{scan_id}`", body = Started),
+        (status = 403, description = "admin only", body = super::error::Body),
+        (status = 404, description = "no such target VM", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn scan(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -185,12 +208,20 @@ pub async fn scan(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     wait_seconds: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/security/scans/{scan_id}", tag = "v1 security",
+    params(("scan_id" = String, Path, description = "id from POST /api/v1/security/scan"), WaitQuery),
+    responses(
+        (status = 200, description = "the scan; `results` once `status` is `completed`", body = Object),
+        (status = 404, description = "no such scan (of yours)", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn scan_result(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

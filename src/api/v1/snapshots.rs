@@ -12,14 +12,16 @@ use crate::api::AppState;
 use crate::auth::Caller;
 use crate::sandbox::{CreateSnapshot, SnapshotView};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Metadata)]
 pub struct Metadata {
     vm_status: &'static str,
     vcpus: u32,
     memory_mb: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::SnapshotItem)]
 pub struct SnapshotItem {
     name: String,
     vm_name: String,
@@ -33,11 +35,18 @@ pub struct SnapshotItem {
     include_memory: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::SnapshotList)]
 pub struct SnapshotList {
     snapshots: Vec<SnapshotItem>,
 }
 
+#[utoipa::path(get, path = "/vms/{vm_name}/snapshots", tag = "v1 snapshots",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 200, description = "its snapshots", body = SnapshotList),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -68,7 +77,8 @@ pub async fn list(
     Ok(Json(SnapshotList { snapshots }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::Create)]
 #[serde(deny_unknown_fields)]
 pub struct Create {
     name: String,
@@ -77,7 +87,8 @@ pub struct Create {
     include_memory: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Created)]
 pub struct Created {
     name: String,
     vm_name: String,
@@ -107,6 +118,15 @@ fn created(vm_name: String, v: SnapshotView) -> Created {
     }
 }
 
+#[utoipa::path(post, path = "/vms/{vm_name}/snapshots", tag = "v1 snapshots",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    request_body = Create,
+    responses(
+        (status = 201, description = "taken, with the checksum of what was saved", body = Created),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+        (status = 409, description = "busy, or the name is taken", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -122,7 +142,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created(name, view))))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Restored)]
 pub struct Restored {
     message: &'static str,
     vm_name: String,
@@ -130,6 +151,13 @@ pub struct Restored {
     restored_at: String,
 }
 
+#[utoipa::path(post, path = "/vms/{vm_name}/snapshots/{snapshot_name}/restore", tag = "v1 snapshots",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name"), ("snapshot_name" = String, Path, description = "snapshot name")),
+    responses(
+        (status = 200, description = "restored", body = Restored),
+        (status = 404, description = "no such VM or snapshot", body = super::error::Body),
+        (status = 409, description = "busy, or not running", body = super::error::Body),
+    ))]
 pub async fn restore(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -144,6 +172,14 @@ pub async fn restore(
     }))
 }
 
+#[utoipa::path(delete, path = "/vms/{vm_name}/snapshots/{snapshot_name}", tag = "v1 snapshots",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name"), ("snapshot_name" = String, Path, description = "snapshot name")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such VM or snapshot", body = super::error::Body),
+        (status = 409, description = "not running", body = super::error::Body),
+        (status = 422, description = "not a valid snapshot name", body = super::error::Body),
+    ))]
 pub async fn destroy(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

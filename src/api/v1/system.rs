@@ -23,7 +23,8 @@ fn percent(part: f64, whole: f64) -> Option<f64> {
     (whole > 0.0).then(|| round2(part / whole * 100.0))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Host)]
 pub struct Host {
     cpu_usage_percent: Option<f64>,
     cpu_cores: usize,
@@ -36,7 +37,8 @@ pub struct Host {
     disk_usage_percent: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::Vms)]
 pub struct Vms {
     total_count: usize,
     running_count: usize,
@@ -47,13 +49,18 @@ pub struct Vms {
     total_memory_allocated_gb: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::SystemMetrics)]
 pub struct SystemMetrics {
     timestamp: String,
     host: Host,
     vms: Vms,
 }
 
+#[utoipa::path(get, path = "/system/metrics", tag = "v1 system",
+    responses(
+        (status = 200, description = "host CPU, memory and disk, and VM totals", body = SystemMetrics),
+    ))]
 pub async fn metrics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

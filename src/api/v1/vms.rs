@@ -17,7 +17,8 @@ pub const MIN_MEMORY_MB: u64 = 128;
 pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
 pub const MAX_DISK_GB: u64 = 16 * 1024;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::NetworkConfig)]
 pub struct NetworkConfig {
     ip: String,
     bridge: Option<String>,
@@ -26,7 +27,8 @@ pub struct NetworkConfig {
 
 /// A VM as the reference shows it, plus `state`/`template`/`ip_address`
 /// (py-microvm's names) and rewind's `runtime` and `status_reason`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::VmView)]
 pub struct VmView {
     name: String,
     id: String,
@@ -115,18 +117,25 @@ fn seconds_since(stored: &str) -> Option<u64> {
     Some(secs.max(0) as u64)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// `created`, `running`, `stopped` or `failed`.
     status: Option<String>,
     os_type: Option<String>,
+    /// 1-100, default 50.
     limit: Option<i64>,
+    /// Default 0.
     offset: Option<i64>,
+    /// `name`, `created_at` or `status`.
     sort: Option<String>,
+    /// `asc` or `desc`.
     order: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::VmList)]
 pub struct VmList {
     vms: Vec<VmView>,
     total: usize,
@@ -181,6 +190,12 @@ fn list_params(q: &ListQuery) -> V1Result<(usize, usize, &str, bool)> {
     Ok((limit as usize, offset as usize, sort, desc))
 }
 
+#[utoipa::path(get, path = "/vms", tag = "v1 vms",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page of VMs", body = VmList),
+        (status = 422, description = "bad filter, sort or page; details[] names each", body = super::error::Body),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -228,14 +243,16 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[schema(as = v1::StorageConfig)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     disk_size_gb: Option<i64>,
     disk_type: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = v1::CreateVm)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     name: Option<String>,
@@ -243,6 +260,8 @@ pub struct CreateVm {
     vcpus: Option<i64>,
     memory_mb: Option<i64>,
     template: Option<String>,
+    /// Accepted and ignored (rewind assigns the network).
+    #[schema(value_type = Option<Object>)]
     network_config: Option<serde::de::IgnoredAny>,
     storage_config: Option<StorageConfig>,
 }
@@ -337,6 +356,14 @@ fn validate_create(body: &CreateVm) -> Result<SandboxSpec, Vec<FieldError>> {
     })
 }
 
+#[utoipa::path(post, path = "/vms", tag = "v1 vms",
+    request_body = CreateVm,
+    responses(
+        (status = 201, description = "created", body = VmView),
+        (status = 409, description = "the name is taken", body = super::error::Body),
+        (status = 422, description = "validation_error with details[]", body = super::error::Body),
+        (status = 501, description = "os_type windows needs the Cloud Hypervisor runtime with UEFI firmware (not built yet)", body = super::error::Body),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -357,20 +384,28 @@ pub async fn create(
 
 /// `resource_usage` of one VM: the cgroup's CPU time over uptime × vCPUs,
 /// memory, and what counts against its disk limit (`null` without one).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::ResourceUsage)]
 pub struct ResourceUsage {
     cpu_usage_percent: Option<f64>,
     memory_used_mb: Option<f64>,
     disk_usage_gb: Option<f64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = v1::VmDetail)]
 pub struct VmDetail {
     #[serde(flatten)]
     vm: VmView,
     resource_usage: ResourceUsage,
 }
 
+#[utoipa::path(get, path = "/vms/{vm_name}", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 200, description = "the VM with its resource usage", body = VmDetail),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -399,6 +434,12 @@ pub async fn get(
     Ok(Json(VmDetail { vm, resource_usage }))
 }
 
+#[utoipa::path(delete, path = "/vms/{vm_name}", tag = "v1 vms",
+    params(("vm_name" = String, Path, description = "VM (sandbox) name")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such VM (of yours)", body = super::error::Body),
+    ))]
 pub async fn destroy(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
