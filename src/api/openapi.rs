@@ -81,26 +81,36 @@ pub fn finish(doc: &mut Document) {
     );
     for (path, item) in doc.paths.paths.iter_mut() {
         let v1 = path.starts_with("/api/v1");
-        for op in operations(item) {
+        for (method, op) in operations(item) {
+            op.operation_id = Some(operation_id(method, path));
             add_auth(op, path, v1);
         }
     }
+}
+
+/// Unique per operation (handler names repeat across resources):
+/// `get /api/v1/vms/{vm_name}` → `get_api_v1_vms_vm_name`.
+fn operation_id(method: &str, path: &str) -> String {
+    let words = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty());
+    std::iter::once(method).chain(words).collect::<Vec<_>>().join("_")
 }
 
 /// JSON-RPC answers every call with HTTP 200; authentication errors are in
 /// the body.
 const ERRORS_IN_BODY: &str = "/api/v1/rpc";
 
-fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+fn operations(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {
     [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-        item.patch.as_mut(),
+        ("get", item.get.as_mut()),
+        ("put", item.put.as_mut()),
+        ("post", item.post.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("patch", item.patch.as_mut()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, op)| Some((method, op?)))
 }
 
 /// Default security where the operation states none, and then, for an
