@@ -106,7 +106,10 @@ fn every_documented_operation_is_served_by_the_router() {
             unrouted.push(format!("{method} {path} -> {status}"));
         }
     }
-    assert!(unrouted.is_empty(), "documented but not routed: {unrouted:#?}");
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:#?}"
+    );
 }
 
 #[test]
@@ -153,12 +156,18 @@ fn the_router_registers_routes_only_through_the_routes_macro() {
             }
         }
     }
-    assert!(offending.is_empty(), "routes outside routes!: {offending:#?}");
+    assert!(
+        offending.is_empty(),
+        "routes outside routes!: {offending:#?}"
+    );
     assert_eq!(nest_services.len(), 1, "{nest_services:#?}");
     assert!(nest_services[0].contains(r#".nest_service("/mcp""#));
     let ops = operations(&document());
     for method in ["GET", "POST", "DELETE"] {
-        assert!(ops.contains_key(&(method.into(), "/mcp".into())), "{method} /mcp");
+        assert!(
+            ops.contains_key(&(method.into(), "/mcp".into())),
+            "{method} /mcp"
+        );
     }
 }
 
@@ -258,8 +267,14 @@ fn readme_route_tables_list_exactly_the_documented_routes_and_codes() {
         })
         .collect();
 
-    assert!(only_documented.is_empty(), "not in the README: {only_documented:#?}");
-    assert!(only_readme.is_empty(), "README rows with no route: {only_readme:#?}");
+    assert!(
+        only_documented.is_empty(),
+        "not in the README: {only_documented:#?}"
+    );
+    assert!(
+        only_readme.is_empty(),
+        "README rows with no route: {only_readme:#?}"
+    );
     assert!(differing.is_empty(), "status codes differ: {differing:#?}");
 }
 
@@ -277,7 +292,10 @@ fn document_declares_both_security_schemes_and_uses_them() {
     assert_eq!(schemes["api_key"]["name"], "x-api-key");
     assert_eq!(schemes["bearer"]["type"], "http");
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
-    assert_eq!(v1_list, &serde_json::json!([{"bearer": []}, {"api_key": []}]));
+    assert_eq!(
+        v1_list,
+        &serde_json::json!([{"bearer": []}, {"api_key": []}])
+    );
     assert_eq!(native_list, &serde_json::json!([{"api_key": []}]));
     assert_eq!(health, &serde_json::json!([{}]));
 }
@@ -365,7 +383,10 @@ fn docs_page_loads_only_local_assets_that_are_served() {
         if path.ends_with("swagger-initializer.js") {
             let js = String::from_utf8(body).unwrap();
             assert!(js.contains("/openapi.json"), "{js}");
-            assert!(!js.contains("://"), "the initializer loads something remote: {js}");
+            assert!(
+                !js.contains("://"),
+                "the initializer loads something remote: {js}"
+            );
         }
     }
 }

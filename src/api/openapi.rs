@@ -14,13 +14,17 @@
 use axum::Router;
 use serde_json::json;
 use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
-use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::{
+    Content, ContentBuilder, OpenApi as Document, Ref, RefOr, Response, ResponseBuilder,
+};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use super::archive::ARCHIVE_TYPE;
 use super::AppState;
 
 /// Where the document and the docs page are served.
@@ -84,6 +88,31 @@ pub fn finish(doc: &mut Document) {
         for (method, op) in operations(item) {
             op.operation_id = Some(operation_id(method, path));
             add_auth(op, path, v1);
+            binary_bodies(op);
+        }
+    }
+}
+
+/// Raw-byte bodies (files, archives) as `type: string, format: binary`
+/// rather than the array of integers a `Vec<u8>` would give.
+fn binary_bodies(op: &mut Operation) {
+    if let Some(body) = op.request_body.as_mut() {
+        set_binary(body.content.iter_mut());
+    }
+    for response in op.responses.responses.values_mut() {
+        if let RefOr::T(response) = response {
+            set_binary(response.content.iter_mut());
+        }
+    }
+}
+
+fn set_binary<'a>(contents: impl Iterator<Item = (&'a String, &'a mut Content)>) {
+    for (media_type, content) in contents {
+        if media_type == "application/octet-stream" || media_type == ARCHIVE_TYPE {
+            let binary = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)));
+            content.schema = Some(binary.into());
         }
     }
 }
@@ -94,7 +123,10 @@ fn operation_id(method: &str, path: &str) -> String {
     let words = path
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty());
-    std::iter::once(method).chain(words).collect::<Vec<_>>().join("_")
+    std::iter::once(method)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 /// JSON-RPC answers every call with HTTP 200; authentication errors are in
@@ -137,11 +169,17 @@ fn add_auth(op: &mut Operation, path: &str, v1: bool) {
             .entry(code.to_owned())
             .or_insert_with(|| error_response(description, error));
     };
-    add("401", "no credential, or (on /api/v1) an invalid or expired one");
+    add(
+        "401",
+        "no credential, or (on /api/v1) an invalid or expired one",
+    );
     if !v1 {
         add("403", "the API key is unknown or revoked");
         if path != "/mcp" {
-            add("429", "the key's rate limit is spent (`Retry-After` says when)");
+            add(
+                "429",
+                "the key's rate limit is spent (`Retry-After` says when)",
+            );
         }
     }
 }
