@@ -77,6 +77,7 @@ fn concrete(path: &str) -> String {
         .replace("{snapshot_name}", "no-such-snapshot")
         .replace("{id}", "999999")
         .replace("{host_port}", "65000")
+        .replace("{scan_id}", "no-such-scan")
 }
 
 /// The fallback's answer: the router has no such route (native or v1 shape).
