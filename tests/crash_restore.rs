@@ -8,14 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::ServerProcess as Server;
 use rewind_agent::client::{AgentClient, AgentError, ExecOutput, Transport};
 use rewind_agent::protocol::{ErrorCode, ExecRequest};
-use serde_json::{json, Value};
+use serde_json::json;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -23,139 +23,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Server {
-    child: Child,
-    data_dir: PathBuf,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path, failpoint: Option<&str>) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("server.log"))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
-        cmd.env("REWIND_DATA_DIR", data_dir)
-            .env("REWIND_RUNTIME", "namespace")
-            .env("REWIND_BASE_IMAGE", common::busybox_rootfs())
-            .env("REWIND_AGENT_BINARY", common::agent_binary())
-            .env(
-                "REWIND_CONFIG",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rewind.toml"),
-            )
-            .env_remove("DB_PATH")
-            .env_remove(rewind::failpoint::FAILPOINT_ENV)
-            .env("PORT", port.to_string());
-        if let Some(fp) = failpoint {
-            cmd.env(rewind::failpoint::FAILPOINT_ENV, fp);
-        }
-        let child = cmd
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            data_dir: data_dir.to_owned(),
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while reqwest::blocking::get(format!("{}/health", server.base))
-            .map_or(true, |r| !r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "not healthy: {}", server.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
-    }
-
-    /// The request's status and body; `None` when the server died mid-way.
-    fn try_req(
-        &self,
-        method: &str,
-        path: &str,
-        key: &str,
-        body: Option<Value>,
-    ) -> Option<(u16, Value)> {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
-        let mut r = client
-            .request(method.parse().unwrap(), format!("{}{}", self.base, path))
-            .header("x-api-key", key);
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().ok()?;
-        let status = resp.status().as_u16();
-        let text = resp.text().ok()?;
-        Some((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
-    }
-
-    fn req(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        self.try_req(method, path, key, body)
-            .unwrap_or_else(|| panic!("{method} {path}: no answer; log:\n{}", self.log()))
-    }
-
-    /// SIGKILL the service (not its sandboxes, which outlive it) and reap it.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Wait for a crash at a failpoint.
-    fn wait_crashed(mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "server did not crash: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(dir: &Path, failpoint: Option<&str>) -> Server {
+    Server::start(dir, &common::busybox_rootfs(), failpoint)
 }
 
 fn data_dir(name: &str) -> PathBuf {
     common::data_dir_sharing_images(name)
-}
-
-fn bootstrap_key(server: &Server) -> String {
-    let client = reqwest::blocking::Client::new();
-    let resp = client
-        .post(format!("{}/api-keys", server.base))
-        .header("content-type", "application/json")
-        .body(json!({"name": "crash"}).to_string())
-        .send()
-        .unwrap();
-    let body: Value = resp.json().unwrap();
-    body["key"].as_str().unwrap().to_owned()
 }
 
 /// A sandbox with snapshots `snap-a` (f = A, 300 files in s/) and `snap-b`
@@ -263,9 +136,9 @@ fn crash_at_every_restore_failpoint_puts_the_workspace_back_at_restart() {
     let dir = data_dir("crash-failpoints");
     let mut first_key = None;
     for step in rewind::failpoint::FAILPOINTS {
-        let server = Server::start(&dir, Some(step));
+        let server = start(&dir, Some(step));
         let key = first_key
-            .get_or_insert_with(|| bootstrap_key(&server))
+            .get_or_insert_with(|| server.bootstrap_key())
             .clone();
         let vm = sandbox_with_two_snapshots(&server, &key);
         let answer = server.try_req(
@@ -282,7 +155,7 @@ fn crash_at_every_restore_failpoint_puts_the_workspace_back_at_restart() {
             Some(ErrorCode::WorkspaceUnavailable),
             "{refused}"
         );
-        let server = Server::start(&dir, None);
+        let server = start(&dir, None);
         if *step != "restore:before_mount" {
             assert!(
                 server.log().contains("a restore was cut off"),
@@ -299,8 +172,8 @@ fn crash_at_every_restore_failpoint_puts_the_workspace_back_at_restart() {
 fn restore_error_before_mount_is_retried_and_the_workspace_is_live() {
     let _s = serial();
     let dir = data_dir("crash-error-once");
-    let server = Server::start(&dir, Some("restore:before_mount:error"));
-    let key = bootstrap_key(&server);
+    let server = start(&dir, Some("restore:before_mount:error"));
+    let key = server.bootstrap_key();
     let vm = sandbox_with_two_snapshots(&server, &key);
     let (status, body) = server.req(
         "POST",
@@ -323,8 +196,8 @@ fn restore_error_before_mount_is_retried_and_the_workspace_is_live() {
 fn restore_that_cannot_mount_back_marks_the_sandbox_failed() {
     let _s = serial();
     let dir = data_dir("crash-error-always");
-    let server = Server::start(&dir, Some("restore:before_replace:error-always"));
-    let key = bootstrap_key(&server);
+    let server = start(&dir, Some("restore:before_replace:error-always"));
+    let key = server.bootstrap_key();
     let vm = sandbox_with_two_snapshots(&server, &key);
     let (status, body) = server.req(
         "POST",
@@ -352,8 +225,8 @@ fn kill_9_during_restores_never_leaves_a_sandbox_without_its_workspace() {
     let mut key = None;
     let mut vm = None;
     for round in 0..5 {
-        let server = Server::start(&dir, None);
-        let k = key.get_or_insert_with(|| bootstrap_key(&server)).clone();
+        let server = start(&dir, None);
+        let k = key.get_or_insert_with(|| server.bootstrap_key()).clone();
         let name = vm
             .get_or_insert_with(|| sandbox_with_two_snapshots(&server, &k))
             .clone();
@@ -380,11 +253,11 @@ fn kill_9_during_restores_never_leaves_a_sandbox_without_its_workspace() {
             )
             .unwrap();
         });
-        server.kill9();
-        let server = Server::start(&dir, None);
+        drop(server); // SIGKILL: its sandboxes outlive it
+        let server = start(&dir, None);
         assert_workspace_whole(&server, &k, &name);
     }
-    let server = Server::start(&dir, None);
+    let server = start(&dir, None);
     server.req(
         "DELETE",
         &format!("/vms/{}", vm.unwrap()),
