@@ -25,19 +25,7 @@ fn env() -> &'static Service {
 
 /// One `/api/v1` request with `Authorization: Bearer <token>`.
 fn v1(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("/api/v1{path}"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    };
-    env().raw(req.unwrap())
+    env().bearer(method, path, token, body)
 }
 
 /// Register a fresh user and log in: (username, JWT).

@@ -109,6 +109,30 @@ impl Service {
         self.rt.block_on(raw(&self.state, req))
     }
 
+    /// One JSON request to `/api/v1<path>` with `Authorization: Bearer
+    /// <token>` (a JWT or an API key), or no credentials.
+    pub fn bearer(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        };
+        self.raw(req.unwrap())
+    }
+
     /// A new non-admin key.
     pub fn user_key(&self) -> String {
         let (status, body) = self.call(
