@@ -14,9 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::service::Service;
-use rewind::api::app;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 /// Imports one at a time: the tests check that no staging dir is left.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -87,41 +85,15 @@ fn cold_snapshots_stay_listed_and_restore_saying_cold() {
 }
 
 fn export(key: &str, uri: &str) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
-        .uri(uri)
-        .header("x-api-key", key)
-        .body(Body::empty())
-        .unwrap();
-    let svc = env();
-    svc.rt.block_on(async {
-        let resp = app(svc.state.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 30)
-            .await
-            .unwrap();
-        (status, bytes.to_vec())
-    })
+    env().get_bytes(key, uri)
 }
 
 fn import(key: &str, name: &str, archive: Vec<u8>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method("POST")
-        .uri(format!("/vms/import?name={name}"))
-        .header("x-api-key", key)
-        .header("content-type", "application/octet-stream")
-        .body(Body::from(archive))
-        .unwrap();
-    env().raw(req)
+    env().import(key, name, archive)
 }
 
 fn staging_dirs() -> Vec<String> {
-    let storage = &env().state.sandboxes.storage;
-    storage.flush_background();
-    std::fs::read_dir(storage.pool_path().join("sandboxes"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".import"))
-        .collect()
+    env().import_staging_dirs()
 }
 
 #[test]

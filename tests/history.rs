@@ -14,13 +14,11 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use common::service::Service;
 use rewind::api::app;
 use rewind_storage::Thinning;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const KEEP_RECENT: usize = 4;
 
@@ -130,31 +128,11 @@ fn thinned_snapshot_is_404_and_kept_old_one_restores() {
 
 /// `GET` of an export: status and the raw body bytes.
 fn export(key: &str, vm: &str, snap: &str) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
-        .uri(format!("/vms/{vm}/snapshots/{snap}/export"))
-        .header("x-api-key", key)
-        .body(Body::empty())
-        .unwrap();
-    let svc = env();
-    svc.rt.block_on(async {
-        let resp = app(svc.state.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 30)
-            .await
-            .unwrap();
-        (status, bytes.to_vec())
-    })
+    env().get_bytes(key, &format!("/vms/{vm}/snapshots/{snap}/export"))
 }
 
 fn import(key: &str, name: &str, archive: Vec<u8>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method("POST")
-        .uri(format!("/vms/import?name={name}"))
-        .header("x-api-key", key)
-        .header("content-type", "application/octet-stream")
-        .body(Body::from(archive))
-        .unwrap();
-    env().raw(req)
+    env().import(key, name, archive)
 }
 
 /// Every object under `root`: relative path, mode, owner, size, content or
@@ -186,13 +164,7 @@ fn tree(root: &Path) -> Vec<(String, u32, u32, Vec<u8>)> {
 }
 
 fn staging_dirs() -> Vec<String> {
-    let storage = &env().state.sandboxes.storage;
-    storage.flush_background();
-    std::fs::read_dir(storage.pool_path().join("sandboxes"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".import"))
-        .collect()
+    env().import_staging_dirs()
 }
 
 #[test]

@@ -81,28 +81,12 @@ fn multipart(key: &str, uri: &str, parts: &[Part]) -> Request<Body> {
 
 /// Raw bytes of `GET /api/v1<uri>`.
 fn download(key: &str, uri: &str) -> (StatusCode, Vec<u8>) {
-    use tower::ServiceExt;
-    let req = Request::get(format!("/api/v1{uri}"))
-        .header("x-api-key", key)
-        .body(Body::empty())
-        .unwrap();
-    svc().rt.block_on(async {
-        let resp = rewind::api::app(svc().state.clone())
-            .oneshot(req)
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-            .await
-            .unwrap();
-        (status, bytes.to_vec())
-    })
+    svc().get_bytes(key, &format!("/api/v1{uri}"))
 }
 
 fn sha256(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex::encode(digest))
 }
 
 /// Every byte value, a few times over.

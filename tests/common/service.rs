@@ -133,6 +133,46 @@ impl Service {
         self.raw(req.unwrap())
     }
 
+    /// `GET uri` with `x-api-key`: the status and the raw body bytes
+    /// (archives, downloads).
+    pub fn get_bytes(&self, key: &str, uri: &str) -> (StatusCode, Vec<u8>) {
+        let req = Request::get(uri)
+            .header("x-api-key", key)
+            .body(Body::empty())
+            .unwrap();
+        self.rt.block_on(async {
+            let resp = app(self.state.clone()).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 30)
+                .await
+                .unwrap();
+            (status, bytes.to_vec())
+        })
+    }
+
+    /// `POST /vms/import?name=<name>` with `archive` as the raw body.
+    pub fn import(&self, key: &str, name: &str, archive: Vec<u8>) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("/vms/import?name={name}"))
+            .header("x-api-key", key)
+            .header("content-type", "application/octet-stream")
+            .body(Body::from(archive))
+            .unwrap();
+        self.raw(req)
+    }
+
+    /// The import staging dirs left in the pool (after background work).
+    pub fn import_staging_dirs(&self) -> Vec<String> {
+        let storage = &self.state.sandboxes.storage;
+        storage.flush_background();
+        std::fs::read_dir(storage.pool_path().join("sandboxes"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".import"))
+            .collect()
+    }
+
     /// A new non-admin key.
     pub fn user_key(&self) -> String {
         let (status, body) = self.call(
