@@ -9,13 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use common::{config, manifest, mutate, populate, sandbox, set_xattr, snap, test_dir, Manifest};
-use rewind_storage::failpoint::FAILPOINT_ENV;
 use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage, Tier};
 
 fn storage() -> &'static Storage {
@@ -207,25 +204,7 @@ fn crash_config() -> rewind_storage::PoolConfig {
 }
 
 fn crash_in_child(op: &str, sb: &SandboxName, failpoint: &str) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "cold_crash_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("REWIND_CRASH_OP", op)
-        .env("REWIND_CRASH_SANDBOX", sb.as_ref())
-        .env(FAILPOINT_ENV, failpoint)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "child for {failpoint} did not abort there: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::crash_in_child("cold_crash_child", op, sb, failpoint);
 }
 
 #[test]

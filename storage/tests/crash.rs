@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -18,7 +17,7 @@ use std::sync::Mutex;
 use nix::mount::MsFlags;
 
 use common::{config, manifest, mutate, populate, sandbox, snap, test_dir, Manifest};
-use rewind_storage::failpoint::{FAILPOINTS, FAILPOINT_ENV};
+use rewind_storage::failpoint::FAILPOINTS;
 use rewind_storage::{CreateOptions, Retention, SandboxName, SnapshotKind, Storage};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -33,27 +32,8 @@ fn open() -> Storage {
     s
 }
 
-/// Runs `op` on `sb` in a child that must die at `failpoint`.
 fn crash_in_child(op: &str, sb: &SandboxName, failpoint: &str) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("REWIND_CRASH_OP", op)
-        .env("REWIND_CRASH_SANDBOX", sb.as_ref())
-        .env(FAILPOINT_ENV, failpoint)
-        .output()
-        .unwrap();
-    assert_eq!(
-        status.status.signal(),
-        Some(libc::SIGABRT),
-        "child for {failpoint} did not abort there: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    common::crash_in_child("crash_child", op, sb, failpoint);
 }
 
 #[test]

@@ -307,3 +307,29 @@ pub fn mount_count(path: &Path) -> usize {
         .filter(|l| l.split(' ').nth(4) == Some(&*path))
         .count()
 }
+
+/// Runs `op` on `sb` in a child of this test binary (its `#[ignore]`d test
+/// `child_test`, which reads `REWIND_CRASH_OP` / `REWIND_CRASH_SANDBOX`)
+/// that must die (SIGABRT) at `failpoint`.
+pub fn crash_in_child(child_test: &str, op: &str, sb: &SandboxName, failpoint: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            child_test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("REWIND_CRASH_OP", op)
+        .env("REWIND_CRASH_SANDBOX", sb.as_ref())
+        .env(rewind_storage::failpoint::FAILPOINT_ENV, failpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "child for {failpoint} did not abort there: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
