@@ -84,7 +84,8 @@ impl Sandboxes {
             return Err(too_large(self.config.storage.max_import_mb));
         }
         let over = Arc::new(AtomicBool::new(false));
-        let received = match self.receive(capped(body, cap, Arc::clone(&over))).await {
+        let capped_body = capped(body, cap, Arc::clone(&over));
+        let received = match self.receive(capped_body, declared_len).await {
             Err(_) if over.load(Ordering::SeqCst) => {
                 return Err(too_large(self.config.storage.max_import_mb))
             }
@@ -102,6 +103,7 @@ impl Sandboxes {
     async fn receive(
         &self,
         mut body: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+        declared_len: Option<u64>,
     ) -> Result<Received, SandboxError> {
         let (tx, rx) = mpsc::channel(8);
         let pump = tokio::spawn(async move {
@@ -113,7 +115,7 @@ impl Sandboxes {
         });
         let storage = self.storage.clone();
         let received = tokio::task::spawn_blocking(move || {
-            storage.receive_archive(&mut ChannelReader::new(rx))
+            storage.receive_archive_sized(&mut ChannelReader::new(rx), declared_len)
         })
         .await?;
         pump.abort();

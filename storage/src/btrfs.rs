@@ -20,6 +20,7 @@ pub(crate) struct SubvolMeta {
     pub otransid: u64,
     pub created: SystemTime,
     pub uuid: [u8; 16],
+    pub ctransid: u64,
 }
 
 /// The qgroup a new subvolume joins at creation (`None`: none).
@@ -76,6 +77,7 @@ pub(crate) fn subvolume_meta(path: &Path) -> Result<SubvolMeta, StorageError> {
         otransid: info.otransid(),
         created: info.created(),
         uuid: info.uuid().into_bytes(),
+        ctransid: info.ctransid(),
     })
 }
 

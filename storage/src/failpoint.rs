@@ -27,6 +27,7 @@ pub const FAILPOINTS: &[&str] = &[
     "delete_snapshot:after_state",
     "trash:after_first_delete",
     "import:after_mkdir",
+    "import:while_receiving",
     "import:after_verify",
     "import:after_receive",
     "import:before_discard",

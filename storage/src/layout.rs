@@ -28,6 +28,8 @@ pub(crate) const COLD: &str = "cold";
 /// Prefix of sandbox directories still being built by `create_workspace`.
 pub(crate) const CREATING_PREFIX: &str = ".create-";
 pub(crate) const IMPORTING_PREFIX: &str = ".import.";
+/// Prefix of an export's private read-only clone of the snapshot it walks.
+pub(crate) const EXPORTING_PREFIX: &str = ".export.";
 
 /// Path arithmetic over one pool.
 #[derive(Clone, Debug)]
@@ -83,6 +85,11 @@ impl Layout {
     pub fn importing(&self) -> PathBuf {
         self.sandboxes()
             .join(unique(IMPORTING_PREFIX.trim_end_matches('.')))
+    }
+    /// A fresh directory name for an export's private clone.
+    pub fn exporting(&self) -> PathBuf {
+        self.sandboxes()
+            .join(unique(EXPORTING_PREFIX.trim_end_matches('.')))
     }
     /// A fresh temporary directory name for creating sandbox `sb`.
     pub fn creating(&self, sb: &SandboxName) -> PathBuf {

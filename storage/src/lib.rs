@@ -215,6 +215,7 @@ mod pool;
 mod qgroup;
 mod quota;
 mod recovery;
+mod send_gen;
 mod send_stream;
 mod storage;
 mod thinning;

@@ -74,6 +74,9 @@ pub(crate) fn run(l: &Layout) -> Result<(Vec<String>, Vec<PathBuf>), StorageErro
             report.push(format!(
                 "removed an interrupted import's staging dir {name}"
             ));
+        } else if name.starts_with(layout::EXPORTING_PREFIX) {
+            trashed.push(move_to_trash(l, &path, "export-clone")?);
+            report.push(format!("removed an interrupted export's clone {name}"));
         } else if path.is_dir() {
             report.extend(finish_swap(l, &path, &mut trashed)?);
             report.extend(crate::ops::cold::recover(l, &path, &mut trashed)?);
