@@ -9,7 +9,12 @@
 //! REWIND_BENCH_ARCHIVE_FILES=2000 REWIND_BENCH_ARCHIVE_MB=20 cargo bench -p rewind-storage --bench archive
 //! ```
 //!
+//! Every row starts with the tree's page cache dropped (`evict`): a fresh
+//! snapshot's files are cold (its inodes are not the workspace's), and so
+//! are those of the private clone an export walks.
+//!
 //! Environment: `REWIND_BENCH_ARCHIVE_FILES` (default 20000),
+//! `REWIND_BENCH_ARCHIVE_ROUNDS` (default 5),
 //! `REWIND_BENCH_ARCHIVE_MB` (default 200, spread evenly over the files;
 //! half of each file pseudo-random, half text), `REWIND_BENCH_DIR` (default
 //! /var/tmp/rewind-bench-archive).
@@ -74,8 +79,6 @@ fn sh(script: &str) {
     assert!(status.success(), "{script}");
 }
 
-/// Rounds of every measurement, interleaved; the tables show medians.
-const ROUNDS: usize = 3;
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -90,6 +93,8 @@ fn secs(f: impl FnOnce()) -> f64 {
 
 fn main() {
     let files = env_usize("REWIND_BENCH_ARCHIVE_FILES", 20_000);
+    // Rounds of every measurement, interleaved; the tables show medians.
+    let rounds = env_usize("REWIND_BENCH_ARCHIVE_ROUNDS", 5);
     let mb = env_usize("REWIND_BENCH_ARCHIVE_MB", 200);
     let dir = std::env::var("REWIND_BENCH_DIR").unwrap_or("/var/tmp/rewind-bench-archive".into());
     let s = Storage::open(PoolConfig {
@@ -127,7 +132,7 @@ fn main() {
         })
     };
     let mut rows: [Vec<f64>; 6] = Default::default();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         evict(&snap_path);
         rows[0].push(secs(|| {
             let mut out = File::create(&archive).unwrap();
@@ -164,20 +169,20 @@ fn main() {
     let [export, import, send_only, tar_c1, tar_c3, tar_x] = rows.map(median);
     let size = |p: &Path| fs::metadata(p).unwrap().len() as f64 / (1 << 20) as f64;
     let rate = |t: f64| mb as f64 / t;
-    println!("\n{files} files, {mb} MiB of file data, median of {ROUNDS} interleaved rounds\n");
+    println!("\n{files} files, {mb} MiB of file data, median of {rounds} interleaved rounds, every row from a cold page cache\n");
     println!("| | seconds | MiB/s (file data) | output MiB |");
     println!("|---|---|---|---|");
     println!(
-        "| export (send + zstd + sha256) | {export:.2} | {:.0} | {:.1} |",
+        "| export (userspace send stream + zstd + sha256) | {export:.2} | {:.0} | {:.1} |",
         rate(export),
         size(&archive)
     );
     println!(
-        "| import (verify + receive + create) | {import:.2} | {:.0} | |",
+        "| import (receive while hashing + create) | {import:.2} | {:.0} | |",
         rate(import)
     );
     println!(
-        "| `btrfs send > /dev/null` (the send alone) | {send_only:.2} | {:.0} | |",
+        "| `btrfs send > /dev/null` (the kernel's send alone) | {send_only:.2} | {:.0} | |",
         rate(send_only)
     );
     println!(

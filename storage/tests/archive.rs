@@ -126,3 +126,19 @@ fn import_of_bad_archives_names_the_problem_and_leaves_nothing() {
     assert_eq!(staging_dirs(), Vec::<String>::new());
     storage().delete_sandbox(&src).unwrap();
 }
+
+#[test]
+fn import_declared_larger_than_the_free_space_is_no_space_and_leaves_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (src, archive) = exported("arch-full");
+    let declared = Some(u64::MAX / 4);
+
+    let err = storage()
+        .receive_archive_sized(&mut &archive[..], declared)
+        .unwrap_err();
+
+    assert!(matches!(err, StorageError::NoSpace { .. }), "{err:?}");
+    assert!(err.is_no_space());
+    assert_eq!(staging_dirs(), Vec::<String>::new());
+    storage().delete_sandbox(&src).unwrap();
+}
