@@ -79,7 +79,6 @@ fn sh(script: &str) {
     assert!(status.success(), "{script}");
 }
 
-
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]

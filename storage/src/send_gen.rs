@@ -21,7 +21,7 @@
 //! `symlink`, `mknod`, `mkfifo`, `mksock`) or `link` to the first path of
 //! an inode already sent, xattrs, the data as 48 KiB `write`s of the
 //! ranges `SEEK_DATA` finds (holes stay holes) and a `truncate` to the
-//! size, `chown`, `chmod` (not for symlinks), `security.capability` again
+//! size when a hole ends the file, `chown`, `chmod` (not for symlinks), `security.capability` again
 //! (chown clears it), `utimes`. A directory's `utimes` comes after all its
 //! entries (creating them changed its mtime), the root's last, then `end`.
 //! Like the kernel, no `chmod`/`chown` reaches the receiver before the data.
@@ -304,13 +304,19 @@ impl Walk<'_> {
     /// The data ranges of the file (holes skipped), then its size.
     fn data(&mut self, file: &File, rel: &[u8], meta: &Metadata) -> io::Result<()> {
         let size = meta.size();
-        let mut pos = 0;
+        let (mut pos, mut written) = (0, 0);
         while pos < size {
             let Some((start, end)) = next_data(file, pos)? else {
                 break;
             };
-            self.write_range(file, rel, start, end.min(size))?;
+            written = end.min(size);
+            self.write_range(file, rel, start, written)?;
             pos = end;
+        }
+        if written == size {
+            // The writes made it this long already (a trailing hole needs
+            // the truncate): one syscall less per file for the receive.
+            return Ok(());
         }
         self.em.with_path(cmd::TRUNCATE, rel);
         self.em.u64(attr::SIZE, size);
