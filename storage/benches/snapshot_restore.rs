@@ -227,6 +227,9 @@ fn main() {
     let mut cfg = PoolConfig::new(&dir);
     cfg.image_size_bytes = 40 << 30;
     cfg.quotas = std::env::var("REWIND_BENCH_QUOTAS").map_or(true, |v| v != "0");
+    // Every snapshot stays restorable: thinning (the default) would delete
+    // older `s<i>` before the restores pick them.
+    cfg.keep_recent = 10_000;
     let s = Storage::open(cfg).expect("open bench pool");
     println!(
         "pool {} (quotas {})\n",
