@@ -76,13 +76,17 @@
 //!   subvolumes cannot be moved out of their directory, so they are deleted
 //!   in place — the ioctl unlinks atomically and the kernel's cleaner frees
 //!   the extents in the background), then its `snapstate`, `aux`, marker.
-//! * **export**: no state change; `BTRFS_IOC_SEND` of `snaps/<snap>`
-//!   (the kernel refuses to delete a snapshot while it is being sent, so
-//!   thinning cannot truncate an export). Format in `ops/archive.rs`.
-//! * **import**: `.import.<unique>/` staging dir, the archive copied into
-//!   it and verified (magic, SHA-256 trailer), `btrfs receive` of it, then
-//!   **create** with [`CreateOptions::import`] (commit: create's rename),
-//!   then the staging dir to the trash. Recovery trashes `.import.*`.
+//! * **export**: no state change. Full: a read-only clone of
+//!   `snaps/<snap>` in `.export.<unique>/` (so thinning cannot pull the
+//!   tree away mid-walk), its send stream generated in userspace
+//!   (`send_gen`), the clone to the trash; recovery trashes `.export.*`.
+//!   Incremental: `BTRFS_IOC_SEND` (the kernel refuses to delete a
+//!   snapshot while it is being sent). Format in `ops/archive.rs`.
+//! * **import**: `.import.<unique>/` staging dir (the quarantine), the
+//!   archive's bytes hashed and fed to `btrfs receive` as they arrive, the
+//!   SHA-256 trailer verified, then **create** with
+//!   [`CreateOptions::import`] (commit: create's rename), then the staging
+//!   dir to the trash. Recovery trashes `.import.*`.
 //! * **archive to cold** (thinning with [`PoolConfig::cold_history`]):
 //!   stream + meta under `cold/.new-<snap>`, fsynced, renamed to
 //!   `cold/<snap>` (commit), then **delete snapshot** of the hot one. The
