@@ -61,7 +61,7 @@ fn populate_more(root: &Path) {
     dev("block-dev", SFlag::S_IFBLK, 7, 300);
     drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
     fs::write(root.join("no-access"), b"mode 000").unwrap();
-    fs::set_permissions(root.join("no-access"), fs::Permissions::from_mode(0)).unwrap();
+    fs::set_permissions(root.join("no-access"), fs::Permissions::from_mode(0o000)).unwrap();
     std::os::unix::fs::lchown(root.join("odd names"), Some(1000), Some(100)).unwrap();
     set_xattr(&root.join("empty"), "user.big", &noise(3000, 10));
     set_xattr(&root.join("long-symlink-target"), "trusted.on-a-link", b"x");
