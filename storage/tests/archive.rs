@@ -142,3 +142,54 @@ fn import_declared_larger_than_the_free_space_is_no_space_and_leaves_nothing() {
     assert_eq!(staging_dirs(), Vec::<String>::new());
     storage().delete_sandbox(&src).unwrap();
 }
+
+/// Deletes snapshot `s1` of its sandbox at the first write of the export:
+/// the snapshot is gone while the rest of the stream is produced.
+struct DeletingWriter<'a> {
+    sb: &'a SandboxName,
+    out: Vec<u8>,
+}
+
+impl std::io::Write for DeletingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.is_empty() {
+            storage().delete_snapshot(self.sb, &snap("s1")).unwrap();
+            storage().flush_background();
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn snapshot_deleted_during_its_export_still_gives_the_complete_archive() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = storage();
+    let src = sandbox("arch-vanish");
+    s.create_workspace(&src, &CreateOptions::default()).unwrap();
+    populate(&s.workspace_path(&src), 3 << 20);
+    s.snapshot(&src, &snap("s1"), SnapshotKind::Kept).unwrap();
+    let expected = tree(&s.snapshot_path(&src, &snap("s1")));
+    let mut out = DeletingWriter {
+        sb: &src,
+        out: Vec::new(),
+    };
+
+    s.export_snapshot(&src, &snap("s1"), &mut out).unwrap();
+
+    assert!(!s.snapshot_path(&src, &snap("s1")).exists());
+    let dst = sandbox("arch-vanish-dst");
+    let received = s.receive_archive(&mut &out.out[..]).unwrap();
+    let opts = CreateOptions {
+        import: Some(received.clone()),
+        ..Default::default()
+    };
+    s.create_workspace(&dst, &opts).unwrap();
+    s.discard_received(received).unwrap();
+    assert_eq!(tree(&s.workspace_path(&dst)), expected);
+    s.delete_sandbox(&src).unwrap();
+    s.delete_sandbox(&dst).unwrap();
+}
