@@ -193,3 +193,31 @@ fn snapshot_deleted_during_its_export_still_gives_the_complete_archive() {
     s.delete_sandbox(&src).unwrap();
     s.delete_sandbox(&dst).unwrap();
 }
+
+#[test]
+fn recovery_removes_the_clone_of_an_interrupted_export() {
+    let dir = test_dir("storage-export-recovery");
+    let s = Storage::open(config(&dir)).unwrap();
+    let leftover = s.pool_path().join("sandboxes/.export.interrupted");
+    fs::create_dir(&leftover).unwrap();
+    let made = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(leftover.join("s1"))
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    drop(s);
+
+    let s = Storage::open(config(&dir)).unwrap();
+    s.flush_background();
+
+    assert!(!leftover.exists());
+    assert!(
+        s.recovery_report()
+            .iter()
+            .any(|line| line.contains("interrupted export")),
+        "{:?}",
+        s.recovery_report()
+    );
+    assert!(s.list_sandboxes().unwrap().is_empty());
+}
