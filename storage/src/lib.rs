@@ -44,6 +44,7 @@
 //!     exchange.intent[.tmp]       ids of live.new/state.new during a state restore
 //!   .create-<sandbox>.<unique>/   a sandbox being created (same contents)
 //!   .import.<unique>/             an archive being received (staging)
+//!   .export.<unique>/<snap>       read-only clone a full export walks
 //! templates/<name>                rw subvolume per template
 //! trash/<unique>                  things being deleted by the background worker
 //! ```

@@ -5,6 +5,7 @@ pub(crate) mod cold;
 mod create;
 pub(crate) mod delete;
 mod diff;
+mod import;
 mod list;
 pub(crate) mod restore;
 mod snapshot;
