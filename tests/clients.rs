@@ -4,8 +4,9 @@
 //! speaks `/api/v1/rpc`) on the JSON-RPC endpoint. The clients are
 //! installed into a venv under the test root (created once, reused).
 //!
-//! Needs the debootstrap base image (python3 + nodejs in the sandbox) and
-//! PyPI; without either the tests print `SKIPPED <name>: <reason>`.
+//! `#[ignore]`d for needing the debootstrap base image (python3 + nodejs in
+//! the sandbox) and PyPI: `scripts/test.sh` builds the image and runs these
+//! with `--ignored`, where a missing one fails naming it.
 
 mod common;
 
@@ -27,36 +28,22 @@ struct Env {
     python: PathBuf,
 }
 
-fn base_image() -> Result<PathBuf, String> {
-    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
-    match real.join(".rewind-image-complete").exists() {
-        true => Ok(real),
-        false => Err(format!("no debootstrap base image at {}", real.display())),
-    }
-}
-
-fn env(test: &str) -> Option<&'static Env> {
-    static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
-    let env = ENV.get_or_init(|| {
-        let image = base_image()?;
-        let python = common::python::venv("venv-clients", CLIENTS)?;
+/// The shared service on the debootstrap image and the venv with the
+/// clients; panics naming what is missing (the image, or PyPI).
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let image = common::debootstrap_image();
+        let python = common::python::venv("venv-clients", CLIENTS)
+            .unwrap_or_else(|e| panic!("needs PyPI for {CLIENTS:?}: {e}"));
         let service = Service::start("clients", image, |_| {});
         let url = service.serve();
-        Ok(Env {
+        Env {
             service,
             url,
             python,
-        })
-    });
-    match env {
-        Ok(env) => Some(env),
-        Err(reason) => {
-            println!("SKIPPED {test}: {reason}");
-            None
         }
-    }
+    })
 }
 
 /// Runs `tests/clients/<script>` with the venv's python; asserts success.
@@ -81,10 +68,9 @@ fn run_client(env: &Env, script: &str, key: &str, sandbox: &str) {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and PyPI; scripts/test.sh runs it"]
 fn mcp_official_sdk_runs_restores_and_reads_back() {
-    let Some(env) = env("mcp_official_sdk_runs_restores_and_reads_back") else {
-        return;
-    };
+    let env = env();
     let key = env.service.user_key();
     let sandbox = common::unique("mcp");
 
@@ -94,10 +80,9 @@ fn mcp_official_sdk_runs_restores_and_reads_back() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and PyPI; scripts/test.sh runs it"]
 fn mcp_without_key_is_401_and_wrong_key_403() {
-    let Some(env) = env("mcp_without_key_is_401_and_wrong_key_403") else {
-        return;
-    };
+    let env = env();
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
 
     let (missing, _) = env.service.call("POST", "/mcp", None, Some(init.clone()));
@@ -112,10 +97,9 @@ fn mcp_without_key_is_401_and_wrong_key_403() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and PyPI; scripts/test.sh runs it"]
 fn microsandbox_sdk_0_1_8_runs_repl_and_commands() {
-    let Some(env) = env("microsandbox_sdk_0_1_8_runs_repl_and_commands") else {
-        return;
-    };
+    let env = env();
     let key = env.service.user_key();
     let sandbox = common::unique("msb");
 

@@ -6,7 +6,9 @@
 //! processes (thawed); a restore that was cut off leaves the sandbox
 //! running on one snapshot's files (never old processes on new files), and
 //! the memory snapshot restores afterwards. Starts the real service as a
-//! process (`rewind serve`) on the debootstrap image. Needs root and CRIU.
+//! process (`rewind serve`) on the debootstrap image. Needs root, and is
+//! `#[ignore]`d for needing the debootstrap base image and CRIU:
+//! `scripts/test.sh` provides both and runs it with `--ignored`.
 
 mod common;
 
@@ -24,18 +26,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The debootstrap image, or why these tests cannot run.
-fn base_image(test: &str) -> Option<PathBuf> {
+/// The debootstrap image, after asserting that it and CRIU are there
+/// (panics naming what is missing).
+fn base_image() -> PathBuf {
     let image = common::memory::base_image();
-    if !image.join("usr/bin/python3").exists() {
-        eprintln!("SKIPPED {test}: no debootstrap base image (REWIND_TEST_BASE_IMAGE)");
-        return None;
-    }
     if let Err(reason) = criu_check() {
-        eprintln!("SKIPPED {test}: {reason}");
-        return None;
+        panic!("needs a working CRIU (scripts/install-deps.sh builds it): {reason}");
     }
-    Some(image)
+    image
 }
 
 fn criu_check() -> Result<(), String> {
@@ -137,11 +135,9 @@ fn assert_restore_cut_off_cleanly(server: &ServerProcess, key: &str, vm: &str) {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn crash_at_every_memory_failpoint_recovers_a_whole_sandbox() {
-    let test = "crash_at_every_memory_failpoint_recovers_a_whole_sandbox";
-    let Some(image) = base_image(test) else {
-        return;
-    };
+    let image = base_image();
     let _s = serial();
     let dir = data_dir("memory-crash");
     let mut key = None;
@@ -217,11 +213,9 @@ fn kill_9_during_criu(server: &ServerProcess, vm: &str, verb: &str, send: impl F
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn kill_9_while_criu_dumps_or_restores_recovers_a_whole_sandbox() {
-    let test = "kill_9_while_criu_dumps_or_restores_recovers_a_whole_sandbox";
-    let Some(image) = base_image(test) else {
-        return;
-    };
+    let image = base_image();
     let _s = serial();
     let dir = data_dir("memory-kill9");
     let server = ServerProcess::start(&dir, &image, None);

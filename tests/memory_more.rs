@@ -4,8 +4,10 @@
 //! survives one, the snapshot records CRIU's version and the image size,
 //! and what CRIU cannot checkpoint is refused by name with nothing changed.
 //!
-//! Needs python3 in the base image (`REWIND_TEST_BASE_IMAGE`) and a working
-//! CRIU; without them each test prints `SKIPPED <name>: <reason>`.
+//! `#[ignore]`d: needs the debootstrap base image (`REWIND_TEST_BASE_IMAGE`,
+//! python3) and a working CRIU, which `scripts/test.sh` builds and installs
+//! before running these with `--ignored`; there a missing one is a failure
+//! naming it.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use common::memory::{restore, skip_reason, snapshot, wait_stdout, Sandbox};
+use common::memory::{require_criu, restore, snapshot, wait_stdout, Sandbox};
 use common::service::Service;
 
 fn env() -> &'static Service {
@@ -36,14 +38,11 @@ fn get_through(port: u16) -> String {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn http_server_answers_through_a_port_forward_after_a_memory_restore() {
-    let test = "http_server_answers_through_a_port_forward_after_a_memory_restore";
     let vm = Sandbox::create(env(), "memweb");
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
-    if let Some(skip) = skip_reason(env(), test, key, name) {
-        eprintln!("{skip}");
-        return;
-    }
+    require_criu(env(), key, name);
     let start = "mkdir -p /tmp/www && echo served-from-memory > /tmp/www/index.html && \
         (nohup python3 -m http.server 8000 --bind 127.0.0.1 --directory /tmp/www >/dev/null 2>&1 & echo $! > /tmp/web.pid)";
     env().run(key, name, start);
@@ -80,14 +79,11 @@ fn http_server_answers_through_a_port_forward_after_a_memory_restore() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn memory_snapshot_records_criu_version_and_image_size() {
-    let test = "memory_snapshot_records_criu_version_and_image_size";
     let vm = Sandbox::create(env(), "memmeta");
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
-    if let Some(skip) = skip_reason(env(), test, key, name) {
-        eprintln!("{skip}");
-        return;
-    }
+    require_criu(env(), key, name);
     let criu = std::process::Command::new("criu")
         .arg("--version")
         .output()
@@ -132,14 +128,11 @@ fn memory_snapshot_records_criu_version_and_image_size() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn repl_variable_survives_a_memory_restore() {
-    let test = "repl_variable_survives_a_memory_restore";
     let vm = Sandbox::create(env(), "memrepl");
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
-    if let Some(skip) = skip_reason(env(), test, key, name) {
-        eprintln!("{skip}");
-        return;
-    }
+    require_criu(env(), key, name);
     let cell = |code: &str| {
         let path = format!("/vms/{name}/repl");
         let body = json!({"language": "python", "code": code});
@@ -175,14 +168,11 @@ nohup python3 /tmp/uring.py >/dev/null 2>&1 &
 while [ ! -s /tmp/uring.fd ]; do sleep 0.01; done; cat /tmp/uring.fd"#;
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn process_crius_cannot_checkpoint_is_409_naming_it_and_nothing_changes() {
-    let test = "process_crius_cannot_checkpoint_is_409_naming_it_and_nothing_changes";
     let vm = Sandbox::create(env(), "memuring");
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
-    if let Some(skip) = skip_reason(env(), test, key, name) {
-        eprintln!("{skip}");
-        return;
-    }
+    require_criu(env(), key, name);
     let fd = env().run(key, name, IO_URING)["stdout"].clone();
     assert!(fd.as_str().unwrap().parse::<i32>().unwrap() >= 0, "{fd}");
     let pid = env().run(key, name, "pgrep -f '[u]ring.py'")["stdout"].clone();
@@ -203,14 +193,11 @@ fn process_crius_cannot_checkpoint_is_409_naming_it_and_nothing_changes() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes() {
-    let test = "workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes";
     let vm = Sandbox::create(env(), "memthenfiles");
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
-    if let Some(skip) = skip_reason(env(), test, key, name) {
-        eprintln!("{skip}");
-        return;
-    }
+    require_criu(env(), key, name);
     // Outside /workspace: a workspace restore kills the processes holding it.
     env().run(
         key,

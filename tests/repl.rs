@@ -1,12 +1,12 @@
 //! Stateful REPLs (`POST /vms/:name/repl`) and the microsandbox-compatible
 //! JSON-RPC endpoint (`POST /api/v1/rpc`), through the router against the
 //! real service: loop-mounted Btrfs, namespace runtime, real agent, and the
-//! debootstrap base image (python3 + nodejs). Without that image the tests
-//! print `SKIPPED <name>: <reason>` (scripts/test.sh always builds it).
+//! debootstrap base image (python3 + nodejs). `#[ignore]`d for needing that
+//! image: `scripts/test.sh` builds it and runs these with `--ignored`
+//! (without it they fail naming it).
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use axum::body::Body;
@@ -15,26 +15,14 @@ use serde_json::{json, Value};
 
 use common::service::Service;
 
-fn base_image() -> Option<PathBuf> {
-    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
-    real.join(".rewind-image-complete").exists().then_some(real)
-}
-
-/// The shared service, or `None` (after a loud skip line) without python.
-fn env(test: &str) -> Option<&'static Service> {
-    static ENV: OnceLock<Option<Service>> = OnceLock::new();
-    let service = ENV.get_or_init(|| {
-        let image = base_image()?;
-        Some(Service::start("repl", image, |config| {
+/// The shared service on the debootstrap image (panics when it is absent).
+fn env() -> &'static Service {
+    static ENV: OnceLock<Service> = OnceLock::new();
+    ENV.get_or_init(|| {
+        Service::start("repl", common::debootstrap_image(), |config| {
             config.exec.max_timeout_secs = 60;
-        }))
-    });
-    if service.is_none() {
-        println!("SKIPPED {test}: no debootstrap base image (python3, nodejs); set REWIND_TEST_BASE_IMAGE");
-    }
-    service.as_ref()
+        })
+    })
 }
 
 /// Deletes its sandbox when the test ends (also on a failed assertion).
@@ -72,10 +60,9 @@ fn cell(s: &Service, key: &str, vm: &str, language: &str, code: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_python_keeps_state_over_three_calls() {
-    let Some(s) = env("repl_python_keeps_state_over_three_calls") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-py");
     let vm = guard.name.as_str();
@@ -99,10 +86,9 @@ fn repl_python_keeps_state_over_three_calls() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_python_separates_streams_and_reports_exceptions() {
-    let Some(s) = env("repl_python_separates_streams_and_reports_exceptions") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-err");
     let vm = guard.name.as_str();
@@ -126,10 +112,9 @@ fn repl_python_separates_streams_and_reports_exceptions() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_python_runaway_cell_is_interrupted_and_state_kept() {
-    let Some(s) = env("repl_python_runaway_cell_is_interrupted_and_state_kept") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-loop");
     let vm = guard.name.as_str();
@@ -163,10 +148,9 @@ fn repl_python_runaway_cell_is_interrupted_and_state_kept() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_python_cell_ignoring_interrupt_kills_interpreter() {
-    let Some(s) = env("repl_python_cell_ignoring_interrupt_kills_interpreter") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-stubborn");
     let vm = guard.name.as_str();
@@ -199,10 +183,9 @@ fn repl_python_cell_ignoring_interrupt_kills_interpreter() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_node_keeps_state_and_interrupts_runaway_cell() {
-    let Some(s) = env("repl_node_keeps_state_and_interrupts_runaway_cell") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-js");
     let vm = guard.name.as_str();
@@ -234,10 +217,9 @@ fn repl_node_keeps_state_and_interrupts_runaway_cell() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_cell_leaves_snapshot_and_restore_keeps_interpreter() {
-    let Some(s) = env("repl_cell_leaves_snapshot_and_restore_keeps_interpreter") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-snap");
     let vm = guard.name.as_str();
@@ -284,10 +266,9 @@ fn repl_cell_leaves_snapshot_and_restore_keeps_interpreter() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn repl_bad_input_is_400_naming_the_field() {
-    let Some(s) = env("repl_bad_input_is_400_naming_the_field") else {
-        return;
-    };
+    let s = env();
     let key = s.user_key();
     let guard = vm(s, &key, "repl-bad");
     let vm = guard.name.as_str();
@@ -357,10 +338,9 @@ fn error_code(answer: &Value) -> i64 {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn rpc_start_repl_command_metrics_stop() {
-    let Some(s) = env("rpc_start_repl_command_metrics_stop") else {
-        return;
-    };
+    let s = env();
     let (key, key_id) = key_with_id(s);
     let ns = common::unique("team");
     let sb = json!({"sandbox": "env1", "namespace": ns});
@@ -436,10 +416,9 @@ fn rpc_start_repl_command_metrics_stop() {
 }
 
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn rpc_every_error_code() {
-    let Some(s) = env("rpc_every_error_code") else {
-        return;
-    };
+    let s = env();
     let (key, key_id) = key_with_id(s);
     let other = s.user_key();
     let ns = common::unique("ns");
@@ -565,10 +544,9 @@ fn rpc_every_error_code() {
 /// (`WorkspaceUnavailable`, a 503 on the native API). The answer carries
 /// the reason; nothing is snapshotted for the refused call.
 #[test]
+#[ignore = "needs the debootstrap base image; scripts/test.sh runs it"]
 fn rpc_internal_error_when_the_agent_refuses_to_run() {
-    let Some(s) = env("rpc_internal_error_when_the_agent_refuses_to_run") else {
-        return;
-    };
+    let s = env();
     let (key, key_id) = key_with_id(s);
     let ns = common::unique("ns");
     let sb = |extra: Value| {

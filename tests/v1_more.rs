@@ -2,7 +2,8 @@
 //! graceful and forced stop, host metrics, networks and port forwards —
 //! through the router with real storage, the real namespace runtime and
 //! agent, SQLite; the published `py-microvm` client against a socket.
-//! Needs root.
+//! Needs root. `v1_resources_memory_below_what_the_vm_holds_is_409_and_changes_nothing`
+//! is `#[ignore]`d: it needs a cgroup v1 host.
 
 mod common;
 
@@ -756,15 +757,12 @@ fn v1_vm_metrics_show_the_disk_limit_and_what_counts_against_it() {
 }
 
 #[test]
+#[ignore = "needs a cgroup v1 host (cgroup v2 takes such a limit and OOM-kills instead of refusing it); no CI step has one"]
 fn v1_resources_memory_below_what_the_vm_holds_is_409_and_changes_nothing() {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        // cgroup v2 takes such a limit and OOM-kills instead of refusing it.
-        println!(
-            "SKIPPED v1_resources_memory_below_what_the_vm_holds_is_409_and_changes_nothing: \
-             cgroup v2 host (the refusal is cgroup v1's EBUSY)"
-        );
-        return;
-    }
+    assert!(
+        !Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        "needs a cgroup v1 host (the refusal is cgroup v1's EBUSY)"
+    );
     let key = svc().user_key();
     let vm = create(&key, "resbusy");
     // tmpfs pages cannot be reclaimed (no swap for the sandbox).

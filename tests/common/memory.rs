@@ -1,6 +1,7 @@
 //! Helpers of the memory-snapshot tests (namespace runtime, real CRIU):
-//! the base image they need, the probe that says why they cannot run
-//! here, and a sandbox that is deleted when the test ends (panics included).
+//! the base image they need, the probe that fails naming what is missing
+//! when they cannot run here, and a sandbox that is deleted when the test
+//! ends (panics included).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,32 +11,27 @@ use serde_json::{json, Value};
 
 use super::service::Service;
 
-/// The debootstrap image when it is built, else the busybox rootfs (with
-/// which [`skip_reason`] skips by name: no python3).
+/// The debootstrap image (python3); panics naming it when it is not built.
 pub fn base_image() -> PathBuf {
-    super::debootstrap_or_busybox().0
+    super::debootstrap_image()
 }
 
-/// Why a memory test cannot run here, if it cannot: no python3 in the
-/// image, or (after asserting the 501 that says so) no CRIU. Takes a
-/// memory snapshot named `probe-mem` when it can.
-pub fn skip_reason(s: &Service, test: &str, key: &str, vm: &str) -> Option<String> {
+/// Asserts that memory snapshots work here — python3 in the image and a
+/// working CRIU — by taking one named `probe-mem`; panics naming what is
+/// missing (the tests that call this are `#[ignore]`d and run by
+/// `scripts/test.sh`, which builds both).
+pub fn require_criu(s: &Service, key: &str, vm: &str) {
     let probe = s.run(key, vm, "command -v python3 >/dev/null && echo yes");
-    if probe["stdout"] != "yes\n" {
-        return Some(format!(
-            "SKIPPED {test}: no python3 in the base image (set REWIND_TEST_BASE_IMAGE)"
-        ));
-    }
+    assert_eq!(
+        probe["stdout"], "yes\n",
+        "needs python3 in the base image (REWIND_TEST_BASE_IMAGE): {probe}"
+    );
     let (status, body) = snapshot(s, key, vm, "probe-mem");
-    match status {
-        StatusCode::CREATED => None,
-        StatusCode::NOT_IMPLEMENTED => {
-            let reason = body["error"].as_str().unwrap_or_default().to_owned();
-            assert!(reason.contains("CRIU"), "{body}");
-            Some(format!("SKIPPED {test}: {reason}"))
-        }
-        other => panic!("memory snapshot probe answered {other}: {body}"),
-    }
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "needs CRIU (scripts/install-deps.sh builds it): the memory snapshot probe answered {body}"
+    );
 }
 
 /// `POST /vms/:vm/snapshots` with `include_memory: true`.

@@ -60,6 +60,23 @@ pub fn debootstrap_or_busybox() -> (PathBuf, bool) {
     (busybox_rootfs(), false)
 }
 
+/// The debootstrap base image, for the tests that are `#[ignore]`d for
+/// needing it (python3, bash, node) and that `scripts/test.sh` runs with
+/// `--ignored` after building it. Panics naming the image when it is not
+/// built: a test that cannot run must fail, never pass without running.
+pub fn debootstrap_image() -> PathBuf {
+    let real = std::env::var_os("REWIND_TEST_BASE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rewind/images/base/rootfs"));
+    assert!(
+        real.join(".rewind-image-complete").exists(),
+        "needs the debootstrap base image at {} (REWIND_TEST_BASE_IMAGE): \
+         build it with images/build-rootfs.sh, as scripts/test.sh does",
+        real.display()
+    );
+    real
+}
+
 /// A minimal root filesystem made of busybox-static, built once.
 pub fn busybox_rootfs() -> PathBuf {
     let root = test_root().join("busybox-rootfs");
