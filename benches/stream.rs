@@ -24,7 +24,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{row, timed, Client};
-use futures::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;

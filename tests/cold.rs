@@ -182,7 +182,7 @@ fn import_over_the_size_cap_is_413_naming_the_limit_and_leaves_nothing() {
     let (declared, body) = svc.raw(req);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         archive.chunks(256 << 10).map(|c| Ok(c.to_vec())).collect();
-    let streamed = Body::from_stream(futures::stream::iter(chunks));
+    let streamed = Body::from_stream(futures_util::stream::iter(chunks));
     let req = Request::builder()
         .method("POST")
         .uri(format!("/vms/import?name={copy}"))

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -334,7 +334,7 @@ fn files_oversized_upload_is_413_with_nothing_written() {
         (0..3).map(|_| Ok(vec![1u8; 1000])).collect();
     let streamed = Request::put(format!("/vms/{vm}/files?path=new/dir/big"))
         .header("x-api-key", &key)
-        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .unwrap();
     let (status, _, body) = send(&small, streamed);
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", json_of(&body));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use futures::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use rewind::db::{Db, SandboxStatus};
 use serde_json::{json, Value};

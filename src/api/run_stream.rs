@@ -14,7 +14,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream as FuturesStream;
+use futures_util::Stream as FuturesStream;
 use rewind_agent::client::Stream;
 use serde::Serialize;
 
@@ -189,7 +189,7 @@ pub async fn sse(
     body: RunRequest,
 ) -> AppResult<Response> {
     let events = state.sandboxes.run_stream(caller, name, body).await?;
-    let stream = futures::stream::unfold(WireStream::new(events), |mut wire| async move {
+    let stream = futures_util::stream::unfold(WireStream::new(events), |mut wire| async move {
         let event = wire.next().await?;
         let sse = Event::default().event(event.name()).data(event.json());
         Some((Ok::<_, Infallible>(sse), wire))

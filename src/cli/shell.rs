@@ -9,7 +9,7 @@
 
 use std::io::{self, IsTerminal, Read, Write};
 
-use futures::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, Signal, SignalKind};

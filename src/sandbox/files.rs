@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures_util::stream::{BoxStream, StreamExt};
 use rewind_agent::client::{AgentClient, AgentError};
 use rewind_agent::protocol::{ErrorCode, FileInfo, FileKind, WORKSPACE_DIR};
 use rewind_storage::SnapshotKind;
@@ -242,7 +242,7 @@ impl Sandboxes {
             .map_err(|e| path_error(path, e))?;
         let size = info.size;
         let entry = FileEntry::from_agent(info);
-        let head = futures::stream::once(async move { Ok(Bytes::from(first)) });
+        let head = futures_util::stream::once(async move { Ok(Bytes::from(first)) });
         if !more {
             return Ok(FileDownload {
                 entry,
@@ -250,21 +250,22 @@ impl Sandboxes {
             });
         }
         let state = (agent, path.clone(), CHUNK_BYTES as u64);
-        let rest = futures::stream::try_unfold(state, move |(agent, path, offset)| async move {
-            if offset >= size {
-                return Ok(None);
-            }
-            let want = (size - offset).min(CHUNK_BYTES as u64);
-            let (data, _, _) = agent
-                .read_file_at(path.as_str(), offset, want)
-                .await
-                .map_err(|e| path_error(&path, e))?;
-            if data.is_empty() {
-                return Ok(None);
-            }
-            let next = offset + data.len() as u64;
-            Ok(Some((Bytes::from(data), (agent, path, next))))
-        });
+        let rest =
+            futures_util::stream::try_unfold(state, move |(agent, path, offset)| async move {
+                if offset >= size {
+                    return Ok(None);
+                }
+                let want = (size - offset).min(CHUNK_BYTES as u64);
+                let (data, _, _) = agent
+                    .read_file_at(path.as_str(), offset, want)
+                    .await
+                    .map_err(|e| path_error(&path, e))?;
+                if data.is_empty() {
+                    return Ok(None);
+                }
+                let next = offset + data.len() as u64;
+                Ok(Some((Bytes::from(data), (agent, path, next))))
+            });
         Ok(FileDownload {
             entry,
             body: head.chain(rest).boxed(),
@@ -308,7 +309,7 @@ impl Sandboxes {
         body: S,
     ) -> Result<FileChange, SandboxError>
     where
-        S: futures::Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::error::Error + Send + Sync + 'static,
     {
         let cap = self.config.files.max_upload_bytes;
@@ -383,7 +384,7 @@ impl Sandboxes {
         cap: u64,
     ) -> Result<u64, SandboxError>
     where
-        S: futures::Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::error::Error + Send + Sync + 'static,
     {
         let mode = req.mode.unwrap_or(0o644);

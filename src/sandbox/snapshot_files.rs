@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::StreamExt;
+use futures_util::stream::StreamExt;
 use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, FileStat, SFlag};
 use rewind_agent::protocol::{FileKind, WORKSPACE_DIR};
@@ -278,8 +278,8 @@ fn host_path_error(path: &SandboxPath, e: io::Error) -> SandboxError {
 /// The bytes of `file` as a stream, read as the client consumes them.
 fn stream_file(
     file: tokio::fs::File,
-) -> impl futures::Stream<Item = Result<Bytes, SandboxError>> + Send + 'static {
-    futures::stream::try_unfold(file, |mut file| async move {
+) -> impl futures_util::Stream<Item = Result<Bytes, SandboxError>> + Send + 'static {
+    futures_util::stream::try_unfold(file, |mut file| async move {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let n = file
             .read_buf(&mut buf)

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::{Extension, Json};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -95,7 +95,7 @@ pub async fn upload(
         return Err(V1Error::invalid("file", "is required"));
     };
     let target = target(&form)?;
-    let body = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    let body = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
     land(&state, &caller, &name, target, body).await
 }
 
@@ -144,7 +144,7 @@ async fn sniffed(req: Request) -> V1Result<Request> {
         header::CONTENT_TYPE,
         HeaderValue::from_str(&content_type).map_err(|e| V1Error::BadRequest(e.to_string()))?,
     );
-    let first = futures::stream::once(async move { Ok::<_, axum::Error>(head.freeze()) });
+    let first = futures_util::stream::once(async move { Ok::<_, axum::Error>(head.freeze()) });
     Ok(Request::from_parts(
         parts,
         AxumBody::from_stream(first.chain(stream)),
@@ -193,7 +193,7 @@ async fn land<S, E>(
     body: S,
 ) -> V1Result<Json<Uploaded>>
 where
-    S: futures::Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
     let mut hasher = Sha256::new();
