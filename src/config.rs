@@ -82,6 +82,10 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub max_body_bytes: usize,
+    /// How long a bounded route (reads and bookkeeping: lists, gets, keys,
+    /// forwards, metrics; not runs, streams, snapshots, files or archives)
+    /// may take before it answers 408.
+    pub request_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
     /// Give clients the whole error chain of a runtime failure (host paths
     /// included) instead of its first link; for development. The log line
@@ -334,6 +338,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
             shutdown_grace_secs: 30,
             expose_error_chain: false,
         }
@@ -589,6 +594,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "server.max_body_bytes",
                 message: "must be at least 1024".into(),
+            });
+        }
+        if self.server.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.request_timeout_secs",
+                message: "must be at least 1".into(),
             });
         }
         Ok(())

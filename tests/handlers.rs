@@ -377,3 +377,39 @@ async fn storage_failure_is_a_generic_500_with_the_request_id() {
     let pool = env.state.sandboxes.storage.pool_path();
     assert!(!pool.join("sandboxes/nobtrfs/live").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_route_without_an_answer_is_408_naming_the_key_in_each_shape() {
+    let env = Env::new(false, |c| c.server.request_timeout_secs = 1).await;
+    env.sandbox("slow", SandboxStatus::Running).await;
+    // An agent that accepts every connection and never answers.
+    let agent = tokio::net::UnixListener::bind(&env.runtime.agent).unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = agent.accept().await {
+            held.push(conn);
+        }
+    });
+
+    let native = env
+        .call("GET", "/vms/slow/files/list?path=.", &env.user, None)
+        .await;
+    let v1 = env
+        .call("GET", "/api/v1/vms/slow/files?path=.", &env.user, None)
+        .await;
+    hold.abort();
+
+    assert_eq!(native.0, StatusCode::REQUEST_TIMEOUT, "{}", native.1);
+    assert_eq!(
+        native.1["error"],
+        "no answer within server.request_timeout_secs (1 s)"
+    );
+    assert_eq!(v1.0, StatusCode::REQUEST_TIMEOUT, "{}", v1.1);
+    assert_eq!(
+        (&v1.1["error"], &v1.1["message"]),
+        (
+            &json!("request_timeout"),
+            &json!("no answer within server.request_timeout_secs (1 s)")
+        )
+    );
+}

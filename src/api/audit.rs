@@ -18,9 +18,9 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +84,11 @@ async fn record_with(state: AppState, req: Request, next: Next, table: ActionTab
     };
     let source_ip = source_ip(req.extensions());
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    let (req, peek) = peek_body(req, state.sandboxes.config.server.max_body_bytes).await;
+    let (req, peek) = match peek_body(req, state.sandboxes.config.server.max_body_bytes).await {
+        Ok(peeked) => peeked,
+        // Nothing was done: no row (see `limits::error_shape` for the body).
+        Err(refused) => return refused,
+    };
     // Who the credentials name (the handler checks them again and refuses).
     let presented = super::v1::caller_of(&state, req.headers()).await;
     let mut row = NewAudit {
@@ -131,27 +135,32 @@ fn outcome(row: &mut NewAudit, response: &Response) {
 }
 
 /// Buffer a small JSON body to read its name/command, then put it back.
-async fn peek_body(req: Request, max: usize) -> (Request, BodyPeek) {
+/// The request with its JSON body read (up to `max`, `server.max_body_bytes`)
+/// and what the audit row needs from it; a body over `max` is refused with
+/// the plain 413 that axum's extractors give, an unreadable one with a 400.
+async fn peek_body(req: Request, max: usize) -> Result<(Request, BodyPeek), Response> {
     let is_json = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
-        return (req, BodyPeek::default());
+        return Ok((req, BodyPeek::default()));
     }
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => {
-            let peek = serde_json::from_slice(&bytes).unwrap_or_default();
-            (Request::from_parts(parts, bytes.into()), peek)
-        }
-        // Too large or unreadable: the handler answers 413/400 on its own.
-        Err(_) => (
-            Request::from_parts(parts, axum::body::Body::empty()),
-            BodyPeek::default(),
-        ),
-    }
+    let bytes =
+        axum::body::to_bytes(body, max).await.map_err(|e| {
+            match std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                true => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+                false => {
+                    ApiError::BadRequest(format!("cannot read request body: {e}")).into_response()
+                }
+            }
+        })?;
+    let peek = serde_json::from_slice(&bytes).unwrap_or_default();
+    Ok((Request::from_parts(parts, bytes.into()), peek))
 }
 
 fn details_json(method: String, path: String, command: Option<String>) -> String {

@@ -1,10 +1,13 @@
 //! A `Json` extractor whose rejections use our error shape: every malformed,
-//! mistyped, unknown-field, missing-field or oversized body is a 400 that
-//! says what is wrong.
+//! mistyped, unknown-field or missing-field body is a 400 that says what is
+//! wrong. A body over `server.max_body_bytes` keeps axum's 413, which
+//! [`super::limits::error_shape`] words in our shape naming the key.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -16,12 +19,15 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(ApiError::BadRequest(describe(rejection))),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(rejection.into_response())
+            }
+            Err(rejection) => Err(ApiError::BadRequest(describe(rejection)).into_response()),
         }
     }
 }
@@ -42,11 +48,7 @@ fn describe(rejection: JsonRejection) -> String {
             "expected a JSON body with `Content-Type: application/json`".into()
         }
         JsonRejection::BytesRejection(e) => {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                "request body too large".into()
-            } else {
-                format!("cannot read request body: {}", e.body_text())
-            }
+            format!("cannot read request body: {}", e.body_text())
         }
         other => other.body_text(),
     }
@@ -61,20 +63,22 @@ where
     T: DeserializeOwned + Default,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| {
-                ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => e.into_response(),
+                _ => ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))
+                    .into_response(),
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonOrEmpty(T::default()));
         }
         serde_json::from_slice(&bytes)
             .map(JsonOrEmpty)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")).into_response())
     }
 }
 

@@ -10,6 +10,7 @@ mod files;
 mod forwards;
 mod health;
 mod keys;
+pub mod limits;
 mod mcp;
 pub mod metrics;
 pub mod openapi;
@@ -81,6 +82,10 @@ pub fn app(state: AppState) -> Router {
     router
         .merge(openapi::serve(doc))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::error_shape,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -98,9 +103,24 @@ pub fn app(state: AppState) -> Router {
 /// document come from one source. Add routes here only through `routes!`
 /// (`tests/openapi.rs` checks this file for plain `.route(` calls).
 fn routes(state: &AppState) -> OpenApiRouter<AppState> {
-    let authed = OpenApiRouter::default()
-        .routes(routes!(vms::list, vms::create))
-        .routes(routes!(vms::get, vms::destroy))
+    // Reads and bookkeeping answer within `server.request_timeout_secs`;
+    // runs, streams, terminals, snapshots, files and archives take as long
+    // as their own limits allow.
+    let bounded = OpenApiRouter::default()
+        .routes(routes!(vms::list))
+        .routes(routes!(vms::get))
+        .routes(routes!(files::list))
+        .routes(routes!(files::snapshot_list))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(forwards::list, forwards::create))
+        .routes(routes!(forwards::destroy))
+        .routes(routes!(keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(audit::list));
+    let authed = with_metrics_route(bounded, state)
+        .layer(limits::timeout(&state.sandboxes.config.server))
+        .routes(routes!(vms::create))
+        .routes(routes!(vms::destroy))
         .routes(routes!(run::run))
         .routes(routes!(vms::stop))
         .routes(routes!(vms::start))
@@ -113,22 +133,15 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
             routes!(files::get, files::put, files::upload, files::remove)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .routes(routes!(files::list))
         .routes(routes!(files::snapshot_get))
-        .routes(routes!(files::snapshot_list))
         .routes(routes!(files::diff))
-        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::create))
         .routes(routes!(snapshots::destroy))
         .routes(routes!(archive::import))
         .routes(routes!(archive::export))
         .routes(routes!(snapshots::fork))
-        .routes(routes!(snapshots::restore))
-        .routes(routes!(forwards::list, forwards::create))
-        .routes(routes!(forwards::destroy))
-        .routes(routes!(keys::list))
-        .routes(routes!(keys::revoke))
-        .routes(routes!(audit::list));
-    let authed = with_metrics_route(authed, state)
+        .routes(routes!(snapshots::restore));
+    let authed = authed
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
@@ -141,9 +154,10 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
             mcp::require_key,
         ));
     let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip);
+    let timeout = || limits::timeout(&state.sandboxes.config.server);
     OpenApiRouter::with_openapi(openapi::base())
-        .routes(routes!(health::health).map(|r| r.route_layer(per_ip())))
-        .routes(routes!(keys::create).map(|r| r.route_layer(per_ip())))
+        .routes(routes!(health::health).map(|r| r.route_layer(per_ip()).layer(timeout())))
+        .routes(routes!(keys::create).map(|r| r.route_layer(per_ip()).layer(timeout())))
         .routes(routes!(rpc::handle))
         .merge(authed)
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))

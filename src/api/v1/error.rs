@@ -132,6 +132,7 @@ fn api_body(e: ApiError) -> Body {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::CONFLICT => "conflict",
         StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::NOT_IMPLEMENTED => "not_implemented",
         StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",

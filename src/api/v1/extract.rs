@@ -1,10 +1,14 @@
 //! Body and query extractors whose rejections use the v1 error shape:
 //! malformed JSON is 400 `bad_request`; a missing, mistyped or unknown field
-//! is 422 `validation_error` naming the field in `details`.
+//! is 422 `validation_error` naming the field in `details`. A body over
+//! `server.max_body_bytes` keeps axum's 413, which
+//! [`crate::api::limits::error_shape`] words in the v1 shape.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use super::error::{FieldError, V1Error};
@@ -16,23 +20,29 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = V1Error;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(JsonRejection::JsonDataError(e)) => Err(V1Error::Validation(vec![field_error(
-                e.body_text().trim_start_matches(
-                    "Failed to deserialize the JSON body into the target type: ",
-                ),
-            )])),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(V1Error::BadRequest(format!(
-                "malformed JSON: {}",
-                e.body_text()
-                    .trim_start_matches("Failed to parse the request body as JSON: ")
-            ))),
-            Err(other) => Err(V1Error::BadRequest(other.body_text())),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(r.into_response()),
+            Err(r) => Err(rejected(r).into_response()),
         }
+    }
+}
+
+fn rejected(rejection: JsonRejection) -> V1Error {
+    match rejection {
+        JsonRejection::JsonDataError(e) => V1Error::Validation(vec![field_error(
+            e.body_text()
+                .trim_start_matches("Failed to deserialize the JSON body into the target type: "),
+        )]),
+        JsonRejection::JsonSyntaxError(e) => V1Error::BadRequest(format!(
+            "malformed JSON: {}",
+            e.body_text()
+                .trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
+        other => V1Error::BadRequest(other.body_text()),
     }
 }
 
@@ -44,12 +54,15 @@ where
     T: DeserializeOwned + Default,
     S: Send + Sync,
 {
-    type Rejection = V1Error;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| V1Error::BadRequest(e.body_text()))?;
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => e.into_response(),
+                _ => V1Error::BadRequest(e.body_text()).into_response(),
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonOrEmpty(T::default()));
         }
@@ -57,9 +70,9 @@ where
             .map(JsonOrEmpty)
             .map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => {
-                    V1Error::Validation(vec![field_error(&e.to_string())])
+                    V1Error::Validation(vec![field_error(&e.to_string())]).into_response()
                 }
-                _ => V1Error::BadRequest(format!("malformed JSON: {e}")),
+                _ => V1Error::BadRequest(format!("malformed JSON: {e}")).into_response(),
             })
     }
 }

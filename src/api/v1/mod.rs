@@ -26,7 +26,7 @@ mod vms;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -78,24 +78,22 @@ impl AppState {
 /// Every `/api/v1` route (nested by [`crate::api::app`]), each with its
 /// OpenAPI operation. Extend here, only through `routes!`.
 pub fn router(state: AppState) -> OpenApiRouter<AppState> {
-    let authed = OpenApiRouter::default()
-        .routes(routes!(vms::list, vms::create))
-        .routes(routes!(vms::get, vms::destroy))
+    let authed = bounded()
+        .layer(crate::api::limits::timeout(&state.sandboxes.config.server))
+        .routes(routes!(vms::create))
+        .routes(routes!(vms::destroy))
         .routes(routes!(lifecycle::start))
         .routes(routes!(lifecycle::stop))
         .routes(routes!(lifecycle::restart))
         .routes(routes!(execute::execute))
         // py-microvm's name for execute.
         .routes(routes!(execute::guest_command))
-        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::create))
         .routes(routes!(snapshots::destroy))
         .routes(routes!(snapshots::restore))
-        .routes(routes!(metrics::metrics))
-        .routes(routes!(health::status))
-        .merge(more_routes())
-        .routes(routes!(security::audit_logs))
+        .merge(transfer_routes())
+        .routes(routes!(resources::update))
         .routes(routes!(security::scan))
-        .routes(routes!(security::scan_result))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit_v1,
@@ -105,10 +103,11 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
             require_caller,
         ));
     let per_ip = || middleware::from_fn_with_state(state.clone(), ratelimit::limit_ip_v1);
+    let timeout = || crate::api::limits::timeout(&state.sandboxes.config.server);
     OpenApiRouter::default()
-        .routes(routes!(auth::register).map(|r| r.route_layer(per_ip())))
-        .routes(routes!(auth::login).map(|r| r.route_layer(per_ip())))
-        .routes(routes!(health::health).map(|r| r.route_layer(per_ip())))
+        .routes(routes!(auth::register).map(|r| r.route_layer(per_ip()).layer(timeout())))
+        .routes(routes!(auth::login).map(|r| r.route_layer(per_ip()).layer(timeout())))
+        .routes(routes!(health::health).map(|r| r.route_layer(per_ip()).layer(timeout())))
         .merge(authed)
         // Authenticated on the upgrade, by header or `?token=` (events.rs).
         .routes(routes!(events::vm_events))
@@ -120,19 +119,31 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .fallback(not_found)
 }
 
-/// Files, resources, host metrics and networks.
-fn more_routes() -> OpenApiRouter<AppState> {
+/// Reads and bookkeeping, answered within `server.request_timeout_secs`.
+fn bounded() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
+        .routes(routes!(vms::list))
+        .routes(routes!(vms::get))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(health::status))
         .routes(routes!(files::list))
-        .routes(routes!(files::upload))
-        .routes(routes!(files::download))
-        // py-microvm's name for upload (its form field is `remote_path`).
-        .routes(routes!(files::guest_upload))
-        .routes(routes!(resources::update))
         .routes(routes!(network::get))
         .routes(routes!(network::port_forward))
         .routes(routes!(network::list))
         .routes(routes!(system::metrics))
+        .routes(routes!(security::audit_logs))
+        .routes(routes!(security::scan_result))
+}
+
+/// File transfers: uploads stream under their own cap
+/// (`files.max_upload_bytes`), not `server.max_body_bytes`.
+fn transfer_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(files::upload).layer(DefaultBodyLimit::disable()))
+        // py-microvm's name for upload (its form field is `remote_path`).
+        .routes(routes!(files::guest_upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::download))
 }
 
 async fn not_found() -> V1Error {
