@@ -231,11 +231,18 @@ fn vms_bad_name_errors_name_the_field() {
 }
 
 #[test]
-fn vms_oversized_body_is_400() {
+fn vms_oversized_body_is_413_naming_the_key() {
     let key = user_key();
     let big = json!({"name": "x".repeat(2 * 1024 * 1024)});
     let (status, resp) = call("POST", "/vms", Some(&key), Some(big));
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_body_bytes"),
+        "{resp}"
+    );
 }
 
 #[test]
