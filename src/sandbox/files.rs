@@ -14,12 +14,11 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use rewind_agent::client::{AgentClient, AgentError};
 use rewind_agent::protocol::{ErrorCode, FileInfo, FileKind, WORKSPACE_DIR};
-use rewind_storage::SnapshotKind;
 use serde::Serialize;
 
+use super::auto_snapshot::Step;
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
-use crate::db::{Db, NewSnapshot};
 
 /// Longest path accepted, in bytes (Linux `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -450,25 +449,7 @@ impl Sandboxes {
         what: &str,
     ) -> Result<String, SandboxError> {
         let started = Instant::now();
-        let ms = super::now_ms().max(live.last_cmd_ms + 1);
-        live.last_cmd_ms = ms;
-        live.restored_to = None;
-        let name = format!("file_{ms}");
-        self.take_snapshot(live, &name, SnapshotKind::Auto).await?;
-        let new = NewSnapshot {
-            name: name.clone(),
-            kind: "file",
-            command: Some(what.to_owned()),
-            created_ms: Some(ms),
-            ..Default::default()
-        };
-        let id = live.id;
-        self.db
-            .call(move |c| {
-                Db::insert_snapshot(c, id, &new)?;
-                Db::touch_sandbox(c, id)
-            })
-            .await?;
+        let name = self.record_auto_snapshot(live, Step::File { what }).await?;
         tracing::debug!(snapshot = %name, ms = started.elapsed().as_millis() as u64, "file snapshot");
         Ok(name)
     }

@@ -11,6 +11,7 @@
 //! → sandbox lock → database/storage calls.
 
 mod archive;
+mod auto_snapshot;
 mod create;
 mod delete;
 mod diff;

@@ -20,9 +20,10 @@ use rewind_storage::{SnapshotKind, SnapshotName};
 use serde::Deserialize;
 use tokio::sync::{mpsc, OwnedMutexGuard};
 
+use super::auto_snapshot::Step;
 use super::{Live, SandboxError, Sandboxes};
 use crate::auth::Caller;
-use crate::db::{Db, NewSnapshot};
+use crate::db::Db;
 use crate::events::{self, EventKind};
 
 /// How long the agent keeps a workspace frozen if the host vanishes mid-snapshot.
@@ -404,27 +405,8 @@ impl Sandboxes {
         command: &str,
         exit_code: i32,
     ) -> Result<String, SandboxError> {
-        let ms = super::now_ms().max(live.last_cmd_ms + 1);
-        live.last_cmd_ms = ms;
-        live.restored_to = None;
-        let name = format!("cmd_{ms}");
-        self.take_snapshot(live, &name, SnapshotKind::Auto).await?;
-        let new = NewSnapshot {
-            name: name.clone(),
-            kind: "command",
-            command: Some(command.to_owned()),
-            exit_code: Some(exit_code),
-            created_ms: Some(ms),
-            ..Default::default()
-        };
-        let id = live.id;
-        self.db
-            .call(move |c| {
-                Db::insert_snapshot(c, id, &new)?;
-                Db::touch_sandbox(c, id)
-            })
-            .await?;
-        Ok(name)
+        let step = Step::Command { command, exit_code };
+        self.record_auto_snapshot(live, step).await
     }
 
     /// quiesce → Btrfs snapshot → thaw. Thaw runs whatever the snapshot did.
