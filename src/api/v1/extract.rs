@@ -4,14 +4,22 @@
 //! `server.max_body_bytes` keeps axum's 413, which
 //! [`crate::api::limits::error_shape`] words in the v1 shape.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use super::error::{FieldError, V1Error};
+use crate::api::extract::{json_body, json_or_empty_body, query_of, BodyProblem};
+
+/// A v1 refusal: the 413 as it is, a wrong field 422, anything else 400.
+fn refused(problem: BodyProblem) -> Response {
+    match problem {
+        BodyProblem::TooLarge(response) => response,
+        BodyProblem::Data(m) => V1Error::Validation(vec![field_error(&m)]).into_response(),
+        BodyProblem::Malformed(m) => V1Error::BadRequest(m).into_response(),
+    }
+}
 
 pub struct Json<T>(pub T);
 
@@ -23,26 +31,7 @@ where
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(r.into_response()),
-            Err(r) => Err(rejected(r).into_response()),
-        }
-    }
-}
-
-fn rejected(rejection: JsonRejection) -> V1Error {
-    match rejection {
-        JsonRejection::JsonDataError(e) => V1Error::Validation(vec![field_error(
-            e.body_text()
-                .trim_start_matches("Failed to deserialize the JSON body into the target type: "),
-        )]),
-        JsonRejection::JsonSyntaxError(e) => V1Error::BadRequest(format!(
-            "malformed JSON: {}",
-            e.body_text()
-                .trim_start_matches("Failed to parse the request body as JSON: ")
-        )),
-        other => V1Error::BadRequest(other.body_text()),
+        json_body(req, state).await.map(Json).map_err(refused)
     }
 }
 
@@ -57,23 +46,10 @@ where
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
+        json_or_empty_body(req, state)
             .await
-            .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => e.into_response(),
-                _ => V1Error::BadRequest(e.body_text()).into_response(),
-            })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonOrEmpty(T::default()));
-        }
-        serde_json::from_slice(&bytes)
             .map(JsonOrEmpty)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => {
-                    V1Error::Validation(vec![field_error(&e.to_string())]).into_response()
-                }
-                _ => V1Error::BadRequest(format!("malformed JSON: {e}")).into_response(),
-            })
+            .map_err(refused)
     }
 }
 
@@ -87,15 +63,10 @@ where
     type Rejection = V1Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
+        query_of(parts, state)
             .await
-            .map(|q| Query(q.0))
-            .map_err(|e: QueryRejection| {
-                V1Error::Validation(vec![field_error(
-                    e.body_text()
-                        .trim_start_matches("Failed to deserialize query string: "),
-                )])
-            })
+            .map(Query)
+            .map_err(|m| V1Error::Validation(vec![field_error(&m)]))
     }
 }
 
