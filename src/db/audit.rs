@@ -7,7 +7,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, Row};
 use serde::Serialize;
 
-use super::{now, query_err, Db, DbError};
+use super::{now, query_err, select, Db, DbError};
 
 /// The status of a row written before its request was answered: the
 /// service stopped in between, so the change may or may not have been
@@ -147,11 +147,13 @@ impl Db {
         args.push(SqlValue::Integer(filter.offset.into()));
         let sql =
             format!("SELECT {COLUMNS} FROM audit_log{clause} ORDER BY id DESC LIMIT ? OFFSET ?");
-        let mut stmt = conn.prepare(&sql).map_err(err())?;
-        let rows = stmt
-            .query_map(params_from_iter(args.iter()), from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(err())?;
+        let rows = select(
+            conn,
+            "query audit log",
+            &sql,
+            params_from_iter(args.iter()),
+            from_row,
+        )?;
         Ok((rows, total))
     }
 }
@@ -160,19 +162,10 @@ impl Db {
     /// Active keys created before `cutoff` with no audit row since then
     /// (the audit log records state-changing requests only).
     pub fn keys_unused_since(conn: &Connection, cutoff: &str) -> Result<Vec<i64>, DbError> {
-        let err = || query_err("unused keys", String::new);
-        let mut stmt = conn
-            .prepare(
-                "SELECT k.id FROM api_keys k WHERE k.kind = 'key' AND k.revoked_at IS NULL \
-                 AND k.created_at < ?1 AND NOT EXISTS (SELECT 1 FROM audit_log a \
-                 WHERE a.key_id = k.id AND a.timestamp >= ?1) ORDER BY k.id",
-            )
-            .map_err(err())?;
-        let ids = stmt
-            .query_map([cutoff], |r| r.get(0))
-            .and_then(|rows| rows.collect::<Result<Vec<i64>, _>>())
-            .map_err(err())?;
-        Ok(ids)
+        let sql = "SELECT k.id FROM api_keys k WHERE k.kind = 'key' AND k.revoked_at IS NULL \
+            AND k.created_at < ?1 AND NOT EXISTS (SELECT 1 FROM audit_log a \
+            WHERE a.key_id = k.id AND a.timestamp >= ?1) ORDER BY k.id";
+        select(conn, "unused keys", sql, [cutoff], |r| r.get(0))
     }
 }
 

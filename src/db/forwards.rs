@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, Row};
 
-use super::{now, query_err, Db, DbError};
+use super::{now, query_err, select, Db, DbError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardRow {
@@ -60,17 +60,11 @@ impl Db {
         conn: &Connection,
         sandbox_id: Option<i64>,
     ) -> Result<Vec<ForwardRow>, DbError> {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM port_forwards WHERE ?1 IS NULL OR sandbox_id = ?1 \
+        let sql = format!(
+            "SELECT {COLUMNS} FROM port_forwards WHERE ?1 IS NULL OR sandbox_id = ?1 \
                  ORDER BY host_port"
-            ))
-            .map_err(query_err("list port forwards", String::new))?;
-        let rows = stmt
-            .query_map([sandbox_id], from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(query_err("list port forwards", String::new))?;
-        Ok(rows)
+        );
+        select(conn, "list port forwards", &sql, [sandbox_id], from_row)
     }
 
     /// Delete a sandbox's forward; whether there was one.

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{now, query_err, Db, DbError};
+use super::{now, query_err, select, Db, DbError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKeyRow {
@@ -76,29 +76,15 @@ impl Db {
 
     /// Active keys whose prefix matches.
     pub fn keys_by_prefix(conn: &Connection, prefix: &str) -> Result<Vec<ApiKeyRow>, DbError> {
-        let mut stmt = conn
-            .prepare_cached(&format!(
+        let sql = format!(
                 "SELECT {COLUMNS} FROM api_keys WHERE prefix = ?1 AND revoked_at IS NULL AND kind = 'key'"
-            ))
-            .map_err(query_err("keys by prefix", String::new))?;
-        let rows = stmt
-            .query_map([prefix], from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(query_err("keys by prefix", String::new))?;
-        Ok(rows)
+        );
+        select(conn, "keys by prefix", &sql, [prefix], from_row)
     }
 
     pub fn list_keys(conn: &Connection) -> Result<Vec<ApiKeyRow>, DbError> {
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE kind = 'key' ORDER BY id"
-            ))
-            .map_err(query_err("list keys", String::new))?;
-        let rows = stmt
-            .query_map([], from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(query_err("list keys", String::new))?;
-        Ok(rows)
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE kind = 'key' ORDER BY id");
+        select(conn, "list keys", &sql, [], from_row)
     }
 
     /// Revoke a key; `Ok(false)` when no active key has that id.

@@ -116,6 +116,23 @@ impl Db {
 
 /// Map a rusqlite error to [`DbError`], turning UNIQUE violations into
 /// [`DbError::Conflict`].
+/// Every row `sql` (a cached statement) selects with `params`, each mapped
+/// by `row`; a failure is [`DbError::Query`] naming `op`.
+fn select<T, P: rusqlite::Params>(
+    conn: &Connection,
+    op: &'static str,
+    sql: &str,
+    params: P,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, DbError> {
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(query_err(op, String::new))?;
+    stmt.query_map(params, row)
+        .and_then(|rows| rows.collect())
+        .map_err(query_err(op, String::new))
+}
+
 fn query_err(
     op: &'static str,
     what: impl FnOnce() -> String,

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{now, query_err, Db, DbError};
+use super::{now, query_err, select, Db, DbError};
 
 /// Lifecycle state of a sandbox as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,16 +149,10 @@ impl Db {
         conn: &Connection,
         owner: Option<i64>,
     ) -> Result<Vec<SandboxRow>, DbError> {
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM sandboxes WHERE ?1 IS NULL OR owner_key_id = ?1 ORDER BY id"
-            ))
-            .map_err(query_err("list sandboxes", String::new))?;
-        let rows = stmt
-            .query_map([owner], from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(query_err("list sandboxes", String::new))?;
-        Ok(rows)
+        let sql = format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE ?1 IS NULL OR owner_key_id = ?1 ORDER BY id"
+        );
+        select(conn, "list sandboxes", &sql, [owner], from_row)
     }
 
     pub fn set_sandbox_status(

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{now, query_err, Db, DbError};
+use super::{now, query_err, select, Db, DbError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotRow {
@@ -100,16 +100,10 @@ impl Db {
 
     /// Snapshots of a sandbox, oldest first.
     pub fn list_snapshots(conn: &Connection, sandbox_id: i64) -> Result<Vec<SnapshotRow>, DbError> {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM snapshots WHERE sandbox_id = ?1 ORDER BY created_ms, id"
-            ))
-            .map_err(query_err("list snapshots", String::new))?;
-        let rows = stmt
-            .query_map([sandbox_id], from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(query_err("list snapshots", String::new))?;
-        Ok(rows)
+        let sql = format!(
+            "SELECT {COLUMNS} FROM snapshots WHERE sandbox_id = ?1 ORDER BY created_ms, id"
+        );
+        select(conn, "list snapshots", &sql, [sandbox_id], from_row)
     }
 
     pub fn snapshot_by_name(

@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use super::{query_err, Db, DbError};
+use super::{select, Db, DbError};
 
 impl Db {
     /// `(status, count)` of every status some sandbox has.
@@ -26,10 +26,5 @@ impl Db {
 }
 
 fn pairs(conn: &Connection, op: &'static str, sql: &str) -> Result<Vec<(String, i64)>, DbError> {
-    let mut stmt = conn
-        .prepare_cached(sql)
-        .map_err(query_err(op, String::new))?;
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(query_err(op, String::new))
+    select(conn, op, sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
 }
