@@ -186,7 +186,7 @@ pub struct FileChange {
 
 /// Map the agent's answer about a user-supplied path: its file-level
 /// refusals are the client's (404 / 400); transport failures stay 503.
-fn path_error(path: &SandboxPath, e: AgentError) -> SandboxError {
+pub(super) fn path_error(path: &SandboxPath, e: AgentError) -> SandboxError {
     let message = match &e {
         AgentError::Remote { message, .. } => message.clone(),
         _ => return e.into(),
