@@ -1,10 +1,10 @@
 //! `GET /metrics` in the Prometheus text format (the `prometheus` crate),
-//! for an admin key. Request counters and latencies are recorded by
-//! [`track`] per matched route (the template, never the raw path, so label
-//! cardinality stays bounded, written `/vms/:name/run`); sandbox and snapshot gauges are read from
-//! the database at scrape time.
-
-use std::time::Instant;
+//! for an admin key. Request counters and latencies are recorded per
+//! matched native route (the template, never the raw path, so label
+//! cardinality stays bounded, written `/vms/:name/run`, handed over by
+//! [`label_route`]) by the request timer that also feeds the `/api/v1`
+//! status counters; sandbox and snapshot gauges are read from the database
+//! at scrape time.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -74,7 +74,7 @@ impl Metrics {
         })
     }
 
-    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    pub(super) fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
         let status = status.to_string();
         self.requests
             .with_label_values(&[route, method, &status])
@@ -85,20 +85,21 @@ impl Metrics {
     }
 }
 
-/// Middleware (a route layer): count and time every routed request.
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The matched route of a native request (the template, written
+/// `/vms/:name/run`), in the response's extensions for the one request
+/// timer (`request_context` in `api/mod.rs`) to label its sample with.
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub String);
+
+/// Route layer of the native routes: hands the matched route to the timer.
+pub async fn label_route(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| route_label(m.as_str()))
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let started = Instant::now();
-    let response = next.run(req).await;
-    let seconds = started.elapsed().as_secs_f64();
-    state
-        .metrics
-        .observe(&route, &method, response.status().as_u16(), seconds);
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(RouteLabel(route));
     response
 }
 

@@ -161,10 +161,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(rpc::handle))
         .merge(authed)
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .route_layer(middleware::from_fn(metrics::label_route))
         .nest("/api/v1", v1::router(state.clone()))
         .merge(mcp)
 }
@@ -216,15 +213,26 @@ fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
 }
 
 /// The request id and `server.expose_error_chain` in the task-locals that
-/// 5xx bodies read; the request's time in the `/api/v1` status counters.
+/// 5xx bodies read; the one timer of every request, feeding the `/api/v1`
+/// status counters and, for a native route ([`metrics::RouteLabel`]), the
+/// Prometheus request metrics.
 async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let id = id_of(&req);
     let expose = state.sandboxes.config.server.expose_error_chain;
+    let method = req.method().clone();
     let started = Instant::now();
     let response = error::REQUEST_ID
         .scope(id, error::EXPOSE_ERROR_CHAIN.scope(expose, next.run(req)))
         .await;
-    state.stats.record(started.elapsed());
+    let elapsed = started.elapsed();
+    state.stats.record(elapsed);
+    if let Some(metrics::RouteLabel(route)) = response.extensions().get() {
+        let status = response.status().as_u16();
+        let seconds = elapsed.as_secs_f64();
+        state
+            .metrics
+            .observe(route, method.as_str(), status, seconds);
+    }
     response
 }
 
