@@ -103,53 +103,79 @@ fn refused(problem: BodyProblem) -> Response {
     ApiError::BadRequest(message).into_response()
 }
 
-pub struct Json<T>(pub T);
-
-impl<T, S> FromRequest<S> for Json<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        json_body(req, state).await.map(Json).map_err(refused)
-    }
+/// A native query-string refusal: a 400 naming the problem.
+fn query_refused(message: String) -> Response {
+    ApiError::BadRequest(format!("invalid query string: {message}")).into_response()
 }
 
-/// Like [`Json`], but an empty body means `T::default()` (for endpoints
-/// whose every field is optional, e.g. `POST /api-keys`).
-pub struct JsonOrEmpty<T>(pub T);
+extractors!(refused, query_refused);
 
-impl<T, S> FromRequest<S> for JsonOrEmpty<T>
-where
-    T: DeserializeOwned + Default,
-    S: Send + Sync,
-{
-    type Rejection = Response;
+/// Defines `Json<T>`, `JsonOrEmpty<T>` (an empty body is `T::default()`)
+/// and `Query<T>` in the calling module, reading with [`json_body`],
+/// [`json_or_empty_body`] and [`query_of`] and wording refusals with
+/// `$refused(BodyProblem) -> Response` and `$query(String) -> Response`:
+/// one definition for the native API and `/api/v1`.
+macro_rules! extractors {
+    ($refused:path, $query:path) => {
+        pub struct Json<T>(pub T);
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        json_or_empty_body(req, state)
-            .await
-            .map(JsonOrEmpty)
-            .map_err(refused)
-    }
+        impl<T, S> ::axum::extract::FromRequest<S> for Json<T>
+        where
+            T: ::serde::de::DeserializeOwned,
+            S: Send + Sync,
+        {
+            type Rejection = ::axum::response::Response;
+
+            async fn from_request(
+                req: ::axum::extract::Request,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                $crate::api::extract::json_body(req, state)
+                    .await
+                    .map(Json)
+                    .map_err($refused)
+            }
+        }
+
+        pub struct JsonOrEmpty<T>(pub T);
+
+        impl<T, S> ::axum::extract::FromRequest<S> for JsonOrEmpty<T>
+        where
+            T: ::serde::de::DeserializeOwned + Default,
+            S: Send + Sync,
+        {
+            type Rejection = ::axum::response::Response;
+
+            async fn from_request(
+                req: ::axum::extract::Request,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                $crate::api::extract::json_or_empty_body(req, state)
+                    .await
+                    .map(JsonOrEmpty)
+                    .map_err($refused)
+            }
+        }
+
+        pub struct Query<T>(pub T);
+
+        impl<T, S> ::axum::extract::FromRequestParts<S> for Query<T>
+        where
+            T: ::serde::de::DeserializeOwned,
+            S: Send + Sync,
+        {
+            type Rejection = ::axum::response::Response;
+
+            async fn from_request_parts(
+                parts: &mut ::axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                $crate::api::extract::query_of(parts, state)
+                    .await
+                    .map(Query)
+                    .map_err($query)
+            }
+        }
+    };
 }
-
-/// A query-string extractor whose rejections are our 400 naming the problem.
-pub struct Query<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        query_of(parts, state)
-            .await
-            .map(Query)
-            .map_err(|m| ApiError::BadRequest(format!("invalid query string: {m}")))
-    }
-}
+pub(crate) use extractors;

@@ -4,13 +4,10 @@
 //! `server.max_body_bytes` keeps axum's 413, which
 //! [`crate::api::limits::error_shape`] words in the v1 shape.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 
 use super::error::{FieldError, V1Error};
-use crate::api::extract::{json_body, json_or_empty_body, query_of, BodyProblem};
+use crate::api::extract::{extractors, BodyProblem};
 
 /// A v1 refusal: the 413 as it is, a wrong field 422, anything else 400.
 fn refused(problem: BodyProblem) -> Response {
@@ -21,54 +18,12 @@ fn refused(problem: BodyProblem) -> Response {
     }
 }
 
-pub struct Json<T>(pub T);
-
-impl<T, S> FromRequest<S> for Json<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        json_body(req, state).await.map(Json).map_err(refused)
-    }
+/// A v1 query-string refusal: 422 naming the field.
+fn query_refused(message: String) -> Response {
+    V1Error::Validation(vec![field_error(&message)]).into_response()
 }
 
-/// Like [`Json`], but an empty body means `T::default()` (e.g. `stop`).
-pub struct JsonOrEmpty<T>(pub T);
-
-impl<T, S> FromRequest<S> for JsonOrEmpty<T>
-where
-    T: DeserializeOwned + Default,
-    S: Send + Sync,
-{
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        json_or_empty_body(req, state)
-            .await
-            .map(JsonOrEmpty)
-            .map_err(refused)
-    }
-}
-
-pub struct Query<T>(pub T);
-
-impl<T, S> FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = V1Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        query_of(parts, state)
-            .await
-            .map(Query)
-            .map_err(|m| V1Error::Validation(vec![field_error(&m)]))
-    }
-}
+extractors!(refused, query_refused);
 
 /// `vcpus: invalid type ...` → field `vcpus`; `missing field `name``,
 /// `unknown field `x`, expected ...` → that field; else `body`.
