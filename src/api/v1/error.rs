@@ -52,7 +52,8 @@ pub enum V1Error {
 #[schema(as = v1::Error)]
 pub struct Body {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `validation_error`, `rate_limit_exceeded`, `not_implemented`,
+    /// `validation_error`, `rate_limit_exceeded`, `payload_too_large`,
+    /// `request_timeout`, `insufficient_storage`, `not_implemented`,
     /// `service_unavailable` or `internal_error`.
     error: &'static str,
     message: String,
