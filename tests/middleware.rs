@@ -1,7 +1,8 @@
 //! The request limits from the libraries, on the real service (loop-mounted
 //! Btrfs, namespace runtime, agent, SQLite), with `server.max_body_bytes`
 //! set to 4 KiB: a JSON body over it is a 413 in our error shape naming the
-//! key (native and `/api/v1`), and nothing is created; file uploads keep
+//! key (native and `/api/v1`), counted in the request metrics, and nothing
+//! is created; file uploads keep
 //! their own cap (`files.max_upload_bytes`), so a larger upload lands. The
 //! 408 of a bounded route past `server.request_timeout_secs` is proven
 //! without root in `tests/handlers.rs` (an agent that never answers).
@@ -60,6 +61,12 @@ fn json_body_over_max_body_bytes_is_413_naming_the_key_and_creates_nothing() {
         )
     );
     assert_eq!(svc().vm_names(&key), Vec::<String>::new());
+    let (_, metrics) = svc().get_bytes(&svc().admin, "/metrics");
+    let counted = r#"rewind_http_requests_total{method="POST",route="/vms",status="413"}"#;
+    assert!(
+        String::from_utf8_lossy(&metrics).contains(counted),
+        "no {counted} in /metrics"
+    );
 }
 
 #[test]

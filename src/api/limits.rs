@@ -28,18 +28,22 @@ pub fn timeout(server: &ServerConfig) -> TimeoutLayer {
 }
 
 /// A plain-text 408 or 413 from the libraries becomes our error naming the
-/// limit; every other answer (our own 413s, which name their cap, included)
-/// passes unchanged.
+/// limit (keeping the answer's extensions, e.g. the route label of the
+/// request metrics); every other answer (our own 413s, which name their
+/// cap, included) passes unchanged.
 pub async fn error_shape(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let v1 = req.uri().path().starts_with("/api/v1/");
     let response = next.run(req).await;
     let Some(error) = limit_error(&response, &state.sandboxes.config.server) else {
         return response;
     };
-    match v1 {
+    let mut shaped = match v1 {
         true => V1Error::from(error).into_response(),
         false => error.into_response(),
-    }
+    };
+    let (parts, _) = response.into_parts();
+    shaped.extensions_mut().extend(parts.extensions);
+    shaped
 }
 
 fn limit_error(response: &Response, server: &ServerConfig) -> Option<ApiError> {
