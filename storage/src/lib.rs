@@ -221,6 +221,7 @@ mod qgroup;
 mod quota;
 mod recovery;
 mod send_gen;
+mod send_proto;
 mod send_stream;
 mod storage;
 mod thinning;

@@ -38,54 +38,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-const MAGIC: &[u8] = b"btrfs-stream\0";
+use crate::send_proto::{attr, cmd, HEADER, MAGIC};
+
 const VERSION: u32 = 1;
 /// Data per `write` command: the kernel's `BTRFS_SEND_READ_SIZE`; a v1
 /// command must fit in 64 KiB.
 const WRITE_CHUNK: usize = 48 * 1024;
-const HEADER: usize = 10;
 /// Files of a directory opened (and their reads queued) ahead of the one
 /// being sent, and how much of each is queued.
 const READ_AHEAD: usize = 64;
 const READ_AHEAD_BYTES: i64 = 1 << 20;
-
-mod cmd {
-    pub const SUBVOL: u16 = 1;
-    pub const MKFILE: u16 = 3;
-    pub const MKDIR: u16 = 4;
-    pub const MKNOD: u16 = 5;
-    pub const MKFIFO: u16 = 6;
-    pub const MKSOCK: u16 = 7;
-    pub const SYMLINK: u16 = 8;
-    pub const LINK: u16 = 10;
-    pub const SET_XATTR: u16 = 13;
-    pub const WRITE: u16 = 15;
-    pub const TRUNCATE: u16 = 17;
-    pub const CHMOD: u16 = 18;
-    pub const CHOWN: u16 = 19;
-    pub const UTIMES: u16 = 20;
-    pub const END: u16 = 21;
-}
-
-mod attr {
-    pub const UUID: u16 = 1;
-    pub const CTRANSID: u16 = 2;
-    pub const INO: u16 = 3;
-    pub const SIZE: u16 = 4;
-    pub const MODE: u16 = 5;
-    pub const UID: u16 = 6;
-    pub const GID: u16 = 7;
-    pub const RDEV: u16 = 8;
-    pub const CTIME: u16 = 9;
-    pub const MTIME: u16 = 10;
-    pub const ATIME: u16 = 11;
-    pub const XATTR_NAME: u16 = 13;
-    pub const XATTR_DATA: u16 = 14;
-    pub const PATH: u16 = 15;
-    pub const PATH_LINK: u16 = 17;
-    pub const FILE_OFFSET: u16 = 18;
-    pub const DATA: u16 = 19;
-}
 
 const CAPABILITY: &[u8] = b"security.capability";
 

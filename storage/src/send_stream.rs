@@ -5,9 +5,7 @@
 //! metadata commands; this module folds them into added / modified /
 //! deleted paths.
 //!
-//! Stream format (v1, `fs/btrfs/send.h`): the magic `btrfs-stream\0`, a
-//! little-endian u32 version, then commands: `u32 len, u16 cmd, u32 crc`
-//! and `len` bytes of attributes `u16 type, u16 len, data`.
+//! Stream format: see `send_proto`.
 //!
 //! The kernel creates new inodes under orphan names (`o<ino>-<gen>-0`)
 //! and renames them into place, and may park existing inodes under orphan
@@ -15,6 +13,8 @@
 //! snapshots. An existing path renamed is reported as deleted + added.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::send_proto::{attr, cmd, HEADER, MAGIC};
 
 /// How a path changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,33 +38,6 @@ pub struct RawChange {
 #[derive(Debug, thiserror::Error)]
 #[error("malformed btrfs send stream: {0}")]
 pub struct StreamError(pub &'static str);
-
-const MAGIC: &[u8] = b"btrfs-stream\0";
-
-mod cmd {
-    pub const MKFILE: u16 = 3;
-    pub const MKDIR: u16 = 4;
-    pub const MKNOD: u16 = 5;
-    pub const MKFIFO: u16 = 6;
-    pub const MKSOCK: u16 = 7;
-    pub const SYMLINK: u16 = 8;
-    pub const RENAME: u16 = 9;
-    pub const LINK: u16 = 10;
-    pub const UNLINK: u16 = 11;
-    pub const RMDIR: u16 = 12;
-    pub const SET_XATTR: u16 = 13;
-    pub const REMOVE_XATTR: u16 = 14;
-    pub const WRITE: u16 = 15;
-    pub const CLONE: u16 = 16;
-    pub const TRUNCATE: u16 = 17;
-    pub const CHMOD: u16 = 18;
-    pub const CHOWN: u16 = 19;
-    pub const UTIMES: u16 = 20;
-    pub const UPDATE_EXTENT: u16 = 22;
-}
-
-const ATTR_PATH: u16 = 15;
-const ATTR_PATH_TO: u16 = 16;
 
 /// One command: its number and its attributes.
 struct Command<'a> {
@@ -97,19 +70,19 @@ fn commands(stream: &[u8]) -> Result<Vec<Command<'_>>, StreamError> {
     let mut rest = &stream[MAGIC.len() + 4..];
     let mut out = Vec::new();
     while !rest.is_empty() {
-        if rest.len() < 10 {
+        if rest.len() < HEADER {
             return Err(StreamError("truncated command header"));
         }
         let len = le32(rest) as usize;
         let cmd = le16(&rest[4..]);
         let body = rest
-            .get(10..10 + len)
+            .get(HEADER..HEADER + len)
             .ok_or(StreamError("truncated command"))?;
         out.push(Command {
             cmd,
             attrs: attributes(body)?,
         });
-        rest = &rest[10 + len..];
+        rest = &rest[HEADER + len..];
     }
     Ok(out)
 }
@@ -207,7 +180,7 @@ impl Fold {
     }
 
     fn apply(&mut self, c: &Command<'_>) {
-        let path = c.attr(ATTR_PATH).unwrap_or_default();
+        let path = c.attr(attr::PATH).unwrap_or_default();
         match c.cmd {
             cmd::MKFILE
             | cmd::MKDIR
@@ -218,7 +191,7 @@ impl Fold {
             | cmd::LINK => {
                 self.created.insert(path);
             }
-            cmd::RENAME => self.rename(&path, &c.attr(ATTR_PATH_TO).unwrap_or_default()),
+            cmd::RENAME => self.rename(&path, &c.attr(attr::PATH_TO).unwrap_or_default()),
             cmd::UNLINK | cmd::RMDIR => self.remove(&path),
             cmd::UTIMES => self.touch(&path, true),
             cmd::WRITE
@@ -322,15 +295,18 @@ mod tests {
     #[test]
     fn changes_new_dir_with_file_under_orphan_names() {
         let s = stream(&[
-            (cmd::MKDIR, &[(ATTR_PATH, "o258-7-0")]),
-            (cmd::RENAME, &[(ATTR_PATH, "o258-7-0"), (ATTR_PATH_TO, "d")]),
-            (cmd::MKFILE, &[(ATTR_PATH, "o259-7-0")]),
+            (cmd::MKDIR, &[(attr::PATH, "o258-7-0")]),
             (
                 cmd::RENAME,
-                &[(ATTR_PATH, "o259-7-0"), (ATTR_PATH_TO, "d/f")],
+                &[(attr::PATH, "o258-7-0"), (attr::PATH_TO, "d")],
             ),
-            (cmd::UPDATE_EXTENT, &[(ATTR_PATH, "d/f")]),
-            (cmd::UTIMES, &[(ATTR_PATH, "")]),
+            (cmd::MKFILE, &[(attr::PATH, "o259-7-0")]),
+            (
+                cmd::RENAME,
+                &[(attr::PATH, "o259-7-0"), (attr::PATH_TO, "d/f")],
+            ),
+            (cmd::UPDATE_EXTENT, &[(attr::PATH, "d/f")]),
+            (cmd::UTIMES, &[(attr::PATH, "")]),
         ]);
         assert_eq!(
             summary(&changes(&s).unwrap()),
@@ -345,9 +321,9 @@ mod tests {
     #[test]
     fn changes_unlink_write_and_rename_of_existing() {
         let s = stream(&[
-            (cmd::UNLINK, &[(ATTR_PATH, "gone")]),
-            (cmd::UPDATE_EXTENT, &[(ATTR_PATH, "edited")]),
-            (cmd::RENAME, &[(ATTR_PATH, "old"), (ATTR_PATH_TO, "new")]),
+            (cmd::UNLINK, &[(attr::PATH, "gone")]),
+            (cmd::UPDATE_EXTENT, &[(attr::PATH, "edited")]),
+            (cmd::RENAME, &[(attr::PATH, "old"), (attr::PATH_TO, "new")]),
         ]);
         assert_eq!(
             summary(&changes(&s).unwrap()),
@@ -365,10 +341,10 @@ mod tests {
         let s = stream(&[
             (
                 cmd::RENAME,
-                &[(ATTR_PATH, "dir"), (ATTR_PATH_TO, "o300-5-0")],
+                &[(attr::PATH, "dir"), (attr::PATH_TO, "o300-5-0")],
             ),
-            (cmd::UNLINK, &[(ATTR_PATH, "o300-5-0/x")]),
-            (cmd::RMDIR, &[(ATTR_PATH, "o300-5-0")]),
+            (cmd::UNLINK, &[(attr::PATH, "o300-5-0/x")]),
+            (cmd::RMDIR, &[(attr::PATH, "o300-5-0")]),
         ]);
         assert_eq!(
             summary(&changes(&s).unwrap()),
@@ -382,10 +358,16 @@ mod tests {
     #[test]
     fn changes_file_replaced_by_rename_is_modified() {
         let s = stream(&[
-            (cmd::MKFILE, &[(ATTR_PATH, "o261-9-0")]),
-            (cmd::RENAME, &[(ATTR_PATH, "a"), (ATTR_PATH_TO, "o257-5-0")]),
-            (cmd::RENAME, &[(ATTR_PATH, "o261-9-0"), (ATTR_PATH_TO, "a")]),
-            (cmd::UNLINK, &[(ATTR_PATH, "o257-5-0")]),
+            (cmd::MKFILE, &[(attr::PATH, "o261-9-0")]),
+            (
+                cmd::RENAME,
+                &[(attr::PATH, "a"), (attr::PATH_TO, "o257-5-0")],
+            ),
+            (
+                cmd::RENAME,
+                &[(attr::PATH, "o261-9-0"), (attr::PATH_TO, "a")],
+            ),
+            (cmd::UNLINK, &[(attr::PATH, "o257-5-0")]),
         ]);
         assert_eq!(
             summary(&changes(&s).unwrap()),

@@ -171,16 +171,8 @@ pub(crate) fn write_archive(
     out: &mut dyn Write,
     path: &Path,
 ) -> Result<u64, StorageError> {
-    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| StorageError::io("create a pipe for", path, e.into()))?;
-    widen_pipe(&tx);
-    let sender = std::thread::spawn(move || send(&dir, tx, parent));
-    compress_stream(File::from(rx), out, parent_label, path, || {
-        let sent = sender
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("send thread panicked")));
-        sent.map_err(|e| StorageError::io("btrfs send", path, e))
-    })
+    let produce = move |tx: OwnedFd| send(&dir, tx, parent);
+    piped(produce, "btrfs send", parent_label, out, path)
 }
 
 /// `NotFound` for the snapshot when `path` is gone, else `e`.
@@ -200,19 +192,33 @@ fn write_generated(
     out: &mut dyn Write,
     path: &Path,
 ) -> Result<u64, StorageError> {
-    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| StorageError::io("create a pipe for", path, e.into()))?;
-    widen_pipe(&tx);
-    let generator = std::thread::spawn(move || {
+    let produce = move |tx: OwnedFd| {
         let mut pipe = io::BufWriter::with_capacity(1 << 20, File::from(tx));
         send_gen::write_full_stream(&root, &subvol, &mut pipe)?;
         pipe.flush()
-    });
-    compress_stream(File::from(rx), out, None, path, || {
-        let generated = generator
+    };
+    piped(produce, "generate the send stream of", None, out, path)
+}
+
+/// Runs `produce` in a thread writing a send stream into a pipe, and
+/// writes what comes out of the pipe to `out` as an archive; `what` names
+/// the producer in its error.
+fn piped(
+    produce: impl FnOnce(OwnedFd) -> io::Result<()> + Send + 'static,
+    what: &'static str,
+    parent_label: Option<&str>,
+    out: &mut dyn Write,
+    path: &Path,
+) -> Result<u64, StorageError> {
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StorageError::io("create a pipe for", path, e.into()))?;
+    widen_pipe(&tx);
+    let producer = std::thread::spawn(move || produce(tx));
+    compress_stream(File::from(rx), out, parent_label, path, || {
+        let produced = producer
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("send stream thread panicked")));
-        generated.map_err(|e| StorageError::io("generate the send stream of", path, e))
+            .unwrap_or_else(|_| Err(io::Error::other(format!("{what} panicked"))));
+        produced.map_err(|e| StorageError::io(what, path, e))
     })
 }
 
