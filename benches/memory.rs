@@ -14,7 +14,9 @@
 //!
 //! Environment: `REWIND_BENCH_BASE_IMAGE` (default: the debootstrap image
 //! under /var/lib/rewind), `REWIND_BENCH_ITERS` (default 10; the 1 GiB case
-//! runs a third of them, at least 2), `REWIND_BENCH_SKIP_GIB=1` skips it.
+//! runs a third of them, at least 2), `REWIND_BENCH_SKIP_GIB=1` skips it,
+//! `REWIND_BENCH_ONLY=<text>` runs only the workloads whose label contains
+//! it; `RUST_LOG=rewind=debug` prints the service's phase logs.
 
 mod common;
 
@@ -138,6 +140,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let skip_gib = std::env::var_os("REWIND_BENCH_SKIP_GIB").is_some();
+    let only = std::env::var("REWIND_BENCH_ONLY").ok();
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The service's phase logs (`RUST_LOG=rewind=debug`) on stderr.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,7 +170,8 @@ fn main() {
             "|---|---|---|---|".to_string(),
         ];
         for (i, case) in CASES.iter().enumerate() {
-            if skip_gib && case.divisor > 1 {
+            let picked = only.as_deref().is_none_or(|o| case.label.contains(o));
+            if (skip_gib && case.divisor > 1) || !picked {
                 continue;
             }
             let n = (iters / case.divisor).max(2);

@@ -395,6 +395,18 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// [`Runtime::stop`] before a memory restore starts the sandbox again
+    /// from other state (restored subvolumes swapped in first): host cleanup
+    /// that the new start does not depend on may finish in the background.
+    /// By default a plain stop.
+    async fn stop_for_restore(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<(), RuntimeError> {
+        self.stop(sb, state).await
+    }
+
     /// Stop gracefully: ask the sandbox's processes to end (namespace:
     /// SIGTERM to each one but its PID 1), wait up to `grace` for them, then
     /// [`Runtime::stop`] (which kills what is left). By default a plain stop.

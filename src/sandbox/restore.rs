@@ -195,7 +195,9 @@ impl Sandboxes {
         self.runtime.verify_state(&dir).await?;
         self.close_egress(&live.ctx.name);
         let t = std::time::Instant::now();
-        self.runtime.stop(&live.ctx, &live.state).await?;
+        self.runtime
+            .stop_for_restore(&live.ctx, &live.state)
+            .await?;
         failpoint::crash("memory_restore:after_stop");
         let stopped = t.elapsed();
         let (n, s) = (sandbox.clone(), snap.clone());

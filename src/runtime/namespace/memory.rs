@@ -4,8 +4,10 @@
 //! start from state = fresh cgroups, the overlay root mounted on the host,
 //! `criu restore` into new namespaces, then the agent must answer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rewind_agent::client::Transport;
@@ -16,6 +18,18 @@ use crate::runtime::{RuntimeError, RuntimeState, SandboxContext};
 
 /// How long the agent has to close the host's connections before a dump.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Old mount namespaces of stopped sandboxes, by sandbox name
+/// ([`NamespaceRuntime::stop_unmounting_later`]).
+pub(super) type Unmounting = Arc<Mutex<HashMap<String, Vec<OldMounts>>>>;
+
+/// A stopped sandbox's old mount namespace.
+pub(super) enum OldMounts {
+    /// Held open (an nsfs fd): its mounts stay until it is dropped.
+    Held(#[allow(dead_code)] std::fs::File),
+    /// Dropped on this thread, which returns once they are unmounted.
+    Releasing(JoinHandle<()>),
+}
 
 impl NamespaceRuntime {
     pub(super) fn criu(&self) -> Result<&Criu, RuntimeError> {
@@ -171,6 +185,7 @@ impl NamespaceRuntime {
         if started.is_err() {
             let _ = self.teardown(&sb.name, None).await;
         }
+        self.unmount_later(&sb.name);
         started
     }
 
@@ -197,6 +212,83 @@ impl NamespaceRuntime {
         serde_json::to_value(&state).map_err(|e| start_err(sb, e.to_string()))
     }
 
+    /// Stop for a memory restore: [`Runtime::stop`], except that the old
+    /// mount namespace is kept until the restored tree runs, then released
+    /// on a background thread. Its last reference unmounts the sandbox's
+    /// overlay, and overlayfs syncs its whole upper filesystem — the pool —
+    /// on unmount: right after a memory snapshot, that is the writeback of
+    /// the whole image (about 1.7 s per GiB here), which the restore does
+    /// not need. The processes are gone when this returns (PID 1 reaped,
+    /// cgroups removed); the restored tree mounts the restored state
+    /// subvolume, not the held one; a fresh [`NamespaceRuntime::launch`]
+    /// (which may mount the same upper dir) first waits for the release
+    /// ([`NamespaceRuntime::wait_unmounted`]).
+    ///
+    /// [`Runtime::stop`]: crate::runtime::Runtime::stop
+    pub(super) async fn stop_unmounting_later(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<(), RuntimeError> {
+        let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
+        if let Some(ns) = known.as_ref().and_then(hold_mount_ns) {
+            let mut pending = self.lock_unmounting();
+            pending
+                .entry(sb.name.clone())
+                .or_default()
+                .push(OldMounts::Held(ns));
+        }
+        self.teardown(&sb.name, known.as_ref()).await
+    }
+
+    /// Release the mount namespaces held for `name` on a background thread.
+    fn unmount_later(&self, name: &str) {
+        let mut pending = self.lock_unmounting();
+        let Some(list) = pending.get_mut(name) else {
+            return;
+        };
+        let (held, mut rest): (Vec<_>, Vec<_>) = std::mem::take(list)
+            .into_iter()
+            .partition(|m| matches!(m, OldMounts::Held(_)));
+        if held.is_empty() {
+            *list = rest;
+            return;
+        }
+        let release = std::thread::Builder::new()
+            .name("rewind-unmount".into())
+            .spawn(move || drop(held));
+        match release {
+            Ok(handle) => rest.push(OldMounts::Releasing(handle)),
+            Err(e) => {
+                tracing::warn!(sandbox = %name, error = %e, "cannot start the unmount thread")
+            }
+        }
+        *list = rest;
+    }
+
+    /// Wait until the mount namespaces held or being released for `name`
+    /// are gone (its old overlay unmounted).
+    pub(super) async fn wait_unmounted(&self, name: &str) {
+        let pending = self.lock_unmounting().remove(name).unwrap_or_default();
+        if pending.is_empty() {
+            return;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for old in pending {
+                if let OldMounts::Releasing(handle) = old {
+                    let _ = handle.join();
+                }
+            }
+        });
+        if let Err(e) = joined.await {
+            tracing::warn!(sandbox = %name, error = %e, "cannot wait for the old mounts to go");
+        }
+    }
+
+    fn lock_unmounting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<OldMounts>>> {
+        self.unmounting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Host-side CRIU files of a sandbox (logs, pid file), next to its socket
     /// directory — never in the state dir, which memory snapshots capture.
     fn criu_log(&self, name: &str, what: &str) -> PathBuf {
@@ -219,6 +311,15 @@ fn ns_state(sb: &SandboxContext, state: &RuntimeState) -> Result<NsState, Runtim
             message: format!("its PID 1 ({}) is gone", s.pid),
         }),
     }
+}
+
+/// A reference to the mount namespace of the sandbox's PID 1 (if it is
+/// still the recorded one), which keeps its mounts after the tree is gone.
+fn hold_mount_ns(s: &NsState) -> Option<std::fs::File> {
+    if proc_starttime(s.pid) != Some(s.starttime) {
+        return None;
+    }
+    std::fs::File::open(format!("/proc/{}/ns/mnt", s.pid)).ok()
 }
 
 fn start_err(sb: &SandboxContext, message: String) -> RuntimeError {

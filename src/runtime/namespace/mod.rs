@@ -64,6 +64,9 @@ pub struct NamespaceRuntime {
     allow_nested_userns: bool,
     /// A working CRIU, or why memory snapshots are unavailable.
     criu: Result<criu::Criu, String>,
+    /// Old mount namespaces being released in the background, by sandbox
+    /// ([`NamespaceRuntime::stop_unmounting_later`]).
+    unmounting: memory::Unmounting,
 }
 
 /// What we remember about a running sandbox (stored in the database).
@@ -127,6 +130,7 @@ impl NamespaceRuntime {
             cgroups,
             allow_nested_userns: config.limits.allow_nested_userns,
             criu,
+            unmounting: Default::default(),
         })
     }
 
@@ -186,6 +190,7 @@ impl NamespaceRuntime {
             .create(&sb.name, &sb.limits)
             .map_err(|e| start_err(e.into()))?;
         let spec = self.launch_spec(sb, cgroups)?;
+        self.wait_unmounted(&sb.name).await;
         // A memory restore cut off by a crash may leave the overlay root
         // mounted on the host; a second overlay on the same upper dir fails.
         let _ = nix::mount::umount2(&spec.merged_dir, nix::mount::MntFlags::MNT_DETACH);
@@ -478,6 +483,14 @@ impl Runtime for NamespaceRuntime {
     async fn stop(&self, sb: &SandboxContext, state: &RuntimeState) -> Result<(), RuntimeError> {
         let known: Option<NsState> = serde_json::from_value(state.clone()).ok();
         self.teardown(&sb.name, known.as_ref()).await
+    }
+
+    async fn stop_for_restore(
+        &self,
+        sb: &SandboxContext,
+        state: &RuntimeState,
+    ) -> Result<(), RuntimeError> {
+        self.stop_unmounting_later(sb, state).await
     }
 
     /// cgroup writes: both limits apply at once ([`resize`]).
