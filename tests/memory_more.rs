@@ -2,7 +2,8 @@
 //! (`tests/memory.rs`): a background `python3 -m http.server` answers
 //! through a port forward after a memory restore, a REPL's variable
 //! survives one, the snapshot records CRIU's version and the image size,
-//! and what CRIU cannot checkpoint is refused by name with nothing changed.
+//! what CRIU cannot checkpoint is refused by name with nothing changed, and
+//! a stop and start right after a memory restore boot on the restored files.
 //!
 //! `#[ignore]`d: needs the debootstrap base image (`REWIND_TEST_BASE_IMAGE`,
 //! python3) and a working CRIU, which `scripts/test.sh` builds and installs
@@ -226,4 +227,34 @@ fn workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes() {
         "cat /workspace/f; pgrep -x sleep >/dev/null && echo sleeping",
     );
     assert_eq!(out["stdout"], "one\nsleeping\n");
+}
+
+/// The memory restore releases the old tree's mounts in the background
+/// (`NamespaceRuntime::stop_unmounting_later`); a stop and start right
+/// after it must boot on the restored files, inside and outside
+/// `/workspace`.
+#[test]
+fn stop_and_start_right_after_a_memory_restore_boot_on_the_restored_files() {
+    let test = "stop_and_start_right_after_a_memory_restore_boot_on_the_restored_files";
+    let vm = Sandbox::create(env(), "memrestart");
+    let (key, name) = (vm.key.as_str(), vm.name.as_str());
+    if let Some(skip) = skip_reason(env(), test, key, name) {
+        eprintln!("{skip}");
+        return;
+    }
+    env().run(key, name, "echo one > /workspace/f; echo one > /root/g");
+    let (status, body) = snapshot(env(), key, name, "mem");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    env().run(key, name, "echo two > /workspace/f; echo two > /root/g");
+    let (status, body) = restore(env(), key, name, "mem");
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    for verb in ["stop", "start"] {
+        let path = format!("/vms/{name}/{verb}");
+        let (status, body) = env().call("POST", &path, Some(key), None);
+        assert_eq!(status, StatusCode::OK, "{verb}: {body}");
+    }
+
+    let out = env().run(key, name, "cat /workspace/f /root/g");
+    assert_eq!(out["stdout"], "one\none\n");
 }

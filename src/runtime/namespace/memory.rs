@@ -250,6 +250,7 @@ impl NamespaceRuntime {
         let (held, mut rest): (Vec<_>, Vec<_>) = std::mem::take(list)
             .into_iter()
             .partition(|m| matches!(m, OldMounts::Held(_)));
+        rest.retain(|m| !matches!(m, OldMounts::Releasing(h) if h.is_finished()));
         if held.is_empty() {
             *list = rest;
             return;
