@@ -234,14 +234,11 @@ fn workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes() {
 /// after it must boot on the restored files, inside and outside
 /// `/workspace`.
 #[test]
+#[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn stop_and_start_right_after_a_memory_restore_boot_on_the_restored_files() {
-    let test = "stop_and_start_right_after_a_memory_restore_boot_on_the_restored_files";
     let vm = Sandbox::create(env(), "memrestart");
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
-    if let Some(skip) = skip_reason(env(), test, key, name) {
-        eprintln!("{skip}");
-        return;
-    }
+    require_criu(env(), key, name);
     env().run(key, name, "echo one > /workspace/f; echo one > /root/g");
     let (status, body) = snapshot(env(), key, name, "mem");
     assert_eq!(status, StatusCode::CREATED, "{body}");
