@@ -32,11 +32,8 @@ fn env() -> &'static Service {
 
 /// `(snapshot_name, tier, retained_because)` of every listed snapshot.
 fn listing(key: &str, vm: &str) -> Vec<(String, Value, Value)> {
-    let (status, body) = env().call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["snapshots"]
-        .as_array()
-        .unwrap()
+    env()
+        .snapshots(key, vm)
         .iter()
         .map(|s| {
             let name = s["snapshot_name"].as_str().unwrap().to_owned();
@@ -50,13 +47,7 @@ fn cold_snapshots_stay_listed_and_restore_saying_cold() {
     let svc = env();
     let key = svc.user_key();
     let vm = svc.create_vm(&key, "cold");
-    let cmds: Vec<String> = (1..=6)
-        .map(|i| {
-            let out = svc.run(&key, &vm, &format!("echo {i} >> log"));
-            out["snapshot"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    svc.state.sandboxes.storage.flush_background();
+    let cmds = svc.append_runs(&key, &vm, 6);
 
     let listed = listing(&key, &vm);
 

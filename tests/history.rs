@@ -41,11 +41,8 @@ fn time_of(name: &str) -> SystemTime {
 }
 
 fn listing(key: &str, vm: &str) -> Vec<(String, Value)> {
-    let (status, body) = env().call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["snapshots"]
-        .as_array()
-        .unwrap()
+    env()
+        .snapshots(key, vm)
         .iter()
         .map(|s| {
             let name = s["snapshot_name"].as_str().unwrap().to_owned();
@@ -104,13 +101,7 @@ fn thinned_snapshot_is_404_and_kept_old_one_restores() {
     let svc = env();
     let key = svc.user_key();
     let vm = svc.create_vm(&key, "hist-restore");
-    let cmds: Vec<String> = (1..=8)
-        .map(|i| {
-            let out = svc.run(&key, &vm, &format!("echo {i} >> log"));
-            out["snapshot"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    svc.state.sandboxes.storage.flush_background();
+    let cmds = svc.append_runs(&key, &vm, 8);
     let restore = |snap: &str| {
         let path = format!("/vms/{vm}/snapshots/{snap}/restore");
         svc.call("POST", &path, Some(&key), None)

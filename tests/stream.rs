@@ -67,12 +67,7 @@ fn sandbox(prefix: &str) -> (String, String) {
 }
 
 fn snapshots(key: &str, vm: &str) -> Vec<Value> {
-    let (status, body) =
-        env()
-            .service
-            .call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["snapshots"].as_array().unwrap().clone()
+    env().service.snapshots(key, vm)
 }
 
 // ---------------------------------------------------------------- SSE

@@ -209,12 +209,28 @@ impl Service {
         self.run_with_env(key, vm, command, json!({}))
     }
 
-    pub fn snapshot_names(&self, key: &str, vm: &str) -> Vec<String> {
+    /// `n` runs of `echo <i> >> log` (i = 1..=n), then the background
+    /// thinning flushed; the runs' snapshot names, oldest first.
+    pub fn append_runs(&self, key: &str, vm: &str, n: usize) -> Vec<String> {
+        let names = (1..=n)
+            .map(|i| {
+                let out = self.run(key, vm, &format!("echo {i} >> log"));
+                out["snapshot"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        self.state.sandboxes.storage.flush_background();
+        names
+    }
+
+    /// The entries of `GET /vms/:vm/snapshots`.
+    pub fn snapshots(&self, key: &str, vm: &str) -> Vec<Value> {
         let (status, body) = self.call("GET", &format!("/vms/{vm}/snapshots"), Some(key), None);
         assert_eq!(status, StatusCode::OK, "{body}");
-        body["snapshots"]
-            .as_array()
-            .unwrap()
+        body["snapshots"].as_array().unwrap().clone()
+    }
+
+    pub fn snapshot_names(&self, key: &str, vm: &str) -> Vec<String> {
+        self.snapshots(key, vm)
             .iter()
             .map(|s| s["snapshot_name"].as_str().unwrap().to_owned())
             .collect()
