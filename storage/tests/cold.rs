@@ -12,7 +12,10 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use common::{config, manifest, mutate, populate, sandbox, set_xattr, snap, test_dir, Manifest};
+use common::{
+    assert_no_trash_or_hidden, config, manifest, mutate, populate, sandbox, set_xattr, snap,
+    test_dir, Manifest,
+};
 use rewind_storage::{CreateOptions, SandboxName, SnapshotKind, Storage, Tier};
 
 fn storage() -> &'static Storage {
@@ -225,16 +228,7 @@ fn cold_crash_child() {
 
 /// No staging dirs, no unfinished archives, an empty trash.
 fn assert_no_temporaries(s: &Storage, sb: &SandboxName) {
-    s.flush_background();
-    let pool = s.pool_path();
-    let trash: Vec<_> = fs::read_dir(pool.join("trash")).unwrap().collect();
-    assert!(trash.is_empty(), "trash not empty: {trash:?}");
-    let hidden: Vec<_> = fs::read_dir(pool.join("sandboxes"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(hidden.is_empty(), "temporaries left: {hidden:?}");
+    assert_no_trash_or_hidden(s);
     let unfinished: Vec<_> = cold_dir_entries(s, sb)
         .into_iter()
         .filter(|n| n.starts_with(".new-"))

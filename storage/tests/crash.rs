@@ -16,7 +16,10 @@ use std::sync::Mutex;
 
 use nix::mount::MsFlags;
 
-use common::{config, manifest, mutate, populate, sandbox, snap, test_dir, Manifest};
+use common::{
+    assert_no_trash_or_hidden, config, manifest, mutate, populate, sandbox, snap, test_dir,
+    Manifest,
+};
 use rewind_storage::failpoint::FAILPOINTS;
 use rewind_storage::{CreateOptions, Retention, SandboxName, SnapshotKind, Storage};
 
@@ -87,17 +90,8 @@ fn both(s: &Storage, sb: &SandboxName) -> (Manifest, Manifest) {
 /// No temporaries anywhere: the sandbox dir holds only its fixed entries,
 /// no half-created sandbox dirs, an empty trash.
 fn assert_clean(s: &Storage, sb: &SandboxName) {
-    s.flush_background();
-    let pool = s.pool_path();
-    let trash: Vec<_> = fs::read_dir(pool.join("trash")).unwrap().collect();
-    assert!(trash.is_empty(), "trash not empty: {trash:?}");
-    let hidden: Vec<_> = fs::read_dir(pool.join("sandboxes"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(hidden.is_empty(), "temporaries left: {hidden:?}");
-    let dir = pool.join("sandboxes").join(sb.as_ref());
+    assert_no_trash_or_hidden(s);
+    let dir = s.pool_path().join("sandboxes").join(sb.as_ref());
     if dir.exists() {
         let entries: BTreeSet<String> = fs::read_dir(&dir)
             .unwrap()

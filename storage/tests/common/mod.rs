@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rewind_storage::leftovers;
-use rewind_storage::{PoolConfig, SandboxName, SnapshotName};
+use rewind_storage::{PoolConfig, SandboxName, SnapshotName, Storage};
 
 /// 8 GiB sparse image: room for the large/sparse-file tests.
 pub const TEST_IMAGE_SIZE: u64 = 8 << 30;
@@ -332,4 +332,19 @@ pub fn crash_in_child(child_test: &str, op: &str, sb: &SandboxName, failpoint: &
         "child for {failpoint} did not abort there: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// After the background worker has run: an empty trash and no hidden
+/// (half-made) sandbox dirs in the pool.
+pub fn assert_no_trash_or_hidden(s: &Storage) {
+    s.flush_background();
+    let pool = s.pool_path();
+    let trash: Vec<_> = fs::read_dir(pool.join("trash")).unwrap().collect();
+    assert!(trash.is_empty(), "trash not empty: {trash:?}");
+    let hidden: Vec<_> = fs::read_dir(pool.join("sandboxes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "temporaries left: {hidden:?}");
 }
