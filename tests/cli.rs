@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use common::cli::{stderr, stdout, CliEnv, Vm};
+use common::cli::{assert_not_found, stderr, stdout, CliEnv, Vm};
 
 fn env() -> &'static CliEnv {
     static ENV: OnceLock<CliEnv> = OnceLock::new();
@@ -99,12 +99,7 @@ fn cli_errors_name_the_problem_and_exit_1() {
         .output()
         .unwrap();
 
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(
-        stderr(&missing).starts_with("rewind: 404"),
-        "{}",
-        stderr(&missing)
-    );
+    assert_not_found(&missing);
     assert!(
         stderr(&missing).contains("no-such-sandbox"),
         "{}",

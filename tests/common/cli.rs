@@ -43,6 +43,12 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The CLI exited with 1 and reported the service's 404.
+pub fn assert_not_found(out: &Output) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    assert!(stderr(out).starts_with("rewind: 404"), "{}", stderr(out));
+}
+
 /// A sandbox deleted (by the admin key) when the test ends.
 pub struct Vm<'a> {
     pub env: &'a CliEnv,
