@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::process::ServerProcess as Server;
 use rewind_agent::client::{AgentClient, AgentError, ExecOutput, Transport};
 use rewind_agent::protocol::{ErrorCode, ExecRequest};
-use serde_json::json;
+use serde_json::{json, Value};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -31,6 +31,26 @@ fn data_dir(name: &str) -> PathBuf {
     common::data_dir_sharing_images(name)
 }
 
+/// `POST /vms/{vm}/run` with `command`: the status and the body.
+fn run(server: &Server, key: &str, vm: &str, command: &str) -> (u16, Value) {
+    server.req(
+        "POST",
+        &format!("/vms/{vm}/run"),
+        key,
+        Some(json!({"command": command})),
+    )
+}
+
+/// `POST /vms/{vm}/snapshots/{snap}/restore`: the status and the body.
+fn restore(server: &Server, key: &str, vm: &str, snap: &str) -> (u16, Value) {
+    server.req(
+        "POST",
+        &format!("/vms/{vm}/snapshots/{snap}/restore"),
+        key,
+        None,
+    )
+}
+
 /// A sandbox with snapshots `snap-a` (f = A, 300 files in s/) and `snap-b`
 /// (f = B); returns its name.
 fn sandbox_with_two_snapshots(server: &Server, key: &str) -> String {
@@ -42,12 +62,7 @@ fn sandbox_with_two_snapshots(server: &Server, key: &str) -> String {
         ("rm -rf /workspace/s; echo B > /workspace/f", "snap-b"),
     ];
     for (command, snap) in steps {
-        let (status, body) = server.req(
-            "POST",
-            &format!("/vms/{vm}/run"),
-            key,
-            Some(json!({"command": command})),
-        );
+        let (status, body) = run(server, key, &vm, command);
         assert_eq!(status, 200, "{body}");
         let (status, body) = server.req(
             "POST",
@@ -74,38 +89,18 @@ fn assert_workspace_whole(server: &Server, key: &str, vm: &str) {
     }
     let check =
         "cat /workspace/f; ls /workspace/s 2>/dev/null | wc -l; echo w > /workspace/written";
-    let (status, out) = server.req(
-        "POST",
-        &format!("/vms/{vm}/run"),
-        key,
-        Some(json!({"command": check})),
-    );
+    let (status, out) = run(server, key, vm, check);
     assert_eq!(status, 200, "{out}\n{}", server.log());
     assert_eq!(out["exitCode"], 0, "{out}");
     let stdout = out["stdout"].as_str().unwrap().replace(' ', "");
     assert!(stdout == "A\n300\n" || stdout == "B\n0\n", "{stdout:?}");
     // The command's write is in the snapshot it left.
     let snap = out["snapshot"].as_str().unwrap();
-    let (status, _) = server.req(
-        "POST",
-        &format!("/vms/{vm}/snapshots/snap-a/restore"),
-        key,
-        None,
-    );
+    let (status, _) = restore(server, key, vm, "snap-a");
     assert_eq!(status, 200);
-    let (status, _) = server.req(
-        "POST",
-        &format!("/vms/{vm}/snapshots/{snap}/restore"),
-        key,
-        None,
-    );
+    let (status, _) = restore(server, key, vm, snap);
     assert_eq!(status, 200);
-    let (_, out) = server.req(
-        "POST",
-        &format!("/vms/{vm}/run"),
-        key,
-        Some(json!({"command": "cat /workspace/written"})),
-    );
+    let (_, out) = run(server, key, vm, "cat /workspace/written");
     assert_eq!(out["stdout"], "w\n", "{out}");
 }
 
@@ -175,19 +170,9 @@ fn restore_error_before_mount_is_retried_and_the_workspace_is_live() {
     let server = start(&dir, Some("restore:before_mount:error"));
     let key = server.bootstrap_key();
     let vm = sandbox_with_two_snapshots(&server, &key);
-    let (status, body) = server.req(
-        "POST",
-        &format!("/vms/{vm}/snapshots/snap-a/restore"),
-        &key,
-        None,
-    );
+    let (status, body) = restore(&server, &key, &vm, "snap-a");
     assert_eq!(status, 200, "{body}");
-    let (_, out) = server.req(
-        "POST",
-        &format!("/vms/{vm}/run"),
-        &key,
-        Some(json!({"command": "cat /workspace/f"})),
-    );
+    let (_, out) = run(&server, &key, &vm, "cat /workspace/f");
     assert_eq!(out["stdout"], "A\n", "{out}");
     server.req("DELETE", &format!("/vms/{vm}"), &key, None);
 }
@@ -199,21 +184,11 @@ fn restore_that_cannot_mount_back_marks_the_sandbox_failed() {
     let server = start(&dir, Some("restore:before_replace:error-always"));
     let key = server.bootstrap_key();
     let vm = sandbox_with_two_snapshots(&server, &key);
-    let (status, body) = server.req(
-        "POST",
-        &format!("/vms/{vm}/snapshots/snap-a/restore"),
-        &key,
-        None,
-    );
+    let (status, body) = restore(&server, &key, &vm, "snap-a");
     assert!(status >= 500, "{status} {body}");
     let (_, row) = server.req("GET", &format!("/vms/{vm}"), &key, None);
     assert_eq!(row["status"], "failed", "{row}");
-    let (status, body) = server.req(
-        "POST",
-        &format!("/vms/{vm}/run"),
-        &key,
-        Some(json!({"command": "true"})),
-    );
+    let (status, body) = run(&server, &key, &vm, "true");
     assert_eq!(status, 409, "{body}");
     server.req("DELETE", &format!("/vms/{vm}"), &key, None);
 }
