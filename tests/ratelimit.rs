@@ -70,16 +70,9 @@ fn get(path: &str, key: Option<&str>) -> (StatusCode, [Option<u64>; 4], Value) {
     )
 }
 
-#[test]
-fn rate_limit_answers_429_after_the_burst_with_headers() {
-    let key = env().user_key();
-    let other = env().user_key();
-
-    let answers: Vec<_> = (0..=BURST).map(|_| list(&key)).collect();
-    let (other_status, _) = list(&other);
-
-    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.0).collect();
-    let remaining: Vec<Option<u64>> = answers.iter().map(|a| a.1[1]).collect();
+/// The burst's requests were answered 200, the one after it 429.
+fn assert_burst_then_429(statuses: impl Iterator<Item = StatusCode>) {
+    let statuses: Vec<StatusCode> = statuses.collect();
     assert_eq!(
         statuses,
         [
@@ -89,6 +82,18 @@ fn rate_limit_answers_429_after_the_burst_with_headers() {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+}
+
+#[test]
+fn rate_limit_answers_429_after_the_burst_with_headers() {
+    let key = env().user_key();
+    let other = env().user_key();
+
+    let answers: Vec<_> = (0..=BURST).map(|_| list(&key)).collect();
+    let (other_status, _) = list(&other);
+
+    let remaining: Vec<Option<u64>> = answers.iter().map(|a| a.1[1]).collect();
+    assert_burst_then_429(answers.iter().map(|a| a.0));
     assert_eq!(remaining, [Some(2), Some(1), Some(0), Some(0)]);
     let [limit, _, reset, retry_after] = answers[BURST as usize].1;
     assert_eq!(limit, Some(1));
@@ -112,16 +117,7 @@ fn v1_rate_limit_answers_429_with_the_reference_body() {
         .map(|_| get("/api/v1/status", Some(&key)))
         .collect();
 
-    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.0).collect();
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::TOO_MANY_REQUESTS
-        ]
-    );
+    assert_burst_then_429(answers.iter().map(|a| a.0));
     assert_eq!(
         answers[0].1[1],
         Some(u64::from(BURST) - 1),
