@@ -33,15 +33,7 @@ fn env() -> &'static Env {
         let service = Service::start("events", common::busybox_rootfs(), |config| {
             config.events.buffer = BUFFER;
         });
-        let app = rewind::api::app(service.state.clone());
-        let listener = service
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        service
-            .rt
-            .spawn(async move { axum::serve(listener, app).await });
+        let (port, _) = service.listen();
         Env { service, port }
     })
 }

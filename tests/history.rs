@@ -16,7 +16,6 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use common::service::Service;
-use rewind::api::app;
 use rewind_storage::Thinning;
 use serde_json::{json, Value};
 
@@ -231,18 +230,7 @@ fn bad_exports_and_imports_are_4xx_and_leave_nothing() {
 /// The router on a loopback port (for the CLI, which speaks HTTP).
 fn listening_port() -> u16 {
     static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(|| {
-        let svc = env();
-        let listener = svc
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let router = app(svc.state.clone());
-        svc.rt
-            .spawn(async move { axum::serve(listener, router).await.unwrap() });
-        port
-    })
+    *PORT.get_or_init(|| env().listen().0)
 }
 
 fn cli(key: &str, args: &[&str]) -> std::process::Output {

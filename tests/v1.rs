@@ -597,15 +597,7 @@ asyncio.run(main(*sys.argv[1:]))
 fn published_py_microvm_client_works_unchanged() {
     let python = common::py_microvm::python();
     let (_, token) = user();
-    let listener = env()
-        .rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = rewind::api::app(env().state.clone());
-    let server = env()
-        .rt
-        .spawn(async move { axum::serve(listener, router).await });
+    let (port, server) = env().listen();
     let name = common::unique("pyclient");
     let out = std::process::Command::new(python)
         .args([

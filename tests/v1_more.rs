@@ -295,15 +295,7 @@ fn published_py_microvm_client_uploads_bytes_that_download_back() {
     let data = binary();
     let local = common::test_root().join(format!("{vm}.bin"));
     std::fs::write(&local, &data).unwrap();
-    let listener = svc()
-        .rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = rewind::api::app(svc().state.clone());
-    let server = svc()
-        .rt
-        .spawn(async move { axum::serve(listener, router).await });
+    let (port, server) = svc().listen();
 
     let out = std::process::Command::new(python)
         .args([

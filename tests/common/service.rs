@@ -91,6 +91,21 @@ impl Service {
         url
     }
 
+    /// Serves the router as the in-process tests call it (no client
+    /// address) on 127.0.0.1, a free port; the port and the server's task.
+    pub fn listen(&self) -> (u16, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let router = app(self.state.clone());
+        let server = self
+            .rt
+            .spawn(async move { axum::serve(listener, router).await });
+        (port, server)
+    }
+
     /// One JSON request; the status and the body (JSON, or a JSON string of
     /// a non-JSON body, or null when empty).
     pub fn call(
