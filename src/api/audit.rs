@@ -392,18 +392,24 @@ pub async fn list(
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let filter = filter_of(q, &caller)?;
     let (limit, offset) = (filter.limit, filter.offset);
-    let (rows, total) = state
-        .sandboxes
-        .db
-        .call(move |c| Db::query_audit(c, &filter))
-        .await
-        .map_err(|e| ApiError::internal_chain(&e))?;
+    let (rows, total) = page(&state, filter).await?;
     Ok(Json(AuditPage {
         audit_logs: rows,
         total,
         limit,
         offset,
     }))
+}
+
+/// The rows `filter` selects (one page) and how many match in all; a
+/// database failure is a 500. Shared with `/api/v1/security/audit-logs`.
+pub async fn page(state: &AppState, filter: AuditFilter) -> AppResult<(Vec<AuditRow>, i64)> {
+    state
+        .sandboxes
+        .db
+        .call(move |c| Db::query_audit(c, &filter))
+        .await
+        .map_err(|e| ApiError::internal_chain(&e))
 }
 
 /// The database filter of a query by `caller` (400 naming a bad field, 403

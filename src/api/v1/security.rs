@@ -18,7 +18,7 @@ use super::extract::{Json as Body, Query};
 use crate::api::audit::{self, AuditQuery};
 use crate::api::{ApiError, AppState};
 use crate::auth::Caller;
-use crate::db::{AuditRow, Db};
+use crate::db::AuditRow;
 use crate::security::{Scan, ScanRequest, ScanType};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -73,12 +73,7 @@ pub async fn audit_logs(
 ) -> V1Result<Json<LogsPage>> {
     let filter = audit::filter_of(native_query(q)?, &caller).map_err(v1_error)?;
     let (limit, offset) = (filter.limit, filter.offset);
-    let (rows, total) = state
-        .sandboxes
-        .db
-        .call(move |c| Db::query_audit(c, &filter))
-        .await
-        .map_err(|e| ApiError::internal_chain(&e))?;
+    let (rows, total) = audit::page(&state, filter).await?;
     Ok(Json(LogsPage {
         logs: rows.into_iter().map(view).collect(),
         total,
