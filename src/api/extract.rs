@@ -117,45 +117,8 @@ extractors!(refused, query_refused);
 /// one definition for the native API and `/api/v1`.
 macro_rules! extractors {
     ($refused:path, $query:path) => {
-        pub struct Json<T>(pub T);
-
-        impl<T, S> ::axum::extract::FromRequest<S> for Json<T>
-        where
-            T: ::serde::de::DeserializeOwned,
-            S: Send + Sync,
-        {
-            type Rejection = ::axum::response::Response;
-
-            async fn from_request(
-                req: ::axum::extract::Request,
-                state: &S,
-            ) -> Result<Self, Self::Rejection> {
-                $crate::api::extract::json_body(req, state)
-                    .await
-                    .map(Json)
-                    .map_err($refused)
-            }
-        }
-
-        pub struct JsonOrEmpty<T>(pub T);
-
-        impl<T, S> ::axum::extract::FromRequest<S> for JsonOrEmpty<T>
-        where
-            T: ::serde::de::DeserializeOwned + Default,
-            S: Send + Sync,
-        {
-            type Rejection = ::axum::response::Response;
-
-            async fn from_request(
-                req: ::axum::extract::Request,
-                state: &S,
-            ) -> Result<Self, Self::Rejection> {
-                $crate::api::extract::json_or_empty_body(req, state)
-                    .await
-                    .map(JsonOrEmpty)
-                    .map_err($refused)
-            }
-        }
+        $crate::api::extract::body_extractor!(Json, json_body, $refused);
+        $crate::api::extract::body_extractor!(JsonOrEmpty, json_or_empty_body, $refused, Default);
 
         pub struct Query<T>(pub T);
 
@@ -179,3 +142,30 @@ macro_rules! extractors {
     };
 }
 pub(crate) use extractors;
+
+/// One body extractor of [`extractors!`]: `$name<T>` read with
+/// `$crate::api::extract::$read`, `T` also bound by `$bound` when given.
+macro_rules! body_extractor {
+    ($name:ident, $read:ident, $refused:path $(, $bound:path)?) => {
+        pub struct $name<T>(pub T);
+
+        impl<T, S> ::axum::extract::FromRequest<S> for $name<T>
+        where
+            T: ::serde::de::DeserializeOwned $(+ $bound)?,
+            S: Send + Sync,
+        {
+            type Rejection = ::axum::response::Response;
+
+            async fn from_request(
+                req: ::axum::extract::Request,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                $crate::api::extract::$read(req, state)
+                    .await
+                    .map($name)
+                    .map_err($refused)
+            }
+        }
+    };
+}
+pub(crate) use body_extractor;
