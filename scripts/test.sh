@@ -52,7 +52,7 @@ step "tests that need the base image, CRIU or PyPI (ignored in a plain cargo tes
 # steps above provide (base image, CRIU from install-deps, PyPI); here a
 # missing one fails the test naming it. --workspace keeps the features of the
 # run above, so nothing is rebuilt.
-GATED_TESTS=(memory memory_more memory_restore_fail memory_crash memory_faults memory_no_criu
+GATED_TESTS=(memory memory_more memory_restore_fail memory_crash memory_faults memory_no_criu memory_damaged
   repl seccomp stream clients python_sdk)
 run_tests "base image, CRIU, PyPI (ignored)" cargo test --workspace --locked --no-fail-fast \
   "${GATED_TESTS[@]/#/--test=}" -- --ignored

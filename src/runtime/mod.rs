@@ -9,6 +9,7 @@
 
 pub mod cloud_hypervisor;
 pub mod egress;
+pub mod manifest;
 pub mod namespace;
 pub mod network;
 pub mod proc;

@@ -317,7 +317,12 @@ impl Sandboxes {
 
 /// SHA-256 over a directory tree, independent of inode numbers and times:
 /// for every entry in sorted order, its relative path, type, permission bits
-/// and content (file bytes, or a symlink's target).
+/// and content (file bytes, or a symlink's target). A file listed in its
+/// directory's memory-state manifest ([`manifest`]) with its current size
+/// contributes the manifest's SHA-256 of its bytes instead of the bytes: the
+/// runtime hashed them while saving, and restores verify them.
+///
+/// [`manifest`]: crate::runtime::manifest
 pub fn tree_sha256(roots: &[std::path::PathBuf]) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     for root in roots {
@@ -328,9 +333,23 @@ pub fn tree_sha256(roots: &[std::path::PathBuf]) -> std::io::Result<String> {
 }
 
 fn hash_dir(root: &std::path::Path, dir: &std::path::Path, h: &mut Sha256) -> std::io::Result<()> {
+    use crate::runtime::manifest;
     use std::os::unix::fs::PermissionsExt;
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
+    let listed: std::collections::HashMap<std::ffi::OsString, manifest::Entry> = match entries
+        .iter()
+        .any(|e| e.file_name() == manifest::MANIFEST_FILE)
+    {
+        true => manifest::read(dir)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name.clone().into(), e))
+            .collect(),
+        false => Default::default(),
+    };
     for entry in entries {
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path)?;
@@ -343,7 +362,10 @@ fn hash_dir(root: &std::path::Path, dir: &std::path::Path, h: &mut Sha256) -> st
             h.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
         } else if meta.is_file() {
             h.update(meta.len().to_le_bytes());
-            std::io::copy(&mut std::fs::File::open(&path)?, h)?;
+            match listed.get(&entry.file_name()) {
+                Some(e) if e.size == meta.len() => h.update(format!("sha256:{}", e.sha256)),
+                _ => drop(manifest::hash_file_into(&path, h)?),
+            }
         }
         h.update([0xff]);
     }

@@ -18,13 +18,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::layout::{Layout, STATE_DISK, WORKSPACE_DISK};
+use crate::runtime::manifest::{self, MANIFEST_FILE};
 
 /// CH's file names (vmm/src/migration/mod.rs, memory_manager.rs).
 const CONFIG_FILE: &str = "config.json";
 /// rewind's copy of the guest state disk.
 const STATE_DISK_FILE: &str = "state.ext4";
-/// Sizes and SHA-256 of the other files ([`write_manifest`]).
-const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SavedError {
@@ -47,91 +46,19 @@ pub enum SavedError {
         "the saved state has a network device but networking is off ([network] enabled = false)"
     )]
     NetworkOff,
-    #[error("saved VM state file {path} is damaged: {problem}")]
-    Damaged { path: PathBuf, problem: String },
-}
-
-/// One file of a saved state as [`write_manifest`] recorded it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct ManifestEntry {
-    name: String,
-    size: u64,
-    sha256: String,
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
 }
 
 /// Record size and SHA-256 of every file in `dir` in `manifest.json`.
 pub fn write_manifest(dir: &Path) -> Result<(), SavedError> {
-    let mut entries = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io("cannot read saved state", dir))? {
-        let entry = entry.map_err(io("cannot read saved state", dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name != MANIFEST_FILE {
-            let (size, sha256) = digest(&entry.path())?;
-            entries.push(ManifestEntry { name, size, sha256 });
-        }
-    }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let out = dir.join(MANIFEST_FILE);
-    let text = serde_json::to_vec_pretty(&entries).expect("a manifest serializes");
-    std::fs::write(&out, text).map_err(io("cannot write", &out))
+    Ok(manifest::write(dir, Vec::new())?)
 }
 
 /// Check every file listed in `dir`'s manifest: present, same size, same
-/// SHA-256. The error names the first damaged file. A saved state without
-/// a manifest (made before rewind wrote one) is accepted as it is.
+/// SHA-256 ([`manifest::verify`]).
 pub fn verify(dir: &Path) -> Result<(), SavedError> {
-    let manifest = dir.join(MANIFEST_FILE);
-    let text = match std::fs::read(&manifest) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(dir = %dir.display(), "saved VM state has no manifest; not verified");
-            return Ok(());
-        }
-        Err(e) => return Err(io("cannot read", &manifest)(e)),
-    };
-    let entries: Vec<ManifestEntry> =
-        serde_json::from_slice(&text).map_err(|e| SavedError::Damaged {
-            path: manifest.clone(),
-            problem: format!("not a manifest: {e}"),
-        })?;
-    entries.iter().try_for_each(|e| verify_entry(dir, e))
-}
-
-fn verify_entry(dir: &Path, entry: &ManifestEntry) -> Result<(), SavedError> {
-    let path = dir.join(&entry.name);
-    let damaged = |problem: String| SavedError::Damaged {
-        path: path.clone(),
-        problem,
-    };
-    let size = std::fs::metadata(&path)
-        .map_err(|e| damaged(format!("cannot read it: {e}")))?
-        .len();
-    if size != entry.size {
-        let what = if size < entry.size {
-            "truncated"
-        } else {
-            "grown"
-        };
-        return Err(damaged(format!(
-            "{what}: {size} bytes, {} when saved",
-            entry.size
-        )));
-    }
-    if digest(&path)?.1 != entry.sha256 {
-        return Err(damaged(
-            "content differs from when it was saved (SHA-256)".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Size and hex SHA-256 of one file.
-fn digest(path: &Path) -> Result<(u64, String), SavedError> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path).map_err(io("cannot open", path))?;
-    let mut hasher = sha2::Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).map_err(io("cannot read", path))?;
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok(manifest::verify(dir)?)
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SavedError {

@@ -68,6 +68,67 @@ pub struct RestoreSpec<'a> {
     pub cgroup_roots: &'a [String],
     pub pidfile: &'a Path,
     pub log: &'a Path,
+    /// Written by the caller once the images are verified ([`Gate`]).
+    pub gate: &'a Gate,
+}
+
+/// Holds a `criu restore` before the restored processes resume until the
+/// caller has given its verdict on the images, so the images can be
+/// verified while CRIU restores from them: CRIU runs this action script at
+/// `pre-resume` (the tree is built, nothing of it runs yet); it waits for
+/// the verdict file, and on anything but `ok` — or when the service that
+/// would write it is gone (no process, or a zombie) — kills CRIU, then the
+/// restored tree. CRIU first: it traces the tree, and killing only the tree
+/// leaves CRIU waiting for an init that waits for CRIU to reap its tracees.
+/// Without CRIU the tree never leaves the restorer's last barrier.
+pub struct Gate {
+    pub script: PathBuf,
+    pub verdict: PathBuf,
+}
+
+impl Gate {
+    /// Write the script for a restore whose verdict goes to `verdict`.
+    pub fn prepare(script: PathBuf, verdict: PathBuf) -> Result<Gate, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_file(&verdict);
+        let text = format!(
+            "#!/bin/sh\n\
+             # rewind: resume a memory restore only once its images are verified\n\
+             [ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\n\
+             v='{}'\n\
+             alive() {{ s=$(sed 's/.*) //' /proc/{}/stat 2>/dev/null) && [ \"${{s%% *}}\" != Z ]; }}\n\
+             while [ ! -s \"$v\" ] && alive; do sleep 0.005; done\n\
+             [ \"$(cat \"$v\" 2>/dev/null)\" = ok ] && exit 0\n\
+             kill -KILL $PPID \"$CRTOOLS_INIT_PID\"\n\
+             exit 1\n",
+            verdict.display(),
+            std::process::id()
+        );
+        let tmp = script.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)))
+            .and_then(|()| std::fs::rename(&tmp, &script))
+            .map_err(|e| format!("write {}: {e}", script.display()))?;
+        Ok(Gate { script, verdict })
+    }
+
+    /// Let the restore resume (`Ok`) or kill the restored tree (`Err`).
+    pub fn open(&self, verified: bool) {
+        let verdict = if verified { "ok" } else { "damaged" };
+        let tmp = self.verdict.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, verdict).and_then(|()| std::fs::rename(&tmp, &self.verdict));
+        if let Err(e) = written {
+            tracing::error!(path = %self.verdict.display(), error = %e, "cannot give a memory restore its verdict");
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.script);
+        let _ = std::fs::remove_file(&self.verdict);
+    }
 }
 
 impl Criu {
@@ -105,8 +166,8 @@ impl Criu {
         Ok(Criu { bin, version, kdat })
     }
 
-    /// `criu dump --leave-running` of the tree under `pid` into `images`
-    /// (created). The cgroup `freezer` is frozen by the caller; CRIU
+    /// `criu dump --leave-running` of the tree under `pid` into the
+    /// existing directory `images`. The cgroup `freezer` is frozen by the caller; CRIU
     /// finds it frozen and leaves it frozen. The error carries CRIU's errors.
     pub async fn dump(
         &self,
@@ -115,7 +176,6 @@ impl Criu {
         images: &Path,
         log: &Path,
     ) -> Result<(), String> {
-        std::fs::create_dir_all(images).map_err(|e| format!("create {}: {e}", images.display()))?;
         let mut args: Vec<OsString> = vec!["dump".into(), "-t".into(), pid.to_string().into()];
         args.extend(common_args(images, log));
         args.extend([
@@ -144,6 +204,7 @@ impl Criu {
             spec.root.into(),
         ]);
         args.extend(["--pidfile".into(), spec.pidfile.into()]);
+        args.extend(["--action-script".into(), spec.gate.script.clone().into()]);
         for root in spec.cgroup_roots {
             args.extend(["--cgroup-root".into(), root.into()]);
         }
@@ -276,6 +337,11 @@ pub fn failed_pid(log: &Path) -> Option<i32> {
     text.lines()
         .filter(|l| l.contains("Error ("))
         .find_map(|l| l.split("(pid: ").nth(1)?.split(')').next()?.parse().ok())
+}
+
+/// CRIU's page images: the bulk of a dump, each written once, in order.
+pub fn is_page_image(name: &str) -> bool {
+    name.starts_with("pages-") && name.ends_with(".img")
 }
 
 /// Total size of the files directly in `dir`.

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use rewind_agent::client::Transport;
 
-use super::criu::{self, Criu, DumpMeta, HostMounts, RestoreSpec};
+use super::criu::{self, Criu, DumpMeta, Gate, HostMounts, RestoreSpec};
 use super::{proc_starttime, wait_ready, NamespaceRuntime, NsState, UID_BASE};
+use crate::runtime::manifest;
 use crate::runtime::{RuntimeError, RuntimeState, SandboxContext};
 
 /// How long the agent has to close the host's connections before a dump.
@@ -116,16 +117,25 @@ impl NamespaceRuntime {
             })?;
         let log = self.criu_log(&sb.name, "dump");
         let t = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Checkpoint {
+            sandbox: sb.name.clone(),
+            message: format!("create {}: {e}", dir.display()),
+        })?;
+        // The page images are hashed as CRIU writes them, on another core.
+        let follower = manifest::Follower::start(dir, criu::is_page_image);
         let dumped = criu.dump(s.pid, &freezer, dir, &log).await;
-        tracing::debug!(sandbox = %sb.name, criu_ms = t.elapsed().as_millis() as u64, "memory snapshot: criu dump");
+        let dumped_ms = t.elapsed().as_millis() as u64;
+        let followed = follower.finish();
         let dumped = dumped.and_then(|()| {
             let meta = DumpMeta {
                 criu_version: criu.version.clone(),
                 agent_binary: self.agent_image.clone(),
                 image_bytes: criu::image_bytes(dir),
             };
-            write_meta(dir, &meta)
+            write_meta(dir, &meta)?;
+            manifest::write(dir, followed).map_err(|e| e.to_string())
         });
+        tracing::debug!(sandbox = %sb.name, criu_ms = dumped_ms, manifest_ms = t.elapsed().as_millis() as u64 - dumped_ms, "memory snapshot: criu dump");
         dumped.map_err(|message| {
             let _ = std::fs::remove_dir_all(dir);
             let message = match criu::failed_pid(&log) {
@@ -164,18 +174,40 @@ impl NamespaceRuntime {
             self.criu_log(&sb.name, "pid"),
             self.criu_log(&sb.name, "restore"),
         );
+        let gate = Gate::prepare(
+            self.criu_log(&sb.name, "gate").with_extension("sh"),
+            self.criu_log(&sb.name, "verdict"),
+        )
+        .map_err(|m| start_err(sb, m))?;
         let t = Instant::now();
-        let restored = criu
-            .restore(&RestoreSpec {
-                images: dir,
-                root: &spec.merged_dir,
-                mounts: &mounts,
-                cgroup_roots: &self.cgroups.criu_roots(&sb.name),
-                pidfile: &pidfile,
-                log: &log,
-            })
-            .await;
+        // The images' content is verified while CRIU restores from them; the
+        // restored tree resumes only once they are found intact ([`Gate`]).
+        let images = dir.to_path_buf();
+        let verifying = tokio::task::spawn_blocking(move || manifest::verify_content(&images));
+        let cgroup_roots = self.cgroups.criu_roots(&sb.name);
+        let restore = RestoreSpec {
+            images: dir,
+            root: &spec.merged_dir,
+            mounts: &mounts,
+            cgroup_roots: &cgroup_roots,
+            pidfile: &pidfile,
+            log: &log,
+            gate: &gate,
+        };
+        let restoring = criu.restore(&restore);
+        let verified = async {
+            let verified = verifying.await;
+            gate.open(matches!(verified, Ok(Ok(()))));
+            tracing::debug!(sandbox = %sb.name, verify_ms = t.elapsed().as_millis() as u64, "memory restore: images verified");
+            verified
+        };
+        let (restored, verified) = tokio::join!(restoring, verified);
         tracing::debug!(sandbox = %sb.name, criu_ms = t.elapsed().as_millis() as u64, "memory restore: criu restore");
+        let restored = match verified {
+            Ok(Ok(())) => restored,
+            Ok(Err(e)) => Err(format!("the memory image is damaged: {e}")),
+            Err(e) => Err(format!("cannot verify the memory image: {e}")),
+        };
         // The restored mount namespace holds its own reference to the root.
         let _ = nix::mount::umount2(&spec.merged_dir, nix::mount::MntFlags::MNT_DETACH);
         let started = match restored {

@@ -36,6 +36,7 @@ use super::{
     Attached, Cause, PortTarget, Runtime, RuntimeError, RuntimeKind, RuntimeState, SandboxContext,
 };
 use crate::config::Config;
+use crate::runtime::manifest;
 use crate::runtime::proc::start_time as proc_starttime;
 pub use cgroup::{CgroupError, Cgroups};
 pub use error::LaunchError;
@@ -466,6 +467,23 @@ impl Runtime for NamespaceRuntime {
         dir: &Path,
     ) -> Result<(), RuntimeError> {
         self.dump(sb, state, dir).await
+    }
+
+    /// Sizes only, while the sandbox still runs (a missing or truncated
+    /// image); the content is verified during the restore itself, which
+    /// resumes nothing before it is found intact ([`criu::Gate`]).
+    async fn verify_state(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let dir = dir.to_path_buf();
+        let verified = tokio::task::spawn_blocking(move || manifest::verify_sizes(&dir)).await;
+        match verified {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::SavedStateDamaged {
+                message: super::chain(&e),
+            }),
+            Err(e) => Err(RuntimeError::SavedStateDamaged {
+                message: format!("cannot verify it: {e}"),
+            }),
+        }
     }
 
     async fn start_from_state(
