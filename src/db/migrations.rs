@@ -95,6 +95,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_log_ts ON audit_log(ts_ms);
     CREATE INDEX audit_log_key ON audit_log(key_id, ts_ms);
     "#,
+    // 5: the memory snapshot a sandbox is being restored to, while the
+    // restore runs: one cut off by a crash is completed at startup
+    r#"
+    ALTER TABLE sandboxes ADD COLUMN restoring_memory TEXT;
+    "#,
 ];
 
 /// Bring the schema up to the newest version.

@@ -172,6 +172,29 @@ impl Db {
         Ok(())
     }
 
+    /// Record (`Some`) or clear (`None`) the memory snapshot sandbox `id` is
+    /// being restored to ([`Db::restoring_memory`]).
+    pub fn set_restoring_memory(
+        conn: &Connection,
+        id: i64,
+        snapshot: Option<&str>,
+    ) -> Result<(), DbError> {
+        conn.execute(
+            "UPDATE sandboxes SET restoring_memory = ?1 WHERE id = ?2",
+            params![snapshot, id],
+        )
+        .map_err(query_err("set restoring memory", String::new))?;
+        Ok(())
+    }
+
+    /// The memory snapshot sandbox `id` was being restored to when the
+    /// service stopped, if a memory restore was cut off.
+    pub fn restoring_memory(conn: &Connection, id: i64) -> Result<Option<String>, DbError> {
+        let sql = "SELECT restoring_memory FROM sandboxes WHERE id = ?1";
+        let found = select(conn, "get restoring memory", sql, [id], |r| r.get(0))?;
+        Ok(found.into_iter().next().flatten())
+    }
+
     pub fn set_runtime_state(
         conn: &Connection,
         id: i64,

@@ -164,9 +164,21 @@ impl Sandboxes {
         let name = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context_of(row, &name);
         let id = row.id;
+        // Read and cleared first: a crash while it is completed records it
+        // again (`restore_full`); one before leaves a whole sandbox anyway.
+        let cut_off = self
+            .db
+            .call(move |c| {
+                let snap = Db::restoring_memory(c, id)?;
+                Db::set_restoring_memory(c, id, None)?;
+                Ok(snap)
+            })
+            .await?;
+        let mut restarted = false;
         let state = match self.runtime.attach(&ctx, &row.runtime_state).await {
             Ok(Attached::Reattached(state)) => state,
             Ok(Attached::Restarted(state)) => {
+                restarted = true;
                 report.actions.push(format!(
                     "{}: sandbox was not running; restarted it (processes lost, workspace intact)",
                     row.name
@@ -217,7 +229,60 @@ impl Sandboxes {
         }
         self.open_egress(&live.ctx, &live.state).await;
         self.insert_entry(&row.name, live);
+        if let Some(snap) = cut_off {
+            self.finish_memory_restore(row, &snap, restarted, report)
+                .await;
+        }
         Ok(())
+    }
+
+    /// A memory restore of `snap` was cut off by the service's end. If the
+    /// sandbox's processes were already stopped (it had to be restarted),
+    /// their memory is gone either way: complete the restore, as asked.
+    /// Otherwise the restore had not begun to change anything.
+    async fn finish_memory_restore(
+        &self,
+        row: &SandboxRow,
+        snap: &str,
+        restarted: bool,
+        report: &mut RecoveryReport,
+    ) {
+        if !restarted {
+            report.actions.push(format!(
+                "{}: a memory restore of {snap} was cut off before its processes stopped; runs on unchanged",
+                row.name
+            ));
+            return;
+        }
+        let completed = async {
+            let name = super::parse_sandbox_name(&row.name)?;
+            let snap = super::parse_snapshot_name("snapshot", snap)?;
+            let found = self.snapshot_row(row.id, &snap, false).await?;
+            if !self.restores_memory(&found, &snap)? {
+                return Err(SandboxError::Conflict(format!(
+                    "snapshot {snap} holds no memory"
+                )));
+            }
+            let entry = self.entry(&row.name).ok_or_else(|| {
+                SandboxError::Conflict(format!("sandbox {} is not running", row.name))
+            })?;
+            let mut live = entry.lock().await;
+            self.restore_full(&mut live, &name, &snap).await?;
+            live.restored_to = Some(snap.to_string());
+            Ok::<_, SandboxError>(())
+        };
+        let line = match completed.await {
+            Ok(()) => format!(
+                "{}: a memory restore of {snap} was cut off after its processes stopped; completed it",
+                row.name
+            ),
+            Err(e) => format!(
+                "{}: a memory restore of {snap} was cut off after its processes stopped; completing it failed: {}",
+                row.name,
+                crate::runtime::chain(&e)
+            ),
+        };
+        report.actions.push(line);
     }
 
     fn report_storage_orphans(

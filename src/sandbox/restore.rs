@@ -71,7 +71,7 @@ impl Sandboxes {
 
     /// Whether restoring `found` brings back memory too; 501 when it holds
     /// memory this host cannot restore right now (e.g. no CRIU).
-    fn restores_memory(
+    pub(super) fn restores_memory(
         &self,
         found: &SnapshotRow,
         snap: &SnapshotName,
@@ -184,7 +184,11 @@ impl Sandboxes {
     /// is a 404, not a 500). If a start fails the sandbox is left stopped
     /// with the reason ([`Sandboxes::record_stopped`]): never its old
     /// processes on the new files.
-    async fn restore_full(
+    ///
+    /// From the stop on, the sandbox's row names the snapshot
+    /// (`restoring_memory`): a restore cut off by a crash is completed at
+    /// startup ([`Sandboxes::finish_memory_restore`]).
+    pub(super) async fn restore_full(
         &self,
         live: &mut Live,
         sandbox: &SandboxName,
@@ -193,6 +197,28 @@ impl Sandboxes {
         let dir = self.memory_dir(sandbox, snap);
         // A damaged memory image is refused while the sandbox still runs.
         self.runtime.verify_state(&dir).await?;
+        let (id, name) = (live.id, snap.to_string());
+        self.db
+            .call(move |c| Db::set_restoring_memory(c, id, Some(&name)))
+            .await?;
+        let restored = self.stop_and_restore_full(live, sandbox, snap, dir).await;
+        let cleared = self
+            .db
+            .call(move |c| Db::set_restoring_memory(c, id, None))
+            .await;
+        if let Err(e) = cleared {
+            tracing::error!(sandbox = %live.ctx.name, error = %e, "cannot clear the memory restore's record");
+        }
+        restored
+    }
+
+    async fn stop_and_restore_full(
+        &self,
+        live: &mut Live,
+        sandbox: &SandboxName,
+        snap: &SnapshotName,
+        dir: PathBuf,
+    ) -> Result<(), SandboxError> {
         self.close_egress(&live.ctx.name);
         let t = std::time::Instant::now();
         self.runtime
