@@ -3,7 +3,10 @@
 //! for an idle sandbox, a python process holding ~100 MiB and ~1 GiB of
 //! objects, and a node HTTP server; the workspace-only snapshot of the same
 //! sandbox in the same run as the baseline; the image size per memory
-//! snapshot against the sandbox's resident memory.
+//! snapshot against the sandbox's resident memory; and, for the large
+//! images, seconds per GiB of image next to the floor measured in the same
+//! run: a buffered write of as many bytes into the same Btrfs pool (a dump
+//! writes its image there; a restore reads it back into fresh memory).
 //!
 //! Reproduce (as root, with CRIU installed by `scripts/install-deps.sh` and
 //! the debootstrap base image):
@@ -88,6 +91,44 @@ struct Measured {
     restore: Vec<f64>,
     image_bytes: Vec<f64>,
     resident_bytes: f64,
+    /// ms to write `image_bytes` into the pool, after each restore.
+    pool_write: Vec<f64>,
+}
+
+/// Where the service's Btrfs pool is mounted (under the bench's data dir).
+fn pool_mount() -> PathBuf {
+    let data = common::data_dir_path("memory");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"btrfs")).then(|| PathBuf::from(f[1]))
+        })
+        .find(|m| m.starts_with(&data))
+        .expect("the service's pool is mounted under the bench data dir")
+}
+
+/// ms to write `bytes` (not zeros) into a new file in the pool with 1 MiB
+/// buffered writes, as CRIU writes an image; the file is then removed.
+fn time_pool_write(bytes: u64) -> f64 {
+    use std::io::Write;
+    let path = pool_mount().join("bench-floor.tmp");
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let t = std::time::Instant::now();
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(file);
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    std::fs::remove_file(&path).unwrap();
+    ms
 }
 
 /// Resident memory of every process in the sandbox, in bytes.
@@ -122,6 +163,11 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
             .push(created["memory_image_bytes"].as_f64().unwrap());
         let restore = format!("{path}/m{i}/restore");
         timed(&mut m.restore, client.post(&restore, json!(null))).await;
+        let image = *m.image_bytes.last().unwrap() as u64;
+        if image > BIG_IMAGE {
+            let ms = tokio::task::spawn_blocking(move || time_pool_write(image));
+            m.pool_write.push(ms.await.unwrap());
+        }
         for snap in [format!("f{i}"), format!("m{i}")] {
             client.delete(&format!("{path}/{snap}")).await;
         }
@@ -129,6 +175,9 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
     client.delete(&format!("/vms/{vm}")).await;
     m
 }
+
+/// Images above this size get the per-GiB table.
+const BIG_IMAGE: u64 = 64 << 20;
 
 fn mib(bytes: f64) -> String {
     format!("{:.1}", bytes / (1 << 20) as f64)
@@ -169,6 +218,10 @@ fn main() {
             "| workload | resident MiB | image MiB (p50) | image ÷ resident |".to_string(),
             "|---|---|---|---|".to_string(),
         ];
+        let mut per_gib = vec![
+            "| workload | memory snapshot s/GiB | memory restore s/GiB | floor: pool write s/GiB | snapshot ÷ floor |".to_string(),
+            "|---|---|---|---|---|".to_string(),
+        ];
         for (i, case) in CASES.iter().enumerate() {
             let picked = only.as_deref().is_none_or(|o| case.label.contains(o));
             if (skip_gib && case.divisor > 1) || !picked {
@@ -180,8 +233,22 @@ fn main() {
             images.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let image = common::percentile(&images, 0.5);
             lines.push(row(&format!("{}: workspace-only snapshot", case.label), m.files));
-            lines.push(row(&format!("{}: memory snapshot", case.label), m.snapshot));
-            lines.push(row(&format!("{}: memory restore", case.label), m.restore));
+            lines.push(row(&format!("{}: memory snapshot", case.label), m.snapshot.clone()));
+            lines.push(row(&format!("{}: memory restore", case.label), m.restore.clone()));
+            if !m.pool_write.is_empty() {
+                let gib = image / (1u64 << 30) as f64;
+                let p50 = |v: &[f64]| {
+                    let mut v = v.to_vec();
+                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    common::percentile(&v, 0.5) / 1000.0 / gib
+                };
+                let (snap, restore, floor) = (p50(&m.snapshot), p50(&m.restore), p50(&m.pool_write));
+                per_gib.push(format!(
+                    "| {} | {snap:.2} | {restore:.2} | {floor:.2} | {:.2} |",
+                    case.label,
+                    snap / floor
+                ));
+            }
             sizes.push(format!(
                 "| {} | {} | {} | {:.2} |",
                 case.label,
@@ -193,6 +260,9 @@ fn main() {
         common::delete_all_vms(&client).await;
         println!("\nrewind memory snapshot benchmark (CRIU; base image {})\n", base_image().display());
         println!("{}\n\n{}", lines.join("\n"), sizes.join("\n"));
+        if per_gib.len() > 2 {
+            println!("\n{}", per_gib.join("\n"));
+        }
         println!("\nreproduce: cargo build --release -p rewind-agent && cargo bench -p rewind --bench memory (a debug build: cargo build -p rewind-agent && cargo bench --profile dev -p rewind --bench memory)");
         server.abort();
     });
