@@ -63,6 +63,23 @@ fn poke(key: &str, vm: &str, expect: u32) {
     }
 }
 
+/// The restored counter runs in the sandbox's own cgroups, in every
+/// hierarchy (CRIU restores it there, not in the service's): each of the
+/// sandbox's cgroup directories lists a process running `counter.py`.
+fn assert_counter_in_the_sandbox_cgroups(vm: &str) {
+    let cgroups = rewind::runtime::namespace::Cgroups::for_data_dir(&env().data_dir);
+    let dirs = cgroups.dirs(vm);
+    assert!(!dirs.is_empty());
+    for dir in dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        let counter = procs.lines().any(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("counter.py")
+        });
+        assert!(counter, "{}: no counter.py in {procs:?}", dir.display());
+    }
+}
+
 #[test]
 #[ignore = "needs the debootstrap base image and CRIU; scripts/test.sh runs it"]
 fn memory_restore_brings_back_the_counter_and_its_pid() {
@@ -93,6 +110,7 @@ fn memory_restore_brings_back_the_counter_and_its_pid() {
         &format!("kill -0 {} && echo alive", pid.as_str().unwrap()),
     );
     assert_eq!(alive["stdout"], "alive\n");
+    assert_counter_in_the_sandbox_cgroups(&vm);
 }
 
 #[test]
@@ -118,6 +136,7 @@ fn memory_fork_runs_two_independent_copies() {
     (3..=5).for_each(|n| poke(&key, &fork, n));
     poke(&key, &vm, 3);
     assert_eq!(env().run(&key, &fork, "cat /tmp/count")["stdout"], "5");
+    assert_counter_in_the_sandbox_cgroups(&fork);
 }
 
 #[test]

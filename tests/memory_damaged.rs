@@ -67,7 +67,11 @@ fn prepared(prefix: &str) -> Sandbox<'static> {
     env().run(key, name, start);
     let (status, body) = snapshot(env(), key, name, "mem");
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    env().run(key, name, "pkill -f '[b]ytearray'; echo later > /workspace/f");
+    env().run(
+        key,
+        name,
+        "pkill -f '[b]ytearray'; echo later > /workspace/f",
+    );
     vm
 }
 

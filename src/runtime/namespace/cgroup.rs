@@ -85,16 +85,6 @@ impl Cgroups {
         Cgroups { group, layout }
     }
 
-    /// CRIU `--cgroup-root` values placing a restored tree in the sandbox's
-    /// cgroups (per controller on v1; other controllers stay as dumped).
-    pub fn criu_roots(&self, name: &str) -> Vec<String> {
-        let path = format!("/{}/{name}", self.group);
-        match &self.layout {
-            Layout::V2 { .. } => vec![path],
-            Layout::V1 { mounts } => mounts.iter().map(|(c, _)| format!("{c}:{path}")).collect(),
-        }
-    }
-
     /// `v1` or `v2`, for logs.
     pub fn version(&self) -> &'static str {
         match self.layout {

@@ -65,7 +65,9 @@ pub struct RestoreSpec<'a> {
     pub images: &'a Path,
     pub root: &'a Path,
     pub mounts: &'a HostMounts,
-    pub cgroup_roots: &'a [String],
+    /// The sandbox's cgroup directories: `criu restore` runs in them, so
+    /// the tree it forks starts there (cgroups are not in the images).
+    pub cgroups: &'a [PathBuf],
     pub pidfile: &'a Path,
     pub log: &'a Path,
     /// Written by the caller once the images are verified ([`Gate`]).
@@ -140,7 +142,7 @@ impl Criu {
         })?;
         let kdat = kdat_dir();
         // `criu check` fills the cache the later runs read.
-        let check = command(&bin, kdat.as_deref())
+        let check = command(&bin, kdat.as_deref(), &[])
             .arg("check")
             .output()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -188,7 +190,7 @@ impl Criu {
             args.push("--external".into());
             args.push(format!("mnt[{inside}]:{key}").into());
         }
-        self.run(&args, log).await
+        self.run(&args, log, &[]).await
     }
 
     /// `criu restore --restore-detached` of `spec.images` onto `spec.root`;
@@ -205,9 +207,6 @@ impl Criu {
         ]);
         args.extend(["--pidfile".into(), spec.pidfile.into()]);
         args.extend(["--action-script".into(), spec.gate.script.clone().into()]);
-        for root in spec.cgroup_roots {
-            args.extend(["--cgroup-root".into(), root.into()]);
-        }
         for (inside, key) in external_mounts() {
             let host = host_path(spec.mounts, &inside);
             args.push("--external".into());
@@ -215,7 +214,7 @@ impl Criu {
             arg.push(host);
             args.push(arg);
         }
-        self.run(&args, spec.log).await?;
+        self.run(&args, spec.log, spec.cgroups).await?;
         let text = std::fs::read_to_string(spec.pidfile)
             .map_err(|e| format!("read {}: {e}", spec.pidfile.display()))?;
         text.trim()
@@ -223,8 +222,9 @@ impl Criu {
             .map_err(|_| format!("bad pid file {:?}", text.trim()))
     }
 
-    async fn run(&self, args: &[OsString], log: &Path) -> Result<(), String> {
-        let run = Command::from(command(&self.bin, self.kdat.as_deref()))
+    /// `criu` with `args`, run inside `cgroups` (directories) when given.
+    async fn run(&self, args: &[OsString], log: &Path, cgroups: &[PathBuf]) -> Result<(), String> {
+        let run = Command::from(command(&self.bin, self.kdat.as_deref(), cgroups))
             .args(args)
             .kill_on_drop(true)
             .output();
@@ -265,28 +265,46 @@ fn kdat_dir() -> Option<PathBuf> {
 }
 
 /// `criu`, in a private mount namespace with `kdat` bound at `/run` when
-/// given (nothing else of the host's mounts changes for it).
-fn command(bin: &Path, kdat: Option<&Path>) -> std::process::Command {
+/// given (nothing else of the host's mounts changes for it), and moved into
+/// `cgroups` (directories) before it starts.
+fn command(bin: &Path, kdat: Option<&Path>, cgroups: &[PathBuf]) -> std::process::Command {
+    use std::ffi::CString;
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(bin);
-    let Some(dir) =
-        kdat.and_then(|d| std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).ok())
-    else {
+    let cstring = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
+    let dir = kdat.and_then(cstring);
+    let procs: Vec<CString> = cgroups
+        .iter()
+        .filter_map(|d| cstring(&d.join("cgroup.procs")))
+        .collect();
+    if dir.is_none() && procs.is_empty() {
         return cmd;
-    };
-    let private_run = move || -> std::io::Result<()> {
+    }
+    let prepare = move || -> std::io::Result<()> {
+        use nix::fcntl::{open, OFlag};
         use nix::mount::{mount, MsFlags};
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-        let none: Option<&std::ffi::CStr> = None;
-        mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
-        mount(Some(dir.as_c_str()), c"/run", none, MsFlags::MS_BIND, none)?;
+        // "0": the writing process, in cgroup v1 and v2 alike.
+        for file in &procs {
+            let fd = open(
+                file.as_c_str(),
+                OFlag::O_WRONLY,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            nix::unistd::write(&fd, b"0")?;
+        }
+        if let Some(dir) = &dir {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            let none: Option<&std::ffi::CStr> = None;
+            mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+            mount(Some(dir.as_c_str()), c"/run", none, MsFlags::MS_BIND, none)?;
+        }
         Ok(())
     };
-    // SAFETY: runs in the forked child before exec; it only makes the
-    // unshare and mount system calls, on strings allocated before the fork
-    // (no allocation, no locks: async-signal-safe).
+    // SAFETY: runs in the forked child before exec; it only makes the open,
+    // write, close, unshare and mount system calls, on strings allocated
+    // before the fork (no allocation, no locks: async-signal-safe).
     unsafe {
-        cmd.pre_exec(private_run);
+        cmd.pre_exec(prepare);
     }
     cmd
 }
@@ -299,6 +317,9 @@ fn common_args(images: &Path, log: &Path) -> Vec<OsString> {
         log.into(),
         "-v2".into(),
         "--tcp-established".into(),
+        // Collecting the tree's cgroups is a fifth of an idle dump; a
+        // restore runs in the sandbox's fresh cgroups instead.
+        "--manage-cgroups=ignore".into(),
     ]
 }
 

@@ -162,6 +162,7 @@ impl NamespaceRuntime {
             .cgroups
             .create(&sb.name, &sb.limits)
             .map_err(|e| start_err(sb, format!("cgroups: {e}")))?;
+        let cgroup_dirs = cgroups.clone();
         let spec = self.launch_spec(sb, cgroups)?;
         let run_dir = prepare_run_dir(&spec.socket).map_err(|m| start_err(sb, m))?;
         mount_root(&spec).map_err(|m| start_err(sb, m))?;
@@ -184,12 +185,12 @@ impl NamespaceRuntime {
         // restored tree resumes only once they are found intact ([`Gate`]).
         let images = dir.to_path_buf();
         let verifying = tokio::task::spawn_blocking(move || manifest::verify_content(&images));
-        let cgroup_roots = self.cgroups.criu_roots(&sb.name);
+
         let restore = RestoreSpec {
             images: dir,
             root: &spec.merged_dir,
             mounts: &mounts,
-            cgroup_roots: &cgroup_roots,
+            cgroups: &cgroup_dirs,
             pidfile: &pidfile,
             log: &log,
             gate: &gate,
