@@ -749,7 +749,7 @@ fn v1_vm_metrics_show_the_disk_limit_and_what_counts_against_it() {
 }
 
 #[test]
-#[ignore = "needs a cgroup v1 host (cgroup v2 takes such a limit and OOM-kills instead of refusing it); no CI step has one"]
+#[ignore = "needs a cgroup v1 host (cgroup v2 takes such a limit and OOM-kills instead of refusing it); scripts/test.sh runs it on one"]
 fn v1_resources_memory_below_what_the_vm_holds_is_409_and_changes_nothing() {
     assert!(
         !Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
