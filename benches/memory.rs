@@ -111,9 +111,9 @@ fn pool_mount() -> PathBuf {
 
 /// ms to write `bytes` (not zeros) into a new file in the pool with 1 MiB
 /// buffered writes, as CRIU writes an image; the file is then removed.
-fn time_pool_write(bytes: u64) -> f64 {
+fn time_pool_write(pool: &std::path::Path, bytes: u64) -> f64 {
     use std::io::Write;
-    let path = pool_mount().join("bench-floor.tmp");
+    let path = pool.join("bench-floor.tmp");
     let chunk: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -154,6 +154,7 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
         ..Default::default()
     };
     let path = format!("/vms/{vm}/snapshots");
+    let pool = pool_mount();
     for i in 0..iters {
         let files = json!({"name": format!("f{i}")});
         timed(&mut m.files, client.post(&path, files)).await;
@@ -165,7 +166,8 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
         timed(&mut m.restore, client.post(&restore, json!(null))).await;
         let image = *m.image_bytes.last().unwrap() as u64;
         if image > BIG_IMAGE {
-            let ms = tokio::task::spawn_blocking(move || time_pool_write(image));
+            let pool = pool.clone();
+            let ms = tokio::task::spawn_blocking(move || time_pool_write(&pool, image));
             m.pool_write.push(ms.await.unwrap());
         }
         for snap in [format!("f{i}"), format!("m{i}")] {

@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use common::memory::{require_criu, restore, snapshot, Sandbox};
+use common::memory::{files_snapshot, require_criu, restore, snapshot, Sandbox};
 use common::service::Service;
 
 fn env() -> &'static Service {
@@ -53,12 +53,7 @@ fn prepared(prefix: &str) -> Sandbox<'static> {
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
     require_criu(env(), key, name);
     env().run(key, name, "echo files > /workspace/f");
-    let (status, body) = env().call(
-        "POST",
-        &format!("/vms/{name}/snapshots"),
-        Some(key),
-        Some(json!({"name": "files"})),
-    );
+    let (status, body) = files_snapshot(env(), key, name, "files");
     assert_eq!(status, StatusCode::CREATED, "{body}");
     // Every time it wakes (each 0.2 s), it appends to /workspace/ran: a restored
     // copy that runs at all leaves a line there.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use common::memory::{require_criu, restore, snapshot, wait_stdout, Sandbox};
+use common::memory::{files_snapshot, require_criu, restore, snapshot, wait_stdout, Sandbox};
 use common::service::Service;
 
 fn env() -> &'static Service {
@@ -205,12 +205,7 @@ fn workspace_restore_after_a_memory_restore_swaps_files_and_keeps_processes() {
         name,
         "echo one > /workspace/f; cd / && nohup sleep 1000 >/dev/null 2>&1 &",
     );
-    let (status, body) = env().call(
-        "POST",
-        &format!("/vms/{name}/snapshots"),
-        Some(key),
-        Some(json!({"name": "one"})),
-    );
+    let (status, body) = files_snapshot(env(), key, name, "one");
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = snapshot(env(), key, name, "mem");
     assert_eq!(status, StatusCode::CREATED, "{body}");

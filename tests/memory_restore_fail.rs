@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use common::memory::{require_criu, restore, snapshot, Sandbox};
+use common::memory::{files_snapshot, require_criu, restore, snapshot, Sandbox};
 use common::service::Service;
 
 fn env() -> &'static Service {
@@ -35,12 +35,7 @@ fn failed_memory_restore_leaves_the_sandbox_stopped_and_restorable() {
     let (key, name) = (vm.key.as_str(), vm.name.as_str());
     require_criu(env(), key, name);
     env().run(key, name, "echo files > /workspace/f");
-    let (status, body) = env().call(
-        "POST",
-        &format!("/vms/{name}/snapshots"),
-        Some(key),
-        Some(json!({"name": "files"})),
-    );
+    let (status, body) = files_snapshot(env(), key, name, "files");
     assert_eq!(status, StatusCode::CREATED, "{body}");
     env().run(
         key,

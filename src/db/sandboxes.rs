@@ -54,6 +54,9 @@ pub struct SandboxRow {
     /// When the sandbox last became `running`.
     pub started_at: Option<String>,
     pub spec: SandboxSpec,
+    /// The memory snapshot a restore in progress is bringing back; still
+    /// set at startup when a crash cut that restore off.
+    pub restoring_memory: Option<String>,
 }
 
 /// What the sandbox was asked to be (MicroVM Sandbox API fields); `None`
@@ -68,7 +71,8 @@ pub struct SandboxSpec {
 }
 
 const COLUMNS: &str = "id, name, owner_key_id, runtime, status, status_reason, runtime_state, \
-     created_at, updated_at, started_at, os_type, template, vcpus, memory_mb, disk_gb";
+     created_at, updated_at, started_at, os_type, template, vcpus, memory_mb, disk_gb, \
+     restoring_memory";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRow> {
     let status: String = r.get(4)?;
@@ -91,6 +95,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SandboxRow> {
             memory_mb: r.get(13)?,
             disk_gb: r.get(14)?,
         },
+        restoring_memory: r.get(15)?,
     })
 }
 
@@ -173,7 +178,7 @@ impl Db {
     }
 
     /// Record (`Some`) or clear (`None`) the memory snapshot sandbox `id` is
-    /// being restored to ([`Db::restoring_memory`]).
+    /// being restored to ([`SandboxRow::restoring_memory`]).
     pub fn set_restoring_memory(
         conn: &Connection,
         id: i64,
@@ -185,14 +190,6 @@ impl Db {
         )
         .map_err(query_err("set restoring memory", String::new))?;
         Ok(())
-    }
-
-    /// The memory snapshot sandbox `id` was being restored to when the
-    /// service stopped, if a memory restore was cut off.
-    pub fn restoring_memory(conn: &Connection, id: i64) -> Result<Option<String>, DbError> {
-        let sql = "SELECT restoring_memory FROM sandboxes WHERE id = ?1";
-        let found = select(conn, "get restoring memory", sql, [id], |r| r.get(0))?;
-        Ok(found.into_iter().next().flatten())
     }
 
     pub fn set_runtime_state(

@@ -126,18 +126,25 @@ pub fn read(dir: &Path) -> Result<Option<Vec<Entry>>, ManifestError> {
 
 /// [`verify_sizes`], then [`verify_content`].
 pub fn verify(dir: &Path) -> Result<(), ManifestError> {
-    verify_sizes(dir)?;
-    verify_content(dir)
+    let Some(entries) = listed(dir)? else {
+        return Ok(());
+    };
+    check_sizes(dir, &entries)?;
+    check_content(dir, &entries)
 }
 
 /// Every file the manifest lists is present with its size (cheap: catches a
 /// missing or truncated image). A saved state without a manifest is accepted
 /// as it is.
 pub fn verify_sizes(dir: &Path) -> Result<(), ManifestError> {
-    let Some(entries) = listed(dir)? else {
-        return Ok(());
-    };
-    for entry in &entries {
+    match listed(dir)? {
+        Some(entries) => check_sizes(dir, &entries),
+        None => Ok(()),
+    }
+}
+
+fn check_sizes(dir: &Path, entries: &[Entry]) -> Result<(), ManifestError> {
+    for entry in entries {
         let path = dir.join(&entry.name);
         let size = std::fs::metadata(&path)
             .map_err(|e| damaged(&path, format!("cannot read it: {e}")))?
@@ -160,11 +167,15 @@ pub fn verify_sizes(dir: &Path) -> Result<(), ManifestError> {
 /// Every file the manifest lists has the content it was saved with (its
 /// XXH3-128, else its SHA-256). The error names the first damaged file.
 pub fn verify_content(dir: &Path) -> Result<(), ManifestError> {
-    let Some(entries) = listed(dir)? else {
-        return Ok(());
-    };
+    match listed(dir)? {
+        Some(entries) => check_content(dir, &entries),
+        None => Ok(()),
+    }
+}
+
+fn check_content(dir: &Path, entries: &[Entry]) -> Result<(), ManifestError> {
     let mut buf = vec![0u8; CHUNK];
-    for entry in &entries {
+    for entry in entries {
         let path = dir.join(&entry.name);
         let unreadable = |e: std::io::Error| damaged(&path, format!("cannot read it: {e}"));
         let mut file = std::fs::File::open(&path).map_err(unreadable)?;

@@ -164,16 +164,14 @@ impl Sandboxes {
         let name = super::parse_sandbox_name(&row.name)?;
         let ctx = self.context_of(row, &name);
         let id = row.id;
-        // Read and cleared first: a crash while it is completed records it
-        // again (`restore_full`); one before leaves a whole sandbox anyway.
-        let cut_off = self
-            .db
-            .call(move |c| {
-                let snap = Db::restoring_memory(c, id)?;
-                Db::set_restoring_memory(c, id, None)?;
-                Ok(snap)
-            })
-            .await?;
+        // Cleared first: a crash while it is completed records it again
+        // (`restore_full`); one before leaves a whole sandbox anyway.
+        let cut_off = row.restoring_memory.clone();
+        if cut_off.is_some() {
+            self.db
+                .call(move |c| Db::set_restoring_memory(c, id, None))
+                .await?;
+        }
         let mut restarted = false;
         let state = match self.runtime.attach(&ctx, &row.runtime_state).await {
             Ok(Attached::Reattached(state)) => state,

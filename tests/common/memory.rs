@@ -36,11 +36,27 @@ pub fn require_criu(s: &Service, key: &str, vm: &str) {
 
 /// `POST /vms/:vm/snapshots` with `include_memory: true`.
 pub fn snapshot(s: &Service, key: &str, vm: &str, name: &str) -> (StatusCode, Value) {
+    named_snapshot(s, key, vm, name, true)
+}
+
+/// `POST /vms/:vm/snapshots` of the files only.
+#[allow(dead_code)] // used by some test binaries only
+pub fn files_snapshot(s: &Service, key: &str, vm: &str, name: &str) -> (StatusCode, Value) {
+    named_snapshot(s, key, vm, name, false)
+}
+
+fn named_snapshot(
+    s: &Service,
+    key: &str,
+    vm: &str,
+    name: &str,
+    include_memory: bool,
+) -> (StatusCode, Value) {
     s.call(
         "POST",
         &format!("/vms/{vm}/snapshots"),
         Some(key),
-        Some(json!({"name": name, "include_memory": true})),
+        Some(json!({"name": name, "include_memory": include_memory})),
     )
 }
 

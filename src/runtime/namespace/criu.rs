@@ -34,6 +34,8 @@ pub struct Criu {
     pub version: String,
     /// A directory on tmpfs bound at `/run` for every `criu` ([`kdat_dir`]).
     kdat: Option<PathBuf>,
+    /// The action script of every restore ([`Gate`]).
+    gate_script: PathBuf,
 }
 
 /// CRIU probes the kernel at every start (~20 ms idle, over 100 ms on a
@@ -76,42 +78,27 @@ pub struct RestoreSpec<'a> {
 
 /// Holds a `criu restore` before the restored processes resume until the
 /// caller has given its verdict on the images, so the images can be
-/// verified while CRIU restores from them: CRIU runs this action script at
-/// `pre-resume` (the tree is built, nothing of it runs yet); it waits for
-/// the verdict file, and on anything but `ok` — or when the service that
-/// would write it is gone (no process, or a zombie) — kills CRIU, then the
-/// restored tree. CRIU first: it traces the tree, and killing only the tree
-/// leaves CRIU waiting for an init that waits for CRIU to reap its tracees.
-/// Without CRIU the tree never leaves the restorer's last barrier.
+/// verified while CRIU restores from them: CRIU runs the gate script
+/// ([`GATE_SCRIPT`]) as its action script; at `pre-resume` (the tree is
+/// built, nothing of it runs yet) it waits for the verdict file, and on
+/// anything but `ok` — or when the service that would write it is gone (no
+/// process, or a zombie) — kills CRIU, then the restored tree. CRIU first:
+/// it traces the tree, and killing only the tree leaves CRIU waiting for an
+/// init that waits for CRIU to reap its tracees. Without CRIU the tree never
+/// leaves the restorer's last barrier.
 pub struct Gate {
-    pub script: PathBuf,
     pub verdict: PathBuf,
 }
 
+/// The gate script, written once per service into its run directory; the
+/// restore names its verdict file in `REWIND_GATE_VERDICT`.
+const GATE_SCRIPT: &str = "criu-gate.sh";
+
 impl Gate {
-    /// Write the script for a restore whose verdict goes to `verdict`.
-    pub fn prepare(script: PathBuf, verdict: PathBuf) -> Result<Gate, String> {
-        use std::os::unix::fs::PermissionsExt;
+    /// A gate whose verdict goes to `verdict` (a stale one is removed).
+    pub fn new(verdict: PathBuf) -> Gate {
         let _ = std::fs::remove_file(&verdict);
-        let text = format!(
-            "#!/bin/sh\n\
-             # rewind: resume a memory restore only once its images are verified\n\
-             [ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\n\
-             v='{}'\n\
-             alive() {{ s=$(sed 's/.*) //' /proc/{}/stat 2>/dev/null) && [ \"${{s%% *}}\" != Z ]; }}\n\
-             while [ ! -s \"$v\" ] && alive; do sleep 0.005; done\n\
-             [ \"$(cat \"$v\" 2>/dev/null)\" = ok ] && exit 0\n\
-             kill -KILL $PPID \"$CRTOOLS_INIT_PID\"\n\
-             exit 1\n",
-            verdict.display(),
-            std::process::id()
-        );
-        let tmp = script.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)))
-            .and_then(|()| std::fs::rename(&tmp, &script))
-            .map_err(|e| format!("write {}: {e}", script.display()))?;
-        Ok(Gate { script, verdict })
+        Gate { verdict }
     }
 
     /// Let the restore resume (`Ok`) or kill the restored tree (`Err`).
@@ -128,15 +115,39 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.script);
         let _ = std::fs::remove_file(&self.verdict);
     }
 }
 
+/// Write [`GATE_SCRIPT`] into `dir`, naming this service's pid.
+fn write_gate_script(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(GATE_SCRIPT);
+    let text = format!(
+        "#!/bin/sh\n\
+         # rewind: resume a memory restore only once its images are verified\n\
+         [ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\n\
+         v=\"$REWIND_GATE_VERDICT\"\n\
+         alive() {{ s=$(sed 's/.*) //' /proc/{}/stat 2>/dev/null) && [ \"${{s%% *}}\" != Z ]; }}\n\
+         while [ ! -s \"$v\" ] && alive; do sleep 0.005; done\n\
+         [ \"$(cat \"$v\" 2>/dev/null)\" = ok ] && exit 0\n\
+         kill -KILL $PPID \"$CRTOOLS_INIT_PID\"\n\
+         exit 1\n",
+        std::process::id()
+    );
+    let tmp = script.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)))
+        .and_then(|()| std::fs::rename(&tmp, &script))
+        .map_err(|e| format!("write {}: {e}", script.display()))?;
+    Ok(script)
+}
+
 impl Criu {
-    /// Finds `criu` on PATH and runs `criu check`; the error is the reason
-    /// memory snapshots are unavailable.
-    pub fn detect() -> Result<Criu, String> {
+    /// Finds `criu` on PATH and runs `criu check`, and writes the gate
+    /// script into `run_dir`; the error is the reason memory snapshots are
+    /// unavailable.
+    pub fn detect(run_dir: &Path) -> Result<Criu, String> {
         let bin = super::which(Path::new("criu")).ok_or_else(|| {
             "criu is not installed (scripts/install-deps.sh builds it)".to_owned()
         })?;
@@ -165,7 +176,13 @@ impl Criu {
             .unwrap_or("unknown")
             .trim()
             .to_owned();
-        Ok(Criu { bin, version, kdat })
+        let gate_script = write_gate_script(run_dir)?;
+        Ok(Criu {
+            bin,
+            version,
+            kdat,
+            gate_script,
+        })
     }
 
     /// `criu dump --leave-running` of the tree under `pid` into the
@@ -190,7 +207,7 @@ impl Criu {
             args.push("--external".into());
             args.push(format!("mnt[{inside}]:{key}").into());
         }
-        self.run(&args, log, &[]).await
+        self.run(&args, log, &[], &[]).await
     }
 
     /// `criu restore --restore-detached` of `spec.images` onto `spec.root`;
@@ -206,7 +223,7 @@ impl Criu {
             spec.root.into(),
         ]);
         args.extend(["--pidfile".into(), spec.pidfile.into()]);
-        args.extend(["--action-script".into(), spec.gate.script.clone().into()]);
+        args.extend(["--action-script".into(), self.gate_script.clone().into()]);
         for (inside, key) in external_mounts() {
             let host = host_path(spec.mounts, &inside);
             args.push("--external".into());
@@ -214,7 +231,8 @@ impl Criu {
             arg.push(host);
             args.push(arg);
         }
-        self.run(&args, spec.log, spec.cgroups).await?;
+        let verdict = [("REWIND_GATE_VERDICT", spec.gate.verdict.as_os_str())];
+        self.run(&args, spec.log, spec.cgroups, &verdict).await?;
         let text = std::fs::read_to_string(spec.pidfile)
             .map_err(|e| format!("read {}: {e}", spec.pidfile.display()))?;
         text.trim()
@@ -222,10 +240,18 @@ impl Criu {
             .map_err(|_| format!("bad pid file {:?}", text.trim()))
     }
 
-    /// `criu` with `args`, run inside `cgroups` (directories) when given.
-    async fn run(&self, args: &[OsString], log: &Path, cgroups: &[PathBuf]) -> Result<(), String> {
+    /// `criu` with `args` and `env`, run inside `cgroups` (directories)
+    /// when given.
+    async fn run(
+        &self,
+        args: &[OsString],
+        log: &Path,
+        cgroups: &[PathBuf],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<(), String> {
         let run = Command::from(command(&self.bin, self.kdat.as_deref(), cgroups))
             .args(args)
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(CRIU_TIMEOUT, run)

@@ -162,7 +162,6 @@ impl NamespaceRuntime {
             .cgroups
             .create(&sb.name, &sb.limits)
             .map_err(|e| start_err(sb, format!("cgroups: {e}")))?;
-        let cgroup_dirs = cgroups.clone();
         let spec = self.launch_spec(sb, cgroups)?;
         let run_dir = prepare_run_dir(&spec.socket).map_err(|m| start_err(sb, m))?;
         mount_root(&spec).map_err(|m| start_err(sb, m))?;
@@ -175,11 +174,7 @@ impl NamespaceRuntime {
             self.criu_log(&sb.name, "pid"),
             self.criu_log(&sb.name, "restore"),
         );
-        let gate = Gate::prepare(
-            self.criu_log(&sb.name, "gate").with_extension("sh"),
-            self.criu_log(&sb.name, "verdict"),
-        )
-        .map_err(|m| start_err(sb, m))?;
+        let gate = Gate::new(self.criu_log(&sb.name, "verdict"));
         let t = Instant::now();
         // The images' content is verified while CRIU restores from them; the
         // restored tree resumes only once they are found intact ([`Gate`]).
@@ -190,7 +185,7 @@ impl NamespaceRuntime {
             images: dir,
             root: &spec.merged_dir,
             mounts: &mounts,
-            cgroups: &cgroup_dirs,
+            cgroups: &spec.cgroups,
             pidfile: &pidfile,
             log: &log,
             gate: &gate,

@@ -115,7 +115,8 @@ impl NamespaceRuntime {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(error = %e, "cannot become a child subreaper; stopped sandboxes may linger as zombies");
         }
-        let criu = tokio::task::spawn_blocking(criu::Criu::detect)
+        let run_dir = sock_dir.clone();
+        let criu = tokio::task::spawn_blocking(move || criu::Criu::detect(&run_dir))
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         match &criu {
