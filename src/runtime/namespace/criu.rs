@@ -79,13 +79,17 @@ pub struct RestoreSpec<'a> {
 /// Holds a `criu restore` before the restored processes resume until the
 /// caller has given its verdict on the images, so the images can be
 /// verified while CRIU restores from them: CRIU runs the gate script
-/// ([`GATE_SCRIPT`]) as its action script; at `pre-resume` (the tree is
-/// built, nothing of it runs yet) it waits for the verdict file, and on
-/// anything but `ok` — or when the service that would write it is gone (no
-/// process, or a zombie) — kills CRIU, then the restored tree. CRIU first:
-/// it traces the tree, and killing only the tree leaves CRIU waiting for an
-/// init that waits for CRIU to reap its tracees. Without CRIU the tree never
-/// leaves the restorer's last barrier.
+/// ([`GATE_SCRIPT`]) as its action script; at `pre-resume` the tree is
+/// built and every task of it is stopped under CRIU's ptrace, at the
+/// `rt_sigreturn` that would resume it. The script waits for the verdict
+/// file, and on anything but `ok` — or when the service that would write it
+/// is gone (no process, or a zombie) — SIGKILLs every task of the restored
+/// PID namespace (never its own), then CRIU. In that order: a tracer's
+/// death resumes its tracees, so killing CRIU first lets the tree run user
+/// code until its own SIGKILL lands; a traced task with SIGKILL pending
+/// skips the syscall and exits without returning to user space. CRIU must
+/// die too: it would wait for an init that waits for CRIU to reap its
+/// traced zombies.
 pub struct Gate {
     pub verdict: PathBuf,
 }
@@ -131,7 +135,12 @@ fn write_gate_script(dir: &Path) -> Result<PathBuf, String> {
          alive() {{ s=$(sed 's/.*) //' /proc/{}/stat 2>/dev/null) && [ \"${{s%% *}}\" != Z ]; }}\n\
          while [ ! -s \"$v\" ] && alive; do sleep 0.005; done\n\
          [ \"$(cat \"$v\" 2>/dev/null)\" = ok ] && exit 0\n\
-         kill -KILL $PPID \"$CRTOOLS_INIT_PID\"\n\
+         # the restored tree, while CRIU still holds it; then CRIU\n\
+         n=$(stat -L -c %i /proc/\"$CRTOOLS_INIT_PID\"/ns/pid 2>/dev/null)\n\
+         [ -n \"$n\" ] && [ \"$n\" != \"$(stat -L -c %i /proc/self/ns/pid)\" ] &&\n\
+           kill -KILL $(stat -L -c '%i %n' /proc/[0-9]*/ns/pid 2>/dev/null |\n\
+             awk -v n=\"$n\" '$1 == n {{ split($2, p, \"/\"); print p[3] }}') 2>/dev/null\n\
+         kill -KILL $PPID\n\
          exit 1\n",
         std::process::id()
     );
