@@ -4,9 +4,10 @@
 //! objects, and a node HTTP server; the workspace-only snapshot of the same
 //! sandbox in the same run as the baseline; the image size per memory
 //! snapshot against the sandbox's resident memory; and, for the large
-//! images, seconds per GiB of image next to the floor measured in the same
+//! images, seconds per GiB of image next to the floors measured in the same
 //! run: a buffered write of as many bytes into the same Btrfs pool (a dump
-//! writes its image there; a restore reads it back into fresh memory).
+//! writes its image there), and a read of the snapshot's page images into
+//! freshly mapped anonymous memory (what `criu restore` does with them).
 //!
 //! Reproduce (as root, with CRIU installed by `scripts/install-deps.sh` and
 //! the debootstrap base image):
@@ -93,6 +94,7 @@ struct Measured {
     resident_bytes: f64,
     /// ms to write `image_bytes` into the pool, after each restore.
     pool_write: Vec<f64>,
+    fresh_read: Vec<f64>,
 }
 
 /// Where the service's Btrfs pool is mounted (under the bench's data dir).
@@ -128,6 +130,31 @@ fn time_pool_write(pool: &std::path::Path, bytes: u64) -> f64 {
     drop(file);
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     std::fs::remove_file(&path).unwrap();
+    ms
+}
+
+/// ms to read the page images in `images` (in the page cache, as the
+/// restore just left them) into freshly mapped anonymous memory, as `criu
+/// restore` reads them into the restored processes.
+fn time_fresh_read(images: &std::path::Path) -> f64 {
+    use std::io::Read;
+    let pages: Vec<(PathBuf, usize)> = std::fs::read_dir(images)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| (e.path(), e.metadata().unwrap().len() as usize))
+        .collect();
+    let total = pages.iter().map(|(_, len)| len).sum::<usize>();
+    let t = std::time::Instant::now();
+    let mut memory = memmap2::MmapMut::map_anon(total).unwrap();
+    let mut at = 0;
+    for (path, len) in pages {
+        let mut file = std::fs::File::open(path).unwrap();
+        file.read_exact(&mut memory[at..at + len]).unwrap();
+        at += len;
+    }
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(memory);
     ms
 }
 
@@ -167,8 +194,18 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
         let image = *m.image_bytes.last().unwrap() as u64;
         if image > BIG_IMAGE {
             let pool = pool.clone();
-            let ms = tokio::task::spawn_blocking(move || time_pool_write(&pool, image));
-            m.pool_write.push(ms.await.unwrap());
+            // The pool's layout: sandboxes/<vm>/aux/<snapshot>/.
+            let snap = pool
+                .join("sandboxes")
+                .join(vm)
+                .join("aux")
+                .join(format!("m{i}"));
+            let images = snap.join(rewind::sandbox::VM_STATE_DIR);
+            let read = tokio::task::spawn_blocking(move || time_fresh_read(&images));
+            m.fresh_read.push(read.await.unwrap());
+            let pool = pool.clone();
+            let write = tokio::task::spawn_blocking(move || time_pool_write(&pool, image));
+            m.pool_write.push(write.await.unwrap());
         }
         for snap in [format!("f{i}"), format!("m{i}")] {
             client.delete(&format!("{path}/{snap}")).await;
@@ -221,8 +258,8 @@ fn main() {
             "|---|---|---|---|".to_string(),
         ];
         let mut per_gib = vec![
-            "| workload | memory snapshot s/GiB | memory restore s/GiB | floor: pool write s/GiB | snapshot ÷ floor |".to_string(),
-            "|---|---|---|---|---|".to_string(),
+            "| workload | memory snapshot s/GiB | floor: pool write s/GiB | snapshot ÷ floor | memory restore s/GiB | floor: read into fresh memory s/GiB | restore ÷ floor |".to_string(),
+            "|---|---|---|---|---|---|---|".to_string(),
         ];
         for (i, case) in CASES.iter().enumerate() {
             let picked = only.as_deref().is_none_or(|o| case.label.contains(o));
@@ -244,11 +281,13 @@ fn main() {
                     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
                     common::percentile(&v, 0.5) / 1000.0 / gib
                 };
-                let (snap, restore, floor) = (p50(&m.snapshot), p50(&m.restore), p50(&m.pool_write));
+                let (snap, write) = (p50(&m.snapshot), p50(&m.pool_write));
+                let (restore, read) = (p50(&m.restore), p50(&m.fresh_read));
                 per_gib.push(format!(
-                    "| {} | {snap:.2} | {restore:.2} | {floor:.2} | {:.2} |",
+                    "| {} | {snap:.2} | {write:.2} | {:.2} | {restore:.2} | {read:.2} | {:.2} |",
                     case.label,
-                    snap / floor
+                    snap / write,
+                    restore / read
                 ));
             }
             sizes.push(format!(
