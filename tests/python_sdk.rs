@@ -1,6 +1,6 @@
-//! rewind's own Python SDK (`sdk/python`, `pip install`ed into a venv this
+//! rewind's own Python SDK (`src/sdk/python`, `pip install`ed into a venv this
 //! test makes) against the real service on a real socket: its pytest suite
-//! (`sdk/python/tests`) runs with `REWIND_URL` / `REWIND_API_KEY` pointing
+//! (`src/sdk/python/tests`) runs with `REWIND_URL` / `REWIND_API_KEY` pointing
 //! here, one Rust test per pytest file, on the debootstrap image (python3
 //! in the sandbox, for the REPL case; no pytest case may be skipped).
 //!
@@ -32,7 +32,7 @@ struct Env {
 }
 
 fn sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/python")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sdk/python")
 }
 
 /// The venv with the SDK and the shared service on the debootstrap image;
@@ -53,7 +53,7 @@ fn env() -> &'static Env {
     })
 }
 
-/// Runs `sdk/python/tests/<file>` under pytest with a fresh key; asserts
+/// Runs `src/sdk/python/tests/<file>` under pytest with a fresh key; asserts
 /// it passed and that its sandboxes are gone.
 fn pytest(test: &str, file: &str) {
     let env = env();
