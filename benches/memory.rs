@@ -28,6 +28,8 @@ use std::path::PathBuf;
 
 use common::{row, timed, Client};
 use rewind::config::{Config, Overrides};
+use rewind::runtime::namespace::is_page_image;
+use rewind_storage::Storage;
 use serde_json::{json, Value};
 
 fn base_image() -> PathBuf {
@@ -94,21 +96,9 @@ struct Measured {
     resident_bytes: f64,
     /// ms to write `image_bytes` into the pool, after each restore.
     pool_write: Vec<f64>,
+    /// ms to read each snapshot's page images into fresh memory, after its
+    /// restore.
     fresh_read: Vec<f64>,
-}
-
-/// Where the service's Btrfs pool is mounted (under the bench's data dir).
-fn pool_mount() -> PathBuf {
-    let data = common::data_dir_path("memory");
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"btrfs")).then(|| PathBuf::from(f[1]))
-        })
-        .find(|m| m.starts_with(&data))
-        .expect("the service's pool is mounted under the bench data dir")
 }
 
 /// ms to write `bytes` (not zeros) into a new file in the pool with 1 MiB
@@ -141,7 +131,7 @@ fn time_fresh_read(images: &std::path::Path) -> f64 {
     let pages: Vec<(PathBuf, usize)> = std::fs::read_dir(images)
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .filter(|e| is_page_image(&e.file_name().to_string_lossy()))
         .map(|e| (e.path(), e.metadata().unwrap().len() as usize))
         .collect();
     let total = pages.iter().map(|(_, len)| len).sum::<usize>();
@@ -167,7 +157,13 @@ async fn resident(client: &Client, vm: &str) -> f64 {
     out["stdout"].as_str().unwrap().trim().parse().unwrap()
 }
 
-async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measured {
+async fn measure(
+    client: &Client,
+    storage: &Storage,
+    vm: &str,
+    case: &Case,
+    iters: usize,
+) -> Measured {
     client.post("/vms", json!({"name": vm})).await;
     let wait = format!(
         "{}\nwhile [ ! -e /tmp/ready ]; do sleep 0.05; done",
@@ -181,7 +177,7 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
         ..Default::default()
     };
     let path = format!("/vms/{vm}/snapshots");
-    let pool = pool_mount();
+    let pool = storage.pool_path().to_path_buf();
     for i in 0..iters {
         let files = json!({"name": format!("f{i}")});
         timed(&mut m.files, client.post(&path, files)).await;
@@ -193,14 +189,9 @@ async fn measure(client: &Client, vm: &str, case: &Case, iters: usize) -> Measur
         timed(&mut m.restore, client.post(&restore, json!(null))).await;
         let image = *m.image_bytes.last().unwrap() as u64;
         if image > BIG_IMAGE {
-            let pool = pool.clone();
-            // The pool's layout: sandboxes/<vm>/aux/<snapshot>/.
-            let snap = pool
-                .join("sandboxes")
-                .join(vm)
-                .join("aux")
-                .join(format!("m{i}"));
-            let images = snap.join(rewind::sandbox::VM_STATE_DIR);
+            let snap = format!("m{i}").parse().unwrap();
+            let aux = storage.snapshot_aux_path(&vm.parse().unwrap(), &snap);
+            let images = aux.join(rewind::sandbox::VM_STATE_DIR);
             let read = tokio::task::spawn_blocking(move || time_fresh_read(&images));
             m.fresh_read.push(read.await.unwrap());
             let pool = pool.clone();
@@ -250,7 +241,7 @@ fn main() {
         };
         let mut config = Config::load(None, &overrides).unwrap();
         config.rate_limit.enabled = false;
-        let (client, server) = common::start(config).await;
+        let (client, server, service) = common::start_service(config).await;
         common::delete_all_vms(&client).await;
         let mut lines = common::header();
         let mut sizes = vec![
@@ -267,7 +258,8 @@ fn main() {
                 continue;
             }
             let n = (iters / case.divisor).max(2);
-            let m = measure(&client, &format!("bench-mem-{i}"), case, n).await;
+            let vm = format!("bench-mem-{i}");
+            let m = measure(&client, &service.storage, &vm, case, n).await;
             let mut images = m.image_bytes.clone();
             images.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let image = common::percentile(&images, 0.5);

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use common::memory::{files_snapshot, require_criu, restore, snapshot, Sandbox};
 use common::service::Service;
+use rewind::runtime::namespace::is_page_image;
 
 fn env() -> &'static Service {
     static ENV: OnceLock<Service> = OnceLock::new();
@@ -37,10 +38,10 @@ fn images(vm: &str, snap: &str) -> PathBuf {
 
 /// The largest `pages-*.img` of `dir`: where the processes' memory is.
 fn biggest_page_image(dir: &std::path::Path) -> PathBuf {
-    let pages = std::fs::read_dir(dir).unwrap().flatten().filter(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        name.starts_with("pages-") && name.ends_with(".img")
-    });
+    let pages = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| is_page_image(&e.file_name().to_string_lossy()));
     let biggest = pages.max_by_key(|e| e.metadata().unwrap().len()).unwrap();
     biggest.path()
 }

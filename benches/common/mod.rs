@@ -106,12 +106,28 @@ pub fn row(label: &str, mut samples: Vec<f64>) -> String {
 }
 
 /// Start the service on a loopback port with `config` and create an admin key.
+#[allow(dead_code)] // used by some bench binaries only
 pub async fn start(config: Config) -> (Client, tokio::task::JoinHandle<()>) {
+    let (client, server, _) = start_service(config).await;
+    (client, server)
+}
+
+/// [`start`], also handing back the service's [`Sandboxes`] (its storage,
+/// for a bench that reads what the service wrote).
+///
+/// [`Sandboxes`]: rewind::sandbox::Sandboxes
+pub async fn start_service(
+    config: Config,
+) -> (
+    Client,
+    tokio::task::JoinHandle<()>,
+    rewind::sandbox::Sandboxes,
+) {
     let sandboxes = rewind::server::build(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let listener = axum::serve::ListenerExt::tap_io(listener, rewind::server::no_delay);
-    let router = app(AppState::new(sandboxes));
+    let router = app(AppState::new(sandboxes.clone()));
     let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -128,7 +144,7 @@ pub async fn start(config: Config) -> (Client, tokio::task::JoinHandle<()>) {
         .await
         .unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
-    (Client { http, base, key }, server)
+    (Client { http, base, key }, server, sandboxes)
 }
 
 /// Where the bench `name` keeps its data.

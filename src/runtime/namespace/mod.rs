@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::runtime::manifest;
 use crate::runtime::proc::start_time as proc_starttime;
 pub use cgroup::{CgroupError, Cgroups};
+pub use criu::is_page_image;
 pub use error::LaunchError;
 
 /// Host uid/gid that root inside a sandbox maps to.
